@@ -1,0 +1,351 @@
+//! The actor's network side: handshake, trajectory stream, policy
+//! subscription, and reconnection with exponential backoff and jitter.
+//!
+//! Status codes are classified (a learner that says our input is wrong will
+//! say it again): `InvalidArgument`, `FailedPrecondition`, `Unauthenticated`
+//! and `PermissionDenied` end the actor; everything else — the learner
+//! restarting, a network blip — is retried.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_common::env::EnvSpec;
+use flotilla_common::metrics as m;
+use flotilla_common::model::ModelSpec;
+use flotilla_common::proto::{self, learner_client::LearnerClient};
+use flotilla_common::Space;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::worker::{self, WorkerSpec};
+use crate::Snapshot;
+
+/// How to run an actor.
+#[derive(Debug, Clone)]
+pub struct ActorOptions {
+    /// Learner URL, e.g. `http://127.0.0.1:50051`.
+    pub learner: String,
+    /// Environments to run; `None` takes the learner's default.
+    pub num_envs: Option<u32>,
+    pub name: String,
+}
+
+/// Errors that end an actor.
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("invalid learner URL {url}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("the learner refused this actor ({code:?}): {message}")]
+    Refused { code: Code, message: String },
+    #[error("the run specification from the learner is unusable: {0}")]
+    BadSpec(String),
+    #[error("environment thread: {0}")]
+    Worker(String),
+}
+
+/// What an actor did before it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct ActorSummary {
+    pub chunks_sent: u64,
+    pub reconnects: u64,
+}
+
+fn fatal(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+    )
+}
+
+/// Exponential backoff with full jitter, capped.
+struct Backoff {
+    next: Duration,
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.base;
+    }
+
+    fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        d.mul_f64(rand::rng().random_range(0.5..1.0))
+    }
+}
+
+struct Session {
+    client: LearnerClient<Channel>,
+    run_id: String,
+    actor_id: u32,
+    spec: WorkerSpec,
+}
+
+async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Status> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("connecting to {}: {e}", opts.learner)))?;
+    let mut client = LearnerClient::new(channel).max_decoding_message_size(usize::MAX);
+    let rs = client
+        .hello(proto::HelloRequest {
+            actor_name: opts.name.clone(),
+            num_envs: opts.num_envs.unwrap_or(0),
+            protocol_version: proto::PROTOCOL_VERSION,
+        })
+        .await?
+        .into_inner();
+    let bad = |m: String| Status::failed_precondition(format!("run spec: {m}"));
+    let env =
+        EnvSpec::from_parts(&rs.env_id, &rs.env_config_toml).map_err(|e| bad(e.to_string()))?;
+    let model = ModelSpec::try_from(rs.model.as_ref().ok_or_else(|| bad("no model".into()))?)
+        .map_err(bad)?;
+    let space = |s: &Option<proto::Space>, what: &str| -> Result<Space, Status> {
+        Space::try_from(s.as_ref().ok_or_else(|| bad(format!("no {what}")))?)
+            .map_err(|e| bad(format!("{what}: {e}")))
+    };
+    let spec = WorkerSpec {
+        env,
+        model,
+        chunk_len: rs.chunk_len as usize,
+        num_envs: opts.num_envs.unwrap_or(rs.default_num_envs) as usize,
+        observation_space: space(&rs.observation_space, "observation_space")?,
+        action_space: space(&rs.action_space, "action_space")?,
+        behavior_values: rs.send_behavior_values,
+        // Distinct streams per actor; the same name in the same run reuses its seed.
+        seed: rs
+            .seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(u64::from(rs.actor_id)),
+    };
+    Ok(Session {
+        client,
+        run_id: rs.run_id,
+        actor_id: rs.actor_id,
+        spec,
+    })
+}
+
+/// The running environment thread and its output.
+struct Worker {
+    spec: WorkerSpec,
+    run_id: String,
+    stop: Arc<AtomicBool>,
+    chunks: mpsc::Receiver<proto::Chunk>,
+    handle: std::thread::JoinHandle<Result<(), String>>,
+}
+
+fn start_worker(
+    spec: WorkerSpec,
+    run_id: String,
+    snapshots: watch::Receiver<Option<Snapshot>>,
+) -> Result<Worker, ActorError> {
+    // A small bound: while the learner is away, at most this many chunks wait
+    // (they go stale anyway) and the environments pause.
+    let (tx, rx) = mpsc::channel(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, st) = (spec.clone(), stop.clone());
+    let handle = std::thread::Builder::new()
+        .name("env".into())
+        .spawn(move || worker::run(s, snapshots, tx, st))
+        .map_err(|e| ActorError::Worker(e.to_string()))?;
+    Ok(Worker {
+        spec,
+        run_id,
+        stop,
+        chunks: rx,
+        handle,
+    })
+}
+
+impl Worker {
+    fn shut_down(self) -> Result<(), ActorError> {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.chunks);
+        match self.handle.join() {
+            Ok(r) => r.map_err(ActorError::Worker),
+            Err(_) => Err(ActorError::Worker("the environment thread panicked".into())),
+        }
+    }
+}
+
+/// Runs an actor until `stop` turns true or the learner refuses it.
+pub async fn run(
+    opts: ActorOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<ActorSummary, ActorError> {
+    let endpoint = Endpoint::from_shared(opts.learner.clone())
+        .map_err(|e| ActorError::BadUrl {
+            url: opts.learner.clone(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .tcp_nodelay(true);
+    let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
+    let mut worker: Option<Worker> = None;
+    let mut backoff = Backoff::new();
+    let mut summary = ActorSummary::default();
+    let mut first = true;
+    let result = loop {
+        if *stop.borrow() {
+            break Ok(());
+        }
+        if !first {
+            summary.reconnects += 1;
+            metrics::counter!(m::ACTOR_RECONNECTS).increment(1);
+        }
+        first = false;
+        let session = match hello(&endpoint, &opts).await {
+            Ok(s) => s,
+            Err(status) if fatal(&status) => {
+                break Err(ActorError::Refused {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                })
+            }
+            Err(status) => {
+                let d = backoff.delay();
+                warn!(error = %status.message(), retry_in_ms = d.as_millis() as u64, "learner unreachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        info!(actor_id = session.actor_id, run_id = %session.run_id, env = %session.spec.env.id, "connected to learner");
+        let same = worker
+            .as_ref()
+            .is_some_and(|w| w.spec == session.spec && w.run_id == session.run_id);
+        if !same {
+            if let Some(w) = worker.take() {
+                w.shut_down()?;
+            }
+            // A new run: forget the old run's weights before acting again.
+            snap_tx.send_replace(None);
+            worker = Some(start_worker(
+                session.spec.clone(),
+                session.run_id.clone(),
+                snap_rx.clone(),
+            )?);
+        }
+        let Some(w) = worker.as_mut() else {
+            unreachable!("a worker was just started")
+        };
+        match serve(session, w, &snap_tx, &mut stop, &mut summary).await {
+            Ok(()) => break Ok(()),
+            Err(status) if fatal(&status) => {
+                break Err(ActorError::Refused {
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                })
+            }
+            Err(status) => {
+                warn!(code = ?status.code(), error = %status.message(), "connection to learner lost");
+                if w.handle.is_finished() {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    if let Some(w) = worker.take() {
+        w.shut_down()?;
+    }
+    result.map(|()| summary)
+}
+
+/// One connection: follows snapshots and streams chunks until the connection
+/// fails (`Err`) or the actor is asked to stop (`Ok`).
+async fn serve(
+    session: Session,
+    worker: &mut Worker,
+    snap_tx: &watch::Sender<Option<Snapshot>>,
+    stop: &mut watch::Receiver<bool>,
+    summary: &mut ActorSummary,
+) -> Result<(), Status> {
+    let Session {
+        mut client,
+        run_id,
+        actor_id,
+        ..
+    } = session;
+    let mut snapshots = client
+        .subscribe_policy(proto::SubscribeRequest {
+            actor_name: String::new(),
+            have_version: 0,
+        })
+        .await?
+        .into_inner();
+    let (out_tx, out_rx) = mpsc::channel::<proto::Chunk>(1);
+    let mut upload = {
+        let mut c = client.clone();
+        tokio::spawn(async move { c.stream_trajectories(ReceiverStream::new(out_rx)).await })
+    };
+    let mut sequence = 0u64;
+    let mut out_tx = Some(out_tx);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                // Close our side of the stream and let the learner acknowledge.
+                out_tx = None;
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut upload).await;
+                drop(out_tx);
+                return Ok(());
+            }
+            snap = snapshots.next() => match snap {
+                Some(Ok(s)) => {
+                    snap_tx.send_replace(Some(Snapshot { version: s.version, safetensors: s.safetensors }));
+                }
+                Some(Err(status)) => return Err(status),
+                None => return Err(Status::unavailable("policy subscription ended")),
+            },
+            done = &mut upload => {
+                return match done {
+                    Ok(Ok(_)) => Err(Status::unavailable("trajectory stream closed by the learner")),
+                    Ok(Err(status)) => Err(status),
+                    Err(e) => Err(Status::internal(format!("upload task: {e}"))),
+                };
+            }
+            chunk = worker.chunks.recv() => {
+                let Some(mut chunk) = chunk else {
+                    return Err(Status::internal("environment thread stopped"));
+                };
+                sequence += 1;
+                chunk.run_id.clone_from(&run_id);
+                chunk.actor_id = actor_id;
+                chunk.sequence = sequence;
+                let t0 = Instant::now();
+                let Some(tx) = out_tx.as_ref() else { return Ok(()) };
+                if tx.send(chunk).await.is_err() {
+                    // The upload task ended; its status arrives on the next turn.
+                    continue;
+                }
+                metrics::histogram!(m::ACTOR_CHUNK_SEND_DURATION).record(t0.elapsed().as_secs_f64());
+                summary.chunks_sent += 1;
+            }
+        }
+    }
+}

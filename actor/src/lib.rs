@@ -1,0 +1,15 @@
+//! The Flotilla actor: steps environments with the newest policy and streams
+//! trajectories to the learner. This crate never links libtorch.
+
+pub mod client;
+pub mod rollout;
+pub mod worker;
+
+pub use client::{run, ActorError, ActorOptions, ActorSummary};
+
+/// A policy snapshot as received: version and safetensors bytes.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: u64,
+    pub safetensors: bytes::Bytes,
+}

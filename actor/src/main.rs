@@ -1,0 +1,173 @@
+//! `actor`: the Flotilla actor binary.
+//!
+//! tracing → flags → metrics → connect, act and stream until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use flotilla_actor::{rollout, ActorError, ActorOptions};
+use flotilla_common::metrics as m;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing::{info, warn};
+
+/// Flotilla actor: steps environments and streams trajectories to a learner.
+///
+/// Without a subcommand it connects to the learner and acts. Every flag can
+/// also be given as an environment variable (FLOTILLA_LEARNER, ...).
+#[derive(Debug, Parser)]
+#[command(name = "actor", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Learner URL.
+    #[arg(
+        long,
+        env = "FLOTILLA_LEARNER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    learner: String,
+    /// Environments to step in this actor [default: the run's rollout.num_envs].
+    #[arg(long, env = "FLOTILLA_NUM_ENVS")]
+    num_envs: Option<u32>,
+    /// Name reported to the learner [default: the host name].
+    #[arg(long, env = "FLOTILLA_NAME")]
+    name: Option<String>,
+    /// Prometheus metrics listen address (none: no metrics endpoint).
+    #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Play episodes locally and write a JSON Lines trace (one object per step).
+    Rollout(rollout::RolloutArgs),
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("actor-{}", std::process::id()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Rollout(args)) => rollout_main(&args),
+        None => act_main(cli.run),
+    }
+}
+
+fn rollout_main(args: &rollout::RolloutArgs) -> ExitCode {
+    match rollout::run(args) {
+        Ok(summaries) => {
+            let (mean, std) = rollout::mean_std(&summaries);
+            let steps: u64 = summaries.iter().map(|s| s.length).sum();
+            println!(
+                "{} episodes, {} steps, return mean {:.3} std {:.3}, trace written to {}",
+                summaries.len(),
+                steps,
+                mean,
+                std,
+                args.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+fn act_main(args: RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if let Some(addr) = args.metrics_listen {
+            let installed = PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .set_buckets_for_metric(
+                    Matcher::Prefix("flotilla_actor_".into()),
+                    m::ACTOR_LATENCY_BUCKETS,
+                )
+                .and_then(|b| b.install());
+            match installed {
+                Ok(()) => info!(%addr, "serving prometheus metrics"),
+                Err(e) => {
+                    eprintln!("error: cannot serve metrics on {addr}: {e}");
+                    return ExitCode::from(64);
+                }
+            }
+        }
+        m::describe_actor();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("stopping");
+            let _ = stop_tx.send(true);
+        });
+        let opts = ActorOptions {
+            learner: args.learner,
+            num_envs: args.num_envs,
+            name: args.name.unwrap_or_else(host_name),
+        };
+        match flotilla_actor::run(opts, stop_rx).await {
+            Ok(s) => {
+                info!(
+                    chunks = s.chunks_sent,
+                    reconnects = s.reconnects,
+                    "actor stopped"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e @ (ActorError::BadUrl { .. } | ActorError::Refused { .. })) => {
+                eprintln!("error: {e}");
+                ExitCode::from(64)
+            }
+            Err(e) => {
+                warn!(error = %e, "actor failed");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Flotilla's shared ground: the generated wire types, the environments and
+//! their spaces, and the pieces both the actor and the learner need.
+//!
+//! Nothing here links libtorch: the actor depends on this crate and stays small.
+
+pub mod chunk;
+pub mod env;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod proto;
+pub mod rollout;
+pub mod space;
+pub mod vec_env;
+
+pub use env::{make_env, Env, EnvError, EnvSpec, Step};
+pub use space::{ActionRef, Space};
+pub use vec_env::VecEnv;

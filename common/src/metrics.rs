@@ -1,0 +1,186 @@
+//! Metric names: one place for the contract shared by the code, the Grafana
+//! dashboard, the docs and the tests (docs/metrics.md). Libraries only emit;
+//! the binaries install the Prometheus exporter and call `describe_*` once, so
+//! every metric is exported (at zero) before its first event.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+pub const LEARNER_SAMPLES_RECEIVED: &str = "flotilla_learner_samples_received_total";
+pub const LEARNER_SAMPLES_TRAINED: &str = "flotilla_learner_samples_trained_total";
+pub const LEARNER_UPDATES: &str = "flotilla_learner_updates_total";
+pub const POLICY_VERSION: &str = "flotilla_policy_version";
+pub const POLICY_LAG: &str = "flotilla_policy_lag";
+pub const CHUNKS_RECEIVED: &str = "flotilla_chunks_received_total";
+pub const CHUNKS_DROPPED: &str = "flotilla_chunks_dropped_total";
+pub const INGEST_QUEUE_DEPTH: &str = "flotilla_ingest_queue_depth";
+pub const UPDATE_DURATION: &str = "flotilla_update_duration_seconds";
+pub const LOSS: &str = "flotilla_loss";
+pub const APPROX_KL: &str = "flotilla_approx_kl";
+pub const CLIP_FRACTION: &str = "flotilla_clip_fraction";
+pub const EXPLAINED_VARIANCE: &str = "flotilla_explained_variance";
+pub const GRAD_NORM: &str = "flotilla_grad_norm";
+pub const LEARNING_RATE: &str = "flotilla_learning_rate";
+pub const ACTORS_CONNECTED: &str = "flotilla_actors_connected";
+pub const BYTES_RECEIVED: &str = "flotilla_bytes_received_total";
+pub const EPISODES: &str = "flotilla_episodes_total";
+pub const EPISODE_RETURN_MEAN: &str = "flotilla_episode_return_mean";
+pub const EPISODE_LENGTH_MEAN: &str = "flotilla_episode_length_mean";
+pub const CHECKPOINTS_WRITTEN: &str = "flotilla_checkpoints_written_total";
+
+pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
+pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
+pub const ACTOR_INFERENCE_DURATION: &str = "flotilla_actor_inference_duration_seconds";
+pub const ACTOR_CHUNK_SEND_DURATION: &str = "flotilla_actor_chunk_send_duration_seconds";
+pub const ACTOR_POLICY_VERSION: &str = "flotilla_actor_policy_version";
+pub const ACTOR_RECONNECTS: &str = "flotilla_actor_reconnects_total";
+
+/// Values of the `reason` label of [`CHUNKS_DROPPED`].
+pub const DROP_REASONS: &[&str] = &[
+    "invalid",
+    "stale",
+    "duplicate",
+    "future_version",
+    "too_large",
+    "wrong_run",
+];
+
+/// Buckets of [`UPDATE_DURATION`], seconds.
+pub const UPDATE_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of [`POLICY_LAG`], versions.
+pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
+/// Buckets of the actor's inference and send histograms, seconds.
+pub const ACTOR_LATENCY_BUCKETS: &[f64] = &[
+    1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0,
+];
+
+/// Describes every learner metric and registers the labelled series at zero.
+pub fn describe_learner() {
+    describe_counter!(
+        LEARNER_SAMPLES_RECEIVED,
+        Unit::Count,
+        "transitions accepted from actors"
+    );
+    describe_counter!(
+        LEARNER_SAMPLES_TRAINED,
+        Unit::Count,
+        "transitions used in an update"
+    );
+    describe_counter!(
+        LEARNER_UPDATES,
+        Unit::Count,
+        "optimizer updates (policy versions produced)"
+    );
+    describe_gauge!(POLICY_VERSION, "newest policy version");
+    describe_histogram!(
+        POLICY_LAG,
+        "versions between the acting policy and the learner, per chunk"
+    );
+    describe_counter!(CHUNKS_RECEIVED, Unit::Count, "chunks accepted");
+    describe_counter!(
+        CHUNKS_DROPPED,
+        Unit::Count,
+        "chunks rejected or discarded, by reason"
+    );
+    describe_gauge!(INGEST_QUEUE_DEPTH, "chunks waiting for the trainer");
+    describe_histogram!(UPDATE_DURATION, Unit::Seconds, "wall time of one update");
+    describe_gauge!(
+        LOSS,
+        "loss terms of the last update: policy, value, entropy"
+    );
+    describe_gauge!(
+        APPROX_KL,
+        "approximate KL between the policy before and after the last update"
+    );
+    describe_gauge!(
+        CLIP_FRACTION,
+        "fraction of samples whose ratio was clipped in the last update"
+    );
+    describe_gauge!(
+        EXPLAINED_VARIANCE,
+        "explained variance of the value function in the last batch"
+    );
+    describe_gauge!(
+        GRAD_NORM,
+        "global gradient norm before clipping, last minibatch"
+    );
+    describe_gauge!(LEARNING_RATE, "learning rate of the last update");
+    describe_gauge!(ACTORS_CONNECTED, "open trajectory streams");
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "trajectory payload bytes accepted"
+    );
+    describe_counter!(
+        EPISODES,
+        Unit::Count,
+        "finished episodes reported by actors"
+    );
+    describe_gauge!(
+        EPISODE_RETURN_MEAN,
+        "mean return over the last 100 finished episodes"
+    );
+    describe_gauge!(
+        EPISODE_LENGTH_MEAN,
+        "mean length over the last 100 finished episodes"
+    );
+    describe_counter!(CHECKPOINTS_WRITTEN, Unit::Count, "checkpoints written");
+    for reason in DROP_REASONS {
+        metrics::counter!(CHUNKS_DROPPED, "reason" => *reason).increment(0);
+    }
+    for name in [
+        LEARNER_SAMPLES_RECEIVED,
+        LEARNER_SAMPLES_TRAINED,
+        LEARNER_UPDATES,
+        CHUNKS_RECEIVED,
+        BYTES_RECEIVED,
+        EPISODES,
+        CHECKPOINTS_WRITTEN,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for term in ["policy", "value", "entropy"] {
+        metrics::gauge!(LOSS, "term" => term).set(0.0);
+    }
+    for name in [
+        POLICY_VERSION,
+        INGEST_QUEUE_DEPTH,
+        APPROX_KL,
+        CLIP_FRACTION,
+        EXPLAINED_VARIANCE,
+        GRAD_NORM,
+        LEARNING_RATE,
+        ACTORS_CONNECTED,
+        EPISODE_RETURN_MEAN,
+        EPISODE_LENGTH_MEAN,
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+}
+
+/// Describes every actor metric.
+pub fn describe_actor() {
+    describe_counter!(ACTOR_ENV_STEPS, Unit::Count, "environment steps taken");
+    describe_counter!(ACTOR_EPISODES, Unit::Count, "episodes finished");
+    describe_histogram!(
+        ACTOR_INFERENCE_DURATION,
+        Unit::Seconds,
+        "one batched forward pass"
+    );
+    describe_histogram!(
+        ACTOR_CHUNK_SEND_DURATION,
+        Unit::Seconds,
+        "handing one chunk to the stream until accepted"
+    );
+    describe_gauge!(ACTOR_POLICY_VERSION, "policy version the actor acts with");
+    describe_counter!(
+        ACTOR_RECONNECTS,
+        Unit::Count,
+        "reconnections to the learner"
+    );
+    for name in [ACTOR_ENV_STEPS, ACTOR_EPISODES, ACTOR_RECONNECTS] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!(ACTOR_POLICY_VERSION).set(0.0);
+}

@@ -1,0 +1,459 @@
+//! The run configuration: one TOML file per run (see `configs/`), every value
+//! overridable with `--set key.path=value`, checked at start-up.
+//!
+//! Unknown keys and wrong types are rejected by serde (`deny_unknown_fields`)
+//! with the key's name and the accepted keys; impossible values are collected
+//! by [`RunConfig::validate`], which reports all of them at once.
+
+use std::path::Path;
+
+use flotilla_common::env::EnvSpec;
+use flotilla_common::model::ModelSpec;
+use serde::{Deserialize, Serialize};
+
+/// A whole run: `[run]`, `[env]`, `[model]`, `[rollout]`, `[ppo]`, `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    #[serde(default)]
+    pub run: RunSection,
+    pub env: EnvSpec,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    #[serde(default)]
+    pub ppo: PpoSection,
+    #[serde(default)]
+    pub ingest: IngestSection,
+}
+
+/// Run control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// The run ends cleanly after this many environment steps have been trained on.
+    pub total_env_steps: u64,
+    /// Seed of the learner's initialization; actors derive theirs from it.
+    pub seed: u64,
+    /// Write a checkpoint every this many updates (and at the end of the run).
+    pub checkpoint_every: u64,
+    /// How many checkpoints to keep in the run directory.
+    pub keep_checkpoints: usize,
+    /// Seconds between progress lines.
+    pub progress_every_seconds: f64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            total_env_steps: 1_000_000,
+            seed: 1,
+            checkpoint_every: 50,
+            keep_checkpoints: 3,
+            progress_every_seconds: 5.0,
+        }
+    }
+}
+
+/// What actors do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSection {
+    /// T: environment steps per chunk.
+    pub chunk_len: u32,
+    /// Environments per actor when the actor does not choose.
+    pub num_envs: u32,
+    /// Actors also run the critic and send behavior values.
+    pub behavior_values: bool,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            chunk_len: 32,
+            num_envs: 8,
+            behavior_values: false,
+        }
+    }
+}
+
+/// PPO-clip hyper-parameters (defaults are CleanRL's `ppo.py`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoSection {
+    pub gamma: f64,
+    pub gae_lambda: f64,
+    /// Transitions per update.
+    pub batch_size: usize,
+    pub update_epochs: usize,
+    pub num_minibatches: usize,
+    pub clip_eps: f64,
+    /// Clip the value update to ±this around the value before the update; 0 disables.
+    pub vf_clip: f64,
+    pub vf_coef: f64,
+    pub ent_coef: f64,
+    pub max_grad_norm: f64,
+    pub learning_rate: f64,
+    /// Anneal the learning rate linearly to 0 over `run.total_env_steps`.
+    pub anneal_lr: bool,
+    pub norm_adv: bool,
+    /// Stop an update's epochs early when the approximate KL exceeds this.
+    pub target_kl: Option<f64>,
+    pub adam_eps: f64,
+}
+
+impl Default for PpoSection {
+    fn default() -> Self {
+        PpoSection {
+            gamma: 0.99,
+            gae_lambda: 0.95,
+            batch_size: 512,
+            update_epochs: 4,
+            num_minibatches: 4,
+            clip_eps: 0.2,
+            vf_clip: 0.2,
+            vf_coef: 0.5,
+            ent_coef: 0.01,
+            max_grad_norm: 0.5,
+            learning_rate: 2.5e-4,
+            anneal_lr: true,
+            norm_adv: true,
+            target_kl: None,
+            adam_eps: 1e-5,
+        }
+    }
+}
+
+/// Limits of the trajectory ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Chunks acted with a policy more than this many versions old are dropped (`stale`).
+    pub max_policy_lag: u64,
+    /// Chunks waiting for the trainer before ingest applies back-pressure.
+    pub queue_capacity: usize,
+    /// Largest accepted chunk payload, in bytes.
+    pub max_chunk_bytes: u64,
+    /// Most environments one actor may run.
+    pub max_envs_per_actor: u32,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection {
+            max_policy_lag: 4,
+            queue_capacity: 64,
+            max_chunk_bytes: 16 << 20,
+            max_envs_per_actor: 4096,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("--set {entry}: {message}")]
+    Override { entry: String, message: String },
+    #[error("invalid configuration:\n{}", .0.iter().map(|(k, m)| format!("  {k}: {m}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<(String, String)>),
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `--set` overrides, parses and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses TOML text (named `origin` in errors), applies overrides, validates.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: origin.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        for entry in overrides {
+            apply_override(&mut table, entry)?;
+        }
+        // Re-serialize so serde's errors point at a line of the effective config.
+        let effective = toml::to_string(&table).map_err(|e| parse_err(e.to_string()))?;
+        let config: RunConfig = toml::from_str(&effective).map_err(|e| parse_err(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML (stored in checkpoints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a RunConfig always serializes")
+    }
+
+    /// Checks every value; reports all problems at once, each with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p: Vec<(String, String)> = Vec::new();
+        let mut bad = |k: &str, m: String| p.push((k.to_owned(), m));
+        if let Err(e) = self.env.make() {
+            bad("env", e.to_string());
+        }
+        for (k, m) in self.model.problems() {
+            bad(k, m);
+        }
+        let r = &self.run;
+        if r.total_env_steps == 0 {
+            bad("run.total_env_steps", "must be at least 1".into());
+        }
+        if r.checkpoint_every == 0 {
+            bad(
+                "run.checkpoint_every",
+                "must be at least 1 (updates)".into(),
+            );
+        }
+        if r.keep_checkpoints == 0 {
+            bad("run.keep_checkpoints", "must be at least 1".into());
+        }
+        if !(r.progress_every_seconds > 0.0 && r.progress_every_seconds.is_finite()) {
+            bad(
+                "run.progress_every_seconds",
+                format!("must be > 0, got {}", r.progress_every_seconds),
+            );
+        }
+        let ro = &self.rollout;
+        if !(1..=4096).contains(&ro.chunk_len) {
+            bad(
+                "rollout.chunk_len",
+                format!("must be in 1..=4096, got {}", ro.chunk_len),
+            );
+        }
+        if ro.num_envs == 0 || ro.num_envs > self.ingest.max_envs_per_actor {
+            bad(
+                "rollout.num_envs",
+                format!(
+                    "must be in 1..=ingest.max_envs_per_actor ({}), got {}",
+                    self.ingest.max_envs_per_actor, ro.num_envs
+                ),
+            );
+        }
+        let o = &self.ppo;
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        if !unit(o.gamma) {
+            bad("ppo.gamma", format!("must be in [0, 1], got {}", o.gamma));
+        }
+        if !unit(o.gae_lambda) {
+            bad(
+                "ppo.gae_lambda",
+                format!("must be in [0, 1], got {}", o.gae_lambda),
+            );
+        }
+        if o.batch_size == 0 {
+            bad("ppo.batch_size", "must be at least 1".into());
+        }
+        if o.num_minibatches == 0 || o.num_minibatches > o.batch_size {
+            bad(
+                "ppo.num_minibatches",
+                format!(
+                    "must be in 1..=ppo.batch_size ({}), got {}",
+                    o.batch_size, o.num_minibatches
+                ),
+            );
+        }
+        if o.update_epochs == 0 {
+            bad("ppo.update_epochs", "must be at least 1".into());
+        }
+        if !(o.clip_eps > 0.0 && o.clip_eps < 1.0) {
+            bad(
+                "ppo.clip_eps",
+                format!("must be in (0, 1), got {}", o.clip_eps),
+            );
+        }
+        if !(o.vf_clip >= 0.0 && o.vf_clip.is_finite()) {
+            bad(
+                "ppo.vf_clip",
+                format!("must be >= 0 (0 disables), got {}", o.vf_clip),
+            );
+        }
+        for (k, v) in [("ppo.vf_coef", o.vf_coef), ("ppo.ent_coef", o.ent_coef)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bad(k, format!("must be >= 0, got {v}"));
+            }
+        }
+        if !(o.max_grad_norm > 0.0 && o.max_grad_norm.is_finite()) {
+            bad(
+                "ppo.max_grad_norm",
+                format!("must be > 0, got {}", o.max_grad_norm),
+            );
+        }
+        if !(o.learning_rate > 0.0 && o.learning_rate < 1.0) {
+            bad(
+                "ppo.learning_rate",
+                format!("must be in (0, 1), got {}", o.learning_rate),
+            );
+        }
+        if let Some(kl) = o.target_kl {
+            if !(kl > 0.0 && kl.is_finite()) {
+                bad(
+                    "ppo.target_kl",
+                    format!("must be > 0 (omit it to disable), got {kl}"),
+                );
+            }
+        }
+        if !(o.adam_eps > 0.0 && o.adam_eps < 1.0) {
+            bad(
+                "ppo.adam_eps",
+                format!("must be in (0, 1), got {}", o.adam_eps),
+            );
+        }
+        let i = &self.ingest;
+        if i.queue_capacity == 0 {
+            bad("ingest.queue_capacity", "must be at least 1".into());
+        }
+        if i.max_chunk_bytes < 1024 {
+            bad(
+                "ingest.max_chunk_bytes",
+                format!("must be at least 1024, got {}", i.max_chunk_bytes),
+            );
+        }
+        if i.max_envs_per_actor == 0 {
+            bad("ingest.max_envs_per_actor", "must be at least 1".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+}
+
+/// Applies one `key.path=value` override. The value is read as a TOML value
+/// (`4`, `0.5`, `true`, `[64, 64]`, `"text"`); anything that is not valid TOML
+/// is taken as a string, so `--set env.id=Acrobot-v1` works unquoted.
+fn apply_override(table: &mut toml::Table, entry: &str) -> Result<(), ConfigError> {
+    let err = |message: &str| ConfigError::Override {
+        entry: entry.to_owned(),
+        message: message.to_owned(),
+    };
+    let (path, raw) = entry
+        .split_once('=')
+        .ok_or_else(|| err("expected key.path=value"))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(err("empty key in path"));
+    }
+    let raw = raw.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let (last, parents) = keys.split_last().ok_or_else(|| err("empty key"))?;
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry((*k).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| err(&format!("`{k}` is not a table")))?;
+    }
+    cur.insert((*last).to_owned(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[env]\nid = \"CartPole-v1\"\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = RunConfig::from_toml(MINIMAL, "t", &[]).unwrap();
+        assert_eq!(c.ppo, PpoSection::default());
+        assert_eq!(c.env.id, "CartPole-v1");
+    }
+
+    #[test]
+    fn overrides_reach_nested_keys_with_typed_values() {
+        let c = RunConfig::from_toml(
+            MINIMAL,
+            "t",
+            &[
+                "ppo.batch_size=1024".into(),
+                "model.hidden_sizes=[32, 32]".into(),
+                "env.id=Acrobot-v1".into(),
+                "ppo.target_kl=0.02".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.ppo.batch_size, 1024);
+        assert_eq!(c.model.hidden_sizes, vec![32, 32]);
+        assert_eq!(c.env.id, "Acrobot-v1");
+        assert_eq!(c.ppo.target_kl, Some(0.02));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_accepted_keys() {
+        let e = RunConfig::from_toml(MINIMAL, "t", &["ppo.batchsize=3".into()]).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("batchsize") && m.contains("batch_size"), "{m}");
+        let e = RunConfig::from_toml(&format!("{MINIMAL}[bogus]\nx = 1\n"), "t", &[]).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = RunConfig::from_toml(MINIMAL, "t", &["ppo.gamma=\"high\"".into()]).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("gamma"), "{m}");
+    }
+
+    #[test]
+    fn impossible_values_are_all_reported() {
+        let e = RunConfig::from_toml(
+            MINIMAL,
+            "t",
+            &[
+                "ppo.batch_size=2".into(),
+                "ppo.num_minibatches=4".into(),
+                "ppo.gamma=1.5".into(),
+                "rollout.chunk_len=0".into(),
+            ],
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        for k in ["ppo.num_minibatches", "ppo.gamma", "rollout.chunk_len"] {
+            assert!(m.contains(k), "{m} should name {k}");
+        }
+    }
+
+    #[test]
+    fn unknown_env_id_lists_the_valid_ones() {
+        let e = RunConfig::from_toml("[env]\nid = \"Pong-v5\"\n", "t", &[]).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("Pong-v5") && m.contains("CartPole-v1"), "{m}");
+    }
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let c = RunConfig::from_toml(MINIMAL, "t", &["ppo.vf_clip=0.3".into()]).unwrap();
+        let back = RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn malformed_override_is_an_error() {
+        assert!(RunConfig::from_toml(MINIMAL, "t", &["ppo.gamma".into()]).is_err());
+        assert!(RunConfig::from_toml(MINIMAL, "t", &["env.id.x=1".into()]).is_err());
+    }
+}

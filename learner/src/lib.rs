@@ -1,0 +1,13 @@
+//! The Flotilla learner: the only crate that links libtorch.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod distributions;
+pub mod gae;
+pub mod model;
+pub mod ppo;
+pub mod run;
+pub mod service;
+pub mod trainer;

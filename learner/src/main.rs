@@ -1,0 +1,130 @@
+//! `learner`: the Flotilla learner binary.
+//!
+//! tracing → config → metrics → state (fresh or resumed) → trainer thread →
+//! gRPC server → drain on SIGTERM/SIGINT or when the step budget is spent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use flotilla_learner::config::RunConfig;
+use flotilla_learner::device::DeviceChoice;
+use flotilla_learner::run::{self, RunOptions};
+
+/// Flotilla learner: trains a policy from the trajectories actors stream to it.
+#[derive(Debug, Parser)]
+#[command(name = "learner", version)]
+struct Cli {
+    /// Run configuration (TOML; see configs/ and docs/configuration.md).
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    config: PathBuf,
+    /// Run directory for checkpoints, the metrics log and the learning curve
+    /// [default: runs/<config name>-<unix time>].
+    #[arg(long, env = "FLOTILLA_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// Prometheus metrics listen address.
+    #[arg(long, env = "FLOTILLA_METRICS_LISTEN", default_value = "0.0.0.0:9000")]
+    metrics_listen: SocketAddr,
+    /// Training device.
+    #[arg(long, env = "FLOTILLA_DEVICE", value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Continue from the newest valid checkpoint in the run directory.
+    #[arg(long, env = "FLOTILLA_RESUME")]
+    resume: bool,
+    /// Seed (overrides run.seed).
+    #[arg(long, env = "FLOTILLA_SEED")]
+    seed: Option<u64>,
+    /// Environment steps to train on (overrides run.total_env_steps).
+    #[arg(long, env = "FLOTILLA_TOTAL_ENV_STEPS")]
+    total_env_steps: Option<u64>,
+    /// Run this many actors inside the learner process, connected over
+    /// loopback gRPC like remote actors (the local cluster).
+    #[arg(long, env = "FLOTILLA_LOCAL_ACTORS", default_value_t = 0)]
+    local_actors: usize,
+    /// Environments per local actor [default: the config's rollout.num_envs].
+    #[arg(long, env = "FLOTILLA_LOCAL_NUM_ENVS")]
+    local_num_envs: Option<u32>,
+    /// Override any config value: `--set ppo.batch_size=4096` (repeatable).
+    #[arg(
+        long = "set",
+        value_name = "KEY=VALUE",
+        env = "FLOTILLA_SET",
+        value_delimiter = ','
+    )]
+    set: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut overrides = cli.set.clone();
+    if let Some(seed) = cli.seed {
+        overrides.push(format!("run.seed={seed}"));
+    }
+    if let Some(steps) = cli.total_env_steps {
+        overrides.push(format!("run.total_env_steps={steps}"));
+    }
+    let config = match RunConfig::load(&cli.config, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
+        let stem = cli
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        PathBuf::from("runs").join(format!("{stem}-{now}"))
+    });
+    let options = RunOptions {
+        config,
+        run_dir,
+        listen: cli.listen,
+        metrics_listen: Some(cli.metrics_listen),
+        device: cli.device,
+        resume: cli.resume,
+        install_signal_handlers: true,
+        local_actors: cli.local_actors,
+        local_num_envs: cli.local_num_envs,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(options)) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(run::RunError::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

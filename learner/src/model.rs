@@ -1,0 +1,431 @@
+//! The policy network on libtorch, built from the shared [`ModelSpec`].
+//!
+//! Parameter names and shapes come from [`ModelSpec::parameter_shapes`], the
+//! same list the actors' ndarray network loads, so a snapshot written here is
+//! read there without any mapping. Initialization follows common PPO practice:
+//! orthogonal weights (gain √2 in the torso, 0.01 for the policy head, 1 for
+//! the value head), zero biases.
+
+use flotilla_common::model::{Activation, ModelSpec};
+use flotilla_common::Space;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_pcg::Pcg64Mcg;
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+/// Policy and value network.
+pub struct Policy {
+    vs: nn::VarStore,
+    spec: ModelSpec,
+    obs_dim: usize,
+    action_space: Space,
+    /// Parameters in `parameter_shapes` order.
+    params: Vec<(String, Tensor)>,
+}
+
+/// Errors loading parameters into a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("parameter `{0}` is missing")]
+    Missing(String),
+    #[error("parameter `{name}` has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<i64>,
+        actual: Vec<i64>,
+    },
+    #[error("parameter `{0}` holds non-finite values")]
+    NonFinite(String),
+    #[error("safetensors: {0}")]
+    Format(String),
+}
+
+impl Policy {
+    /// A freshly initialized policy; `seed` fixes the initialization.
+    pub fn new(
+        spec: &ModelSpec,
+        obs_dim: usize,
+        action_space: &Space,
+        device: Device,
+        seed: u64,
+    ) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        // Initial values come from our own seeded stream, not libtorch's global
+        // generator, so a seed fixes the network whatever else the process does.
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        let shapes = spec.parameter_shapes(obs_dim, action_space);
+        let mut params = Vec::with_capacity(shapes.len());
+        for (name, shape) in &shapes {
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let init = if name == "log_std" {
+                Tensor::full(
+                    &dims,
+                    f64::from(spec.init_log_std),
+                    (Kind::Float, Device::Cpu),
+                )
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(&dims, (Kind::Float, Device::Cpu))
+            } else {
+                let gain = match name.as_str() {
+                    "actor.head.weight" => 0.01,
+                    "critic.head.weight" => 1.0,
+                    _ => std::f64::consts::SQRT_2,
+                };
+                orthogonal(shape[0], shape[1], gain, &mut rng)
+            };
+            // VarStore paths use '.' as separator, so the name is the full path.
+            let mut path = root.clone();
+            let mut parts: Vec<&str> = name.split('.').collect();
+            let leaf = parts.pop().unwrap_or(name);
+            for p in parts {
+                path = path / p;
+            }
+            params.push((name.clone(), path.var_copy(leaf, &init)));
+        }
+        Policy {
+            vs,
+            spec: spec.clone(),
+            obs_dim,
+            action_space: action_space.clone(),
+            params,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn obs_dim(&self) -> usize {
+        self.obs_dim
+    }
+
+    pub fn action_space(&self) -> &Space {
+        &self.action_space
+    }
+
+    pub fn is_continuous(&self) -> bool {
+        matches!(self.action_space, Space::Box { .. })
+    }
+
+    /// Trainable parameters in spec order.
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    fn param(&self, name: &str) -> &Tensor {
+        // Names are generated from the spec in `new`; a miss is a bug here.
+        &self
+            .params
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("parameter {name} is part of every policy of this spec"))
+            .1
+    }
+
+    fn torso(&self, prefix: &str, obs: &Tensor) -> Tensor {
+        let mut x = obs.shallow_clone();
+        for i in 0..self.spec.hidden_sizes.len() {
+            let w = self.param(&format!("{prefix}.{i}.weight"));
+            let b = self.param(&format!("{prefix}.{i}.bias"));
+            x = x.linear(w, Some(b));
+            x = match self.spec.activation {
+                Activation::Tanh => x.tanh(),
+                Activation::Relu => x.relu(),
+            };
+        }
+        x
+    }
+
+    /// Policy-head output (logits for Discrete, Gaussian means for Box), `[B, A]`,
+    /// and values `[B]`, for observations `[B, obs_dim]`.
+    pub fn forward(&self, obs: &Tensor) -> (Tensor, Tensor) {
+        let (a, c) = if self.spec.shared_torso {
+            let h = self.torso("torso", obs);
+            (h.shallow_clone(), h)
+        } else {
+            (self.torso("actor", obs), self.torso("critic", obs))
+        };
+        let out = a.linear(
+            self.param("actor.head.weight"),
+            Some(self.param("actor.head.bias")),
+        );
+        let v = c
+            .linear(
+                self.param("critic.head.weight"),
+                Some(self.param("critic.head.bias")),
+            )
+            .squeeze_dim(-1);
+        (out, v)
+    }
+
+    /// Values `[B]` only.
+    pub fn value(&self, obs: &Tensor) -> Tensor {
+        let c = if self.spec.shared_torso {
+            self.torso("torso", obs)
+        } else {
+            self.torso("critic", obs)
+        };
+        c.linear(
+            self.param("critic.head.weight"),
+            Some(self.param("critic.head.bias")),
+        )
+        .squeeze_dim(-1)
+    }
+
+    /// The state-independent log standard deviation `[A]` (Box actions only).
+    pub fn log_std(&self) -> Option<&Tensor> {
+        self.is_continuous().then(|| self.param("log_std"))
+    }
+
+    /// Current parameters as host f32 vectors, in spec order.
+    pub fn host_parameters(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.params
+            .iter()
+            .map(|(n, t)| {
+                let shape = t.size().iter().map(|&d| d as usize).collect();
+                let data = tensor_to_vec(t);
+                (n.clone(), shape, data)
+            })
+            .collect()
+    }
+
+    /// The parameters as a safetensors file (f32, spec names), the format of
+    /// policy snapshots and of the model part of checkpoints.
+    pub fn to_safetensors(&self) -> Vec<u8> {
+        let host = self.host_parameters();
+        write_safetensors(
+            host.iter()
+                .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
+            None,
+        )
+    }
+
+    /// Copies named host parameters into this policy after checking every
+    /// name, shape and value.
+    pub fn load_parameters(
+        &mut self,
+        named: &[(String, Vec<usize>, Vec<f32>)],
+    ) -> Result<(), ModelError> {
+        let mut staged = Vec::with_capacity(self.params.len());
+        for (name, t) in &self.params {
+            let (_, shape, data) = named
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .ok_or_else(|| ModelError::Missing(name.clone()))?;
+            let expected = t.size();
+            let actual: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            if expected != actual || data.len() != t.numel() {
+                return Err(ModelError::Shape {
+                    name: name.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            if data.iter().any(|x| !x.is_finite()) {
+                return Err(ModelError::NonFinite(name.clone()));
+            }
+            staged.push(
+                Tensor::from_slice(data)
+                    .reshape(&expected)
+                    .to_device(self.device()),
+            );
+        }
+        tch::no_grad(|| {
+            for ((_, t), src) in self.params.iter_mut().zip(&staged) {
+                t.copy_(src);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A `[rows, cols]` matrix with orthonormal rows or columns, times `gain`
+/// (Saxe et al. 2014; the construction of `torch.nn.init.orthogonal_`: QR of
+/// a Gaussian matrix, signs fixed by R's diagonal).
+fn orthogonal(rows: usize, cols: usize, gain: f64, rng: &mut Pcg64Mcg) -> Tensor {
+    let (r, c) = if rows < cols {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    let normal: Vec<f32> = (0..r * c)
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    let a = Tensor::from_slice(&normal)
+        .reshape([r as i64, c as i64])
+        .to_kind(Kind::Double);
+    let (q, rr) = Tensor::linalg_qr(&a, "reduced");
+    let q = q * rr.diagonal(0, 0, 1).sign().unsqueeze(0);
+    let q = if rows < cols { q.tr() } else { q };
+    (q * gain).to_kind(Kind::Float).contiguous()
+}
+
+/// Host tensors: `(name, shape, values)`.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Copies a tensor to a host `Vec<f32>` (any device, any float kind).
+pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
+    let flat = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .flatten(0, -1)
+        .contiguous();
+    // A contiguous f32 CPU tensor always converts.
+    Vec::<f32>::try_from(&flat).expect("contiguous f32 CPU tensor converts to Vec<f32>")
+}
+
+/// Serializes f32 tensors `(name, shape, data)` as safetensors, with optional metadata.
+pub fn write_safetensors<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Vec<u8> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .map(|(n, s, d)| {
+            (
+                n.to_owned(),
+                s.to_vec(),
+                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .expect("shape and byte length agree by construction");
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, metadata).expect("serializing in-memory f32 tensors cannot fail")
+}
+
+/// Parses f32 tensors from safetensors bytes, checking sizes before copying.
+pub fn read_safetensors(bytes: &[u8]) -> Result<NamedTensors, ModelError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| ModelError::Format(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(ModelError::Format(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                view.dtype()
+            )));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.push((name, view.shape().to_vec(), data));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cartpole_policy(seed: u64) -> Policy {
+        Policy::new(
+            &ModelSpec::default(),
+            4,
+            &Space::Discrete { n: 2 },
+            Device::Cpu,
+            seed,
+        )
+    }
+
+    #[test]
+    fn shapes_follow_the_spec() {
+        let p = cartpole_policy(0);
+        let obs = Tensor::zeros([5, 4], (Kind::Float, Device::Cpu));
+        let (logits, v) = p.forward(&obs);
+        assert_eq!(logits.size(), [5, 2]);
+        assert_eq!(v.size(), [5]);
+        assert_eq!(p.value(&obs).size(), [5]);
+        let names: Vec<_> = p.parameters().iter().map(|(n, _)| n.clone()).collect();
+        let spec_names: Vec<_> = ModelSpec::default()
+            .parameter_shapes(4, &Space::Discrete { n: 2 })
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, spec_names);
+    }
+
+    #[test]
+    fn initialization_is_orthogonal_and_seeded() {
+        let p = cartpole_policy(3);
+        let w = &p.parameters()[2].1; // actor.1.weight [64, 64], gain sqrt(2)
+        let wwt = w.matmul(&w.tr()) / 2.0;
+        let eye = Tensor::eye(64, (Kind::Float, Device::Cpu));
+        assert!((wwt - eye).abs().max().double_value(&[]) < 1e-4);
+        assert!(p.to_safetensors() == cartpole_policy(3).to_safetensors());
+        assert!(p.to_safetensors() != cartpole_policy(4).to_safetensors());
+        // [2, 64] head: orthonormal rows times 0.01
+        let h = &p.parameters()[8].1;
+        let hht = h.matmul(&h.tr()) / 1e-4;
+        assert!(
+            (hht - Tensor::eye(2, (Kind::Float, Device::Cpu)))
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-3
+        );
+    }
+
+    #[test]
+    fn safetensors_round_trip_into_another_policy() {
+        let a = cartpole_policy(1);
+        let mut b = cartpole_policy(2);
+        let named = read_safetensors(&a.to_safetensors()).unwrap();
+        b.load_parameters(&named).unwrap();
+        let obs = Tensor::randn([7, 4], (Kind::Float, Device::Cpu));
+        let (la, va) = a.forward(&obs);
+        let (lb, vb) = b.forward(&obs);
+        assert!(la.equal(&lb) && va.equal(&vb));
+    }
+
+    #[test]
+    fn loading_checks_names_shapes_and_values() {
+        let mut p = cartpole_policy(1);
+        let mut named = read_safetensors(&p.to_safetensors()).unwrap();
+        named.retain(|(n, _, _)| n != "critic.head.bias");
+        assert!(
+            matches!(p.load_parameters(&named), Err(ModelError::Missing(n)) if n == "critic.head.bias")
+        );
+        let mut named = read_safetensors(&p.to_safetensors()).unwrap();
+        named[0].1 = vec![4, 64];
+        assert!(matches!(
+            p.load_parameters(&named),
+            Err(ModelError::Shape { .. })
+        ));
+        let mut named = read_safetensors(&p.to_safetensors()).unwrap();
+        named[0].2[0] = f32::NAN;
+        assert!(matches!(
+            p.load_parameters(&named),
+            Err(ModelError::NonFinite(_))
+        ));
+        assert!(read_safetensors(b"not a safetensors file").is_err());
+    }
+
+    #[test]
+    fn gaussian_policy_has_log_std_at_its_initial_value() {
+        let spec = ModelSpec {
+            init_log_std: -0.5,
+            shared_torso: true,
+            ..Default::default()
+        };
+        let p = Policy::new(&spec, 3, &Space::uniform_box(-2.0, 2.0, 1), Device::Cpu, 0);
+        assert_eq!(tensor_to_vec(p.log_std().unwrap()), vec![-0.5]);
+        let (mean, v) = p.forward(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
+        assert_eq!((mean.size(), v.size()), (vec![2, 1], vec![2]));
+    }
+}

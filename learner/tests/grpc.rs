@@ -1,0 +1,290 @@
+//! The learner over real gRPC on loopback: handshake, ingest, training,
+//! snapshot publishing, and the rejection of every kind of bad chunk.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flotilla_common::chunk::ChunkBuilder;
+use flotilla_common::env::EnvSpec;
+use flotilla_common::model::ModelSpec;
+use flotilla_common::policy::CpuPolicy;
+use flotilla_common::proto::{self, learner_client::LearnerClient};
+use flotilla_common::{Space, VecEnv};
+use flotilla_learner::config::RunConfig;
+use flotilla_learner::device::DeviceChoice;
+use flotilla_learner::run::{start, Learner, RunOptions};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const T: usize = 8;
+const N: usize = 4;
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("flotilla-grpc-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+async fn learner(tag: &str, extra: &[&str]) -> Learner {
+    let mut set: Vec<String> = vec![
+        "ppo.batch_size=64".into(),
+        "ppo.num_minibatches=2".into(),
+        format!("rollout.chunk_len={T}"),
+        format!("rollout.num_envs={N}"),
+        "run.total_env_steps=100000".into(),
+        "run.progress_every_seconds=60".into(),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    let config = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &set).unwrap();
+    start(RunOptions {
+        config,
+        run_dir: temp_dir(tag),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        device: DeviceChoice::Cpu,
+        resume: false,
+        install_signal_handlers: false,
+        local_actors: 0,
+        local_num_envs: None,
+    })
+    .await
+    .unwrap()
+}
+
+async fn client(addr: SocketAddr) -> LearnerClient<Channel> {
+    LearnerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+async fn hello(c: &mut LearnerClient<Channel>) -> proto::RunSpec {
+    c.hello(proto::HelloRequest {
+        actor_name: "test".into(),
+        num_envs: N as u32,
+        protocol_version: proto::PROTOCOL_VERSION,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// A well-formed chunk of real CartPole steps with uniform random actions.
+fn good_chunk(spec: &proto::RunSpec, seq: u64, version: u64) -> proto::Chunk {
+    let mut envs = VecEnv::new(&EnvSpec::new("CartPole-v1"), N, seq).unwrap();
+    let mut b = ChunkBuilder::new(T, N, 4, Space::Discrete { n: 2 });
+    b.begin(envs.observations());
+    for t in 0..T {
+        let actions: Vec<usize> = (0..N).map(|i| (t + i + seq as usize) % 2).collect();
+        envs.step_discrete(&actions);
+        b.push_discrete(&actions, &[0.5f32.ln(); N], None, &envs);
+    }
+    b.finish(&spec.run_id, &spec.env_id, spec.actor_id, seq, version)
+}
+
+async fn send(
+    c: &mut LearnerClient<Channel>,
+    chunks: Vec<proto::Chunk>,
+) -> Result<proto::IngestSummary, tonic::Status> {
+    c.stream_trajectories(tokio_stream::iter(chunks))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_train_the_policy_and_subscribers_get_the_new_version() {
+    let l = learner("train", &[]).await;
+    let mut c = client(l.local_addr()).await;
+    let spec = hello(&mut c).await;
+    assert_eq!(spec.env_id, "CartPole-v1");
+    assert_eq!(spec.chunk_len as usize, T);
+    assert_eq!(spec.policy_version, 0);
+    let mut sub = c
+        .subscribe_policy(proto::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = sub.next().await.unwrap().unwrap();
+    assert_eq!(first.version, 0);
+    let model = ModelSpec::try_from(spec.model.as_ref().unwrap()).unwrap();
+    let p0 = CpuPolicy::from_safetensors(&model, 4, &Space::Discrete { n: 2 }, &first.safetensors)
+        .unwrap();
+
+    // 2 chunks x 8 steps x 4 envs = 64 samples = one batch
+    let summary = send(
+        &mut c,
+        vec![good_chunk(&spec, 1, 0), good_chunk(&spec, 2, 0)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.chunks_accepted, summary.samples_accepted), (2, 64));
+    let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("a new snapshot within 30s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.version, 1);
+    let p1 = CpuPolicy::from_safetensors(&model, 4, &Space::Discrete { n: 2 }, &next.safetensors)
+        .unwrap();
+    let obs = ndarray::Array2::from_elem((1, 4), 0.1f32);
+    assert_ne!(
+        p0.forward(obs.view(), true),
+        p1.forward(obs.view(), true),
+        "an update changes the weights"
+    );
+    assert_eq!(hello(&mut c).await.policy_version, 1);
+    l.stop();
+    let s = l.wait().await.unwrap();
+    assert_eq!(s.train.version, 1);
+    assert_eq!(s.train.env_steps, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_chunk_is_rejected_naming_its_field_and_the_learner_carries_on() {
+    let l = learner("bad", &[]).await;
+    let mut c = client(l.local_addr()).await;
+    let spec = hello(&mut c).await;
+    type Corrupt = Box<dyn Fn(&mut proto::Chunk)>;
+    let cases: Vec<(&str, Corrupt)> = vec![
+        ("run_id", Box::new(|ch| ch.run_id = "other-run".into())),
+        ("env_id", Box::new(|ch| ch.env_id = "Acrobot-v1".into())),
+        ("t", Box::new(|ch| ch.t = 0)),
+        ("t", Box::new(|ch| ch.t = T as u32 + 1)),
+        ("n", Box::new(|ch| ch.n = 0)),
+        ("obs", Box::new(|ch| ch.obs = ch.obs.slice(4..))),
+        (
+            "obs",
+            Box::new(|ch| {
+                let mut v = ch.obs.to_vec();
+                v[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                ch.obs = v.into();
+            }),
+        ),
+        (
+            "actions",
+            Box::new(|ch| {
+                let mut v = ch.actions.to_vec();
+                v[0..8].copy_from_slice(&7i64.to_le_bytes());
+                ch.actions = v.into();
+            }),
+        ),
+        (
+            "rewards",
+            Box::new(|ch| {
+                let mut v = ch.rewards.to_vec();
+                v[4..8].copy_from_slice(&f32::INFINITY.to_le_bytes());
+                ch.rewards = v.into();
+            }),
+        ),
+        (
+            "terminated",
+            Box::new(|ch| {
+                let mut v = ch.terminated.to_vec();
+                v[0] = 2;
+                ch.terminated = v.into();
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|ch| ch.truncated = ch.truncated.slice(1..)),
+        ),
+        (
+            "behavior_logp",
+            Box::new(|ch| ch.behavior_logp = bytes::Bytes::new()),
+        ),
+        ("policy_version", Box::new(|ch| ch.policy_version = 99)),
+        (
+            "final_obs",
+            Box::new(|ch| {
+                // a done flag without its final observation
+                let mut v = ch.terminated.to_vec();
+                let i = v.iter().position(|&x| x == 0).unwrap();
+                v[i] = 1;
+                ch.terminated = v.into();
+            }),
+        ),
+    ];
+    for (field, corrupt) in &cases {
+        let mut ch = good_chunk(&spec, 1, 0);
+        corrupt(&mut ch);
+        let err = send(&mut c, vec![ch]).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().contains(&format!("`{field}`")) || err.message().contains(field),
+            "message for {field} should name it: {}",
+            err.message()
+        );
+    }
+    // The learner is unharmed: a good chunk still goes through.
+    let ok = send(&mut c, vec![good_chunk(&spec, 1, 0)]).await.unwrap();
+    assert_eq!(ok.chunks_accepted, 1);
+    l.stop();
+    l.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_rejects_bad_requests() {
+    let l = learner("hello", &[]).await;
+    let mut c = client(l.local_addr()).await;
+    let err = c
+        .hello(proto::HelloRequest {
+            actor_name: "x".into(),
+            num_envs: 1,
+            protocol_version: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("protocol_version"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .hello(proto::HelloRequest {
+            actor_name: "x".into(),
+            num_envs: 1 << 30,
+            protocol_version: proto::PROTOCOL_VERSION,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("num_envs"), "{}", err.message());
+    l.stop();
+    l.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_duplicate_chunks_are_dropped_not_trained_on() {
+    let l = learner("stale", &["ingest.max_policy_lag=0"]).await;
+    let mut c = client(l.local_addr()).await;
+    let spec = hello(&mut c).await;
+    send(
+        &mut c,
+        vec![good_chunk(&spec, 1, 0), good_chunk(&spec, 2, 0)],
+    )
+    .await
+    .unwrap();
+    // wait for version 1
+    for _ in 0..300 {
+        if hello(&mut c).await.policy_version >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hello(&mut c).await.policy_version, 1);
+    // acted with version 0 while the learner is at 1, lag 1 > 0: dropped, not an error
+    let s = send(&mut c, vec![good_chunk(&spec, 3, 0)]).await.unwrap();
+    assert_eq!(s.chunks_accepted, 0);
+    // a repeated sequence number is a duplicate
+    let s = send(&mut c, vec![good_chunk(&spec, 2, 1)]).await.unwrap();
+    assert_eq!(s.chunks_accepted, 0);
+    let s = send(&mut c, vec![good_chunk(&spec, 4, 1)]).await.unwrap();
+    assert_eq!(s.chunks_accepted, 1);
+    l.stop();
+    let summary = l.wait().await.unwrap();
+    assert_eq!(
+        summary.train.env_steps, 64,
+        "only the first batch was trained on"
+    );
+}

@@ -1,0 +1,108 @@
+//! `actor rollout`: the JSON Lines trace written by the real binary.
+
+use std::process::Command;
+
+use flotilla_tests::{bin, TempDir};
+
+#[test]
+fn rollout_writes_a_trace_with_the_contract_keys() {
+    let dir = TempDir::new("rollout");
+    let out = dir.path().join("trace.jsonl");
+    let status = Command::new(bin("actor"))
+        .args([
+            "rollout",
+            "--env",
+            "CartPole-v1",
+            "--episodes",
+            "3",
+            "--seed",
+            "4",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("3 episodes"), "{stdout}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let episodes: Vec<u64> = lines
+        .iter()
+        .map(|l| l["episode"].as_u64().unwrap())
+        .collect();
+    assert_eq!(episodes.first(), Some(&0));
+    assert_eq!(episodes.last(), Some(&2));
+    let ends = lines
+        .iter()
+        .filter(|l| l["terminated"].as_bool().unwrap() || l["truncated"].as_bool().unwrap())
+        .count();
+    assert_eq!(ends, 3);
+    for l in &lines {
+        assert_eq!(l.as_object().unwrap().len(), 8);
+        assert_eq!(l["obs"].as_array().unwrap().len(), 4);
+        assert_eq!(l["next_obs"].as_array().unwrap().len(), 4);
+        assert!(l["action"].as_u64().unwrap() < 2);
+    }
+}
+
+#[test]
+fn rollout_reads_a_run_config_and_seeds_reproduce() {
+    let dir = TempDir::new("rollout-cfg");
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        "[env]\nid = \"Pendulum-v1\"\nmax_episode_steps = 20\n",
+    )
+    .unwrap();
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let o = Command::new(bin("actor"))
+            .args(["rollout", "--episodes", "2", "--seed", "1", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        std::fs::read_to_string(out).unwrap()
+    };
+    let a = run("a.jsonl");
+    assert_eq!(a.lines().count(), 40);
+    assert_eq!(a, run("b.jsonl"));
+    let first: serde_json::Value = serde_json::from_str(a.lines().next().unwrap()).unwrap();
+    assert_eq!(first["action"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn rollout_rejects_unknown_env_and_bad_key_naming_them() {
+    let dir = TempDir::new("rollout-bad");
+    let out = dir.path().join("t.jsonl");
+    let o = Command::new(bin("actor"))
+        .args(["rollout", "--env", "Nope-v9", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Nope-v9") && err.contains("CartPole-v1"),
+        "{err}"
+    );
+
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[env]\nid = \"Maze-v0\"\nsizee = 5\n").unwrap();
+    let o = Command::new(bin("actor"))
+        .args(["rollout", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("sizee") && err.contains("size"), "{err}");
+}

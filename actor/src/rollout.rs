@@ -1,4 +1,5 @@
-//! `actor rollout`: play episodes locally and write a JSON Lines trace.
+//! `actor rollout`: play episodes locally, with a random policy or a trained
+//! one from a learner checkpoint, and write a JSON Lines trace.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -6,7 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use flotilla_common::env::{EnvSpec, ENV_IDS};
-use flotilla_common::rollout::{play, EpisodeSummary, RandomPolicy};
+use flotilla_common::model::ModelSpec;
+use flotilla_common::policy::CpuPolicy;
+use flotilla_common::rollout::{play, Action, EpisodeSummary, RandomPolicy};
+use ndarray::ArrayView2;
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
 
 /// Arguments of `actor rollout`.
 #[derive(Debug, clap::Args)]
@@ -27,6 +33,86 @@ pub struct RolloutArgs {
     /// Where to write the JSON Lines trace (one object per step).
     #[arg(long)]
     pub out: PathBuf,
+    /// Play a trained policy from a learner checkpoint instead of a random
+    /// policy; the environment comes from the checkpoint's run config unless
+    /// --env or --config is given.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// With --checkpoint: take the most likely action (the Gaussian mean)
+    /// instead of sampling.
+    #[arg(long, requires = "checkpoint")]
+    pub greedy: bool,
+}
+
+/// A trained policy read from a learner checkpoint.
+pub struct CheckpointPolicy {
+    pub env: EnvSpec,
+    pub model: ModelSpec,
+    pub version: String,
+    /// The `model/*` tensors re-serialized under their spec names.
+    pub safetensors: Vec<u8>,
+}
+
+/// Largest checkpoint file read (a guard against reading arbitrary files whole).
+const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
+
+/// Reads the policy and its run's `[env]` and `[model]` from a checkpoint.
+pub fn load_checkpoint(path: &Path) -> anyhow::Result<CheckpointPolicy> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading checkpoint {}", path.display()))?
+        .len();
+    if len > MAX_CHECKPOINT_BYTES {
+        bail!(
+            "checkpoint {} is {len} bytes, more than any policy needs",
+            path.display()
+        );
+    }
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("checkpoint {} is not a safetensors file", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let md = meta.metadata().clone().unwrap_or_default();
+    let config = md.get("config").with_context(|| {
+        format!(
+            "checkpoint {} has no run config in its metadata",
+            path.display()
+        )
+    })?;
+    let mut table: toml::Table = toml::from_str(config).context("checkpoint's run config")?;
+    let env: EnvSpec = match table.remove("env") {
+        Some(v) => v.try_into().context("checkpoint's [env]")?,
+        None => bail!("checkpoint's run config has no [env]"),
+    };
+    let model: ModelSpec = match table.remove("model") {
+        Some(v) => v.try_into().context("checkpoint's [model]")?,
+        None => ModelSpec::default(),
+    };
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some(param) = name.strip_prefix("model/") {
+            owned.push((
+                param.to_owned(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            ));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, d)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .map(|v| (n.clone(), v))
+        })
+        .collect::<Result<_, _>>()
+        .context("checkpoint tensors")?;
+    let safetensors = safetensors::serialize(views, None).context("re-serializing the policy")?;
+    Ok(CheckpointPolicy {
+        env,
+        model,
+        version: md.get("version").cloned().unwrap_or_default(),
+        safetensors,
+    })
 }
 
 /// Reads the environment spec from a config file: either a run config with an
@@ -47,15 +133,19 @@ pub fn load_env_spec(path: &Path) -> anyhow::Result<EnvSpec> {
 
 /// Runs `actor rollout` and returns the episode summaries.
 pub fn run(args: &RolloutArgs) -> anyhow::Result<Vec<EpisodeSummary>> {
-    let mut spec = match &args.config {
-        Some(path) => load_env_spec(path)?,
-        None => match &args.env {
-            Some(id) => EnvSpec::new(id.clone()),
-            None => bail!(
-                "give --env ID or --config FILE; valid ids are: {}",
-                ENV_IDS.join(", ")
-            ),
-        },
+    let trained = args
+        .checkpoint
+        .as_deref()
+        .map(load_checkpoint)
+        .transpose()?;
+    let mut spec = match (&args.config, &args.env, &trained) {
+        (Some(path), _, _) => load_env_spec(path)?,
+        (None, Some(id), _) => EnvSpec::new(id.clone()),
+        (None, None, Some(t)) => t.env.clone(),
+        (None, None, None) => bail!(
+            "give --env ID, --config FILE or --checkpoint FILE; valid ids are: {}",
+            ENV_IDS.join(", ")
+        ),
     };
     if let Some(id) = &args.env {
         spec.id = id.clone();
@@ -64,18 +154,34 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Vec<EpisodeSummary>> {
         bail!("--episodes must be at least 1");
     }
     let mut env = spec.make()?;
-    let mut policy = RandomPolicy::new(env.action_space().clone(), args.seed ^ 0x5eed_5eed);
+    let space = env.action_space().clone();
+    let obs_dim = env.observation_space().flat_dim();
+    let mut act: Box<dyn FnMut(&[f32]) -> Action> = match trained {
+        None => {
+            let mut policy = RandomPolicy::new(space, args.seed ^ 0x5eed_5eed);
+            Box::new(move |o: &[f32]| policy.act(o))
+        }
+        Some(t) => {
+            let policy = CpuPolicy::from_safetensors(&t.model, obs_dim, &space, &t.safetensors)
+                .context("the checkpoint's policy does not fit this environment")?;
+            let mut rng = Pcg64Mcg::seed_from_u64(args.seed ^ 0x5eed_5eed);
+            let greedy = args.greedy;
+            Box::new(move |o: &[f32]| {
+                let obs = ArrayView2::from_shape((1, o.len()), o).expect("one observation row");
+                let s = policy.act(obs, false, greedy, &mut rng);
+                if s.discrete.is_empty() {
+                    Action::Continuous(s.continuous)
+                } else {
+                    Action::Discrete(s.discrete[0])
+                }
+            })
+        }
+    };
     let file = File::create(&args.out)
         .with_context(|| format!("creating trace file {}", args.out.display()))?;
     let mut out = BufWriter::new(file);
-    let summaries = play(
-        env.as_mut(),
-        args.episodes,
-        args.seed,
-        &mut |o| policy.act(o),
-        &mut out,
-    )
-    .with_context(|| format!("writing trace file {}", args.out.display()))?;
+    let summaries = play(env.as_mut(), args.episodes, args.seed, &mut act, &mut out)
+        .with_context(|| format!("writing trace file {}", args.out.display()))?;
     Ok(summaries)
 }
 

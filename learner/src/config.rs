@@ -195,6 +195,11 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// A short name of the algorithm, for titles.
+    pub fn algo_name(&self) -> &'static str {
+        "PPO"
+    }
+
     /// The effective configuration as TOML (stored in checkpoints).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a RunConfig always serializes")

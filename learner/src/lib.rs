@@ -7,6 +7,7 @@ pub mod device;
 pub mod distributions;
 pub mod gae;
 pub mod model;
+pub mod plot;
 pub mod ppo;
 pub mod run;
 pub mod service;

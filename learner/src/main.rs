@@ -7,18 +7,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use flotilla_learner::config::RunConfig;
 use flotilla_learner::device::DeviceChoice;
 use flotilla_learner::run::{self, RunOptions};
 
 /// Flotilla learner: trains a policy from the trajectories actors stream to it.
 #[derive(Debug, Parser)]
-#[command(name = "learner", version)]
+#[command(name = "learner", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Run configuration (TOML; see configs/ and docs/configuration.md).
-    #[arg(long, env = "FLOTILLA_CONFIG")]
-    config: PathBuf,
+    #[arg(long, env = "FLOTILLA_CONFIG", required = true)]
+    config: Option<PathBuf>,
     /// Run directory for checkpoints, the metrics log and the learning curve
     /// [default: runs/<config name>-<unix time>].
     #[arg(long, env = "FLOTILLA_RUN_DIR")]
@@ -58,6 +60,15 @@ struct Cli {
     set: Vec<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Draw `learning_curve.png` from a run directory's `metrics.jsonl`.
+    Plot {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +77,26 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Plot { run_dir }) = &cli.command {
+        let title = run_dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return match flotilla_learner::plot::plot_run(run_dir, &title) {
+            Ok(p) => {
+                println!("learning curve: {}", p.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(config_path) = cli.config.clone() else {
+        eprintln!("error: --config is required");
+        return ExitCode::from(64);
+    };
     let mut overrides = cli.set.clone();
     if let Some(seed) = cli.seed {
         overrides.push(format!("run.seed={seed}"));
@@ -73,7 +104,7 @@ fn main() -> ExitCode {
     if let Some(steps) = cli.total_env_steps {
         overrides.push(format!("run.total_env_steps={steps}"));
     }
-    let config = match RunConfig::load(&cli.config, &overrides) {
+    let config = match RunConfig::load(&config_path, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -81,8 +112,7 @@ fn main() -> ExitCode {
         }
     };
     let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
-        let stem = cli
-            .config
+        let stem = config_path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "run".into());

@@ -77,6 +77,8 @@ pub struct RunSummary {
     pub wall_seconds: f64,
     pub episodes: u64,
     pub mean_return: Option<f64>,
+    /// `learning_curve.png` in the run directory, when there was a curve to draw.
+    pub learning_curve: Option<PathBuf>,
 }
 
 impl fmt::Display for RunSummary {
@@ -101,6 +103,9 @@ impl fmt::Display for RunSummary {
             None => writeln!(f, "no episode finished")?,
         }
         writeln!(f, "run directory: {}", self.run_dir.display())?;
+        if let Some(p) = &self.learning_curve {
+            writeln!(f, "learning curve: {}", p.display())?;
+        }
         match &t.final_checkpoint {
             Some(p) => write!(f, "final checkpoint: {}", p.display()),
             None => write!(f, "no checkpoint written"),
@@ -114,6 +119,7 @@ pub struct Learner {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
     run_dir: PathBuf,
+    title: String,
     started: Instant,
     trainer_done: oneshot::Receiver<std::thread::Result<Result<TrainSummary, TrainError>>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -173,8 +179,16 @@ impl Learner {
         }
         self.printer.abort();
         let train = result.map_err(|_| RunError::TrainerPanicked)??;
+        let learning_curve = match crate::plot::plot_run(&self.run_dir, &self.title) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(error = %e, "no learning curve drawn");
+                None
+            }
+        };
         let recent = self.progress.recent.lock().ok();
         Ok(RunSummary {
+            learning_curve,
             run_dir: self.run_dir,
             train,
             wall_seconds: self.started.elapsed().as_secs_f64(),
@@ -406,6 +420,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
         stop,
         progress,
         run_dir: opts.run_dir,
+        title: format!("{} — {}", cfg.env.id, cfg.algo_name()),
         started,
         trainer_done: done_rx,
         server,

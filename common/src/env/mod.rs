@@ -153,9 +153,15 @@ pub(crate) fn parse<T: DeserializeOwned>(
     env: &'static str,
     table: &toml::Table,
 ) -> Result<T, EnvError> {
-    T::deserialize(toml::Value::Table(table.clone())).map_err(|e| EnvError::Config {
-        env,
-        message: e.message().to_owned(),
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path.is_empty() || path == "." {
+            inner.message().to_owned()
+        } else {
+            format!("key `{path}`: {}", inner.message())
+        };
+        EnvError::Config { env, message }
     })
 }
 
@@ -205,7 +211,10 @@ mod tests {
         let spec: EnvSpec =
             toml::from_str("id = \"CartPole-v1\"\nmax_episode_steps = \"long\"").unwrap();
         let msg = spec.make().err().unwrap().to_string();
-        assert!(msg.contains("CartPole-v1"), "{msg}");
+        assert!(
+            msg.contains("CartPole-v1") && msg.contains("`max_episode_steps`"),
+            "{msg}"
+        );
     }
 
     #[test]

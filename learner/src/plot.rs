@@ -1,0 +1,155 @@
+//! The learning curve: episode return against environment steps and against
+//! wall-clock time, drawn from a run's `metrics.jsonl` into a PNG.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::register_font;
+
+/// One point of the curve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub env_steps: f64,
+    pub wall_seconds: f64,
+    pub mean_return: f64,
+}
+
+/// Errors drawing a curve.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} has no update with a finished episode yet")]
+    Empty(String),
+    #[error("drawing: {0}")]
+    Draw(String),
+}
+
+/// Reads the points of a metrics log (lines without a mean return are skipped;
+/// malformed lines, e.g. a torn last line, too).
+pub fn read_points(metrics: &Path) -> Result<Vec<Point>, PlotError> {
+    let text = std::fs::read_to_string(metrics).map_err(|source| PlotError::Read {
+        path: metrics.display().to_string(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some(Point {
+                env_steps: v.get("env_steps")?.as_f64()?,
+                wall_seconds: v.get("wall_seconds")?.as_f64()?,
+                mean_return: v.get("episode_return_mean")?.as_f64()?,
+            })
+        })
+        .collect())
+}
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Embedded DejaVu Sans: no system fonts needed.
+        let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// Draws `points` into a 1200×450 PNG with two panels.
+pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> {
+    if points.is_empty() {
+        return Err(PlotError::Empty(title.to_owned()));
+    }
+    fonts();
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw(e.to_string());
+    let root = BitMapBackend::new(out, (1200, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    let (left, right) = root.split_horizontally(600);
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.mean_return), hi.max(p.mean_return))
+        });
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let y = (lo - pad)..(hi + pad);
+    let panels: [(&DrawingArea<BitMapBackend<'_>, _>, &str, fn(&Point) -> f64); 2] = [
+        (&left, "environment steps", |p| p.env_steps),
+        (&right, "wall-clock seconds", |p| p.wall_seconds),
+    ];
+    for (area, label, x_of) in panels {
+        let x_max = points.iter().map(x_of).fold(0.0, f64::max).max(1e-9);
+        let mut chart = ChartBuilder::on(area)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, y.clone())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(label)
+            .y_desc("mean return (last 100 episodes)")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (x_of(p), p.mean_return)),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Draws `<run_dir>/learning_curve.png` from `<run_dir>/metrics.jsonl`.
+pub fn plot_run(run_dir: &Path, title: &str) -> Result<std::path::PathBuf, PlotError> {
+    let points = read_points(&run_dir.join("metrics.jsonl"))?;
+    let out = run_dir.join("learning_curve.png");
+    draw(&points, title, &out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_png_from_a_metrics_log_skipping_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("flotilla-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = String::new();
+        for i in 0..50 {
+            log.push_str(&format!(
+                "{{\"env_steps\": {}, \"wall_seconds\": {}, \"episode_return_mean\": {}}}\n",
+                i * 1000,
+                i as f64 * 0.1,
+                (i * 10) as f64
+            ));
+        }
+        log.push_str(
+            "{\"env_steps\": 1, \"wall_seconds\": 1, \"episode_return_mean\": null}\n{\"torn",
+        );
+        std::fs::write(dir.join("metrics.jsonl"), log).unwrap();
+        assert_eq!(read_points(&dir.join("metrics.jsonl")).unwrap().len(), 50);
+        let png = plot_run(&dir, "test").unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 5_000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_log_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("flotilla-plot-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), "").unwrap();
+        assert!(matches!(plot_run(&dir, "x"), Err(PlotError::Empty(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -44,6 +44,9 @@ pub struct RolloutArgs {
     pub greedy: bool,
 }
 
+/// A policy as the rollout loop calls it: observation in, action out.
+type PolicyFn = dyn FnMut(&[f32]) -> Action;
+
 /// A trained policy read from a learner checkpoint.
 pub struct CheckpointPolicy {
     pub env: EnvSpec,
@@ -156,7 +159,7 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Vec<EpisodeSummary>> {
     let mut env = spec.make()?;
     let space = env.action_space().clone();
     let obs_dim = env.observation_space().flat_dim();
-    let mut act: Box<dyn FnMut(&[f32]) -> Action> = match trained {
+    let mut act: Box<PolicyFn> = match trained {
         None => {
             let mut policy = RandomPolicy::new(space, args.seed ^ 0x5eed_5eed);
             Box::new(move |o: &[f32]| policy.act(o))

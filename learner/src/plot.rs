@@ -57,6 +57,9 @@ fn fonts() {
     });
 }
 
+/// Which coordinate of a point goes on the x axis.
+type XOf = fn(&Point) -> f64;
+
 /// Draws `points` into a 1200×450 PNG with two panels.
 pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> {
     if points.is_empty() {
@@ -77,11 +80,12 @@ pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> 
         });
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let y = (lo - pad)..(hi + pad);
-    let panels: [(&DrawingArea<BitMapBackend<'_>, _>, &str, fn(&Point) -> f64); 2] = [
-        (&left, "environment steps", |p| p.env_steps),
-        (&right, "wall-clock seconds", |p| p.wall_seconds),
-    ];
-    for (area, label, x_of) in panels {
+    let steps: XOf = |p| p.env_steps;
+    let seconds: XOf = |p| p.wall_seconds;
+    for (area, label, x_of) in [
+        (&left, "environment steps", steps),
+        (&right, "wall-clock seconds", seconds),
+    ] {
         let x_max = points.iter().map(x_of).fold(0.0, f64::max).max(1e-9);
         let mut chart = ChartBuilder::on(area)
             .margin(15)

@@ -53,6 +53,11 @@ setup_libtorch() {
     return
   fi
   torch_ok || install_torch
+  # Small extras the tests use to read our files the way users do.
+  if ! "$VENV/bin/python" -c 'import safetensors, numpy' >/dev/null 2>&1; then
+    log "installing safetensors and numpy into $VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q safetensors numpy
+  fi
   export VIRTUAL_ENV="$VENV"
   export PATH="$VENV/bin:$PATH"
   export LIBTORCH_USE_PYTORCH=1
@@ -71,6 +76,8 @@ case "$cmd" in
   test)
     setup_libtorch
     cd "$ROOT"
+    # The end-to-end tests run the real binaries: build them first.
+    cargo build --workspace --bins
     exec cargo test --workspace --all-targets "$@"
     ;;
   cargo)

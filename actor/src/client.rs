@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::worker::{self, WorkerSpec};
 use crate::Snapshot;
@@ -97,6 +97,8 @@ struct Session {
     client: LearnerClient<Channel>,
     run_id: String,
     actor_id: u32,
+    /// The learner's policy version at the handshake.
+    version: u64,
     spec: WorkerSpec,
 }
 
@@ -141,6 +143,7 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         client,
         run_id: rs.run_id,
         actor_id: rs.actor_id,
+        version: rs.policy_version,
         spec,
     })
 }
@@ -289,8 +292,13 @@ async fn serve(
         mut client,
         run_id,
         actor_id,
+        version,
         ..
     } = session;
+    // Newest version this learner has shown us. A chunk acted with a newer one
+    // was acted before the learner restarted from an older checkpoint: the
+    // learner no longer has that policy, so the chunk is dropped here.
+    let mut known_version = version;
     let mut snapshots = client
         .subscribe_policy(proto::SubscribeRequest {
             actor_name: String::new(),
@@ -317,6 +325,7 @@ async fn serve(
             }
             snap = snapshots.next() => match snap {
                 Some(Ok(s)) => {
+                    known_version = known_version.max(s.version);
                     snap_tx.send_replace(Some(Snapshot { version: s.version, safetensors: s.safetensors }));
                 }
                 Some(Err(status)) => return Err(status),
@@ -333,6 +342,10 @@ async fn serve(
                 let Some(mut chunk) = chunk else {
                     return Err(Status::internal("environment thread stopped"));
                 };
+                if chunk.policy_version > known_version {
+                    debug!(version = chunk.policy_version, learner = known_version, "dropping a chunk acted before the learner restarted");
+                    continue;
+                }
                 sequence += 1;
                 chunk.run_id.clone_from(&run_id);
                 chunk.actor_id = actor_id;

@@ -393,6 +393,7 @@ impl Trainer {
         metrics::gauge!(m::EXPLAINED_VARIANCE).set(s.explained_variance);
         metrics::gauge!(m::GRAD_NORM).set(s.grad_norm);
         metrics::gauge!(m::LEARNING_RATE).set(s.learning_rate);
+        let lag_list = serde_json::json!(lags);
         let (ret, len) = match self.progress.recent.lock() {
             Ok(mut r) => {
                 r.lags = lags;
@@ -409,6 +410,8 @@ impl Trainer {
                 "episodes": self.progress.episodes.load(Ordering::Relaxed),
                 "episode_return_mean": ret,
                 "episode_length_mean": len,
+                "policy_lags": lag_list,
+                "busy_seconds": self.progress.busy_seconds(),
                 "update": s,
             });
             writeln!(log, "{line}")?;

@@ -48,3 +48,65 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Sends a signal (`TERM`, `KILL`, ...) to a child process.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {}", child.id());
+}
+
+/// Waits for a child to exit, at most `secs` seconds; `None` if it did not.
+pub fn wait_for_exit(
+    child: &mut std::process::Child,
+    secs: u64,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+/// The configs/ folder of the repository.
+pub fn configs() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+/// Parses "mean return of the last 100 episodes: X" from a learner's summary.
+pub fn summary_mean_return(stdout: &str) -> Option<f64> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("mean return of the last 100 episodes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Parses the version and env steps from "run ...: N env steps trained in ..., policy version V".
+pub fn summary_version_and_steps(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("run finished") || l.starts_with("run stopped"))?;
+    let steps = line.split(": ").nth(1)?.split(' ').next()?.parse().ok()?;
+    let version = line
+        .split("policy version ")
+        .nth(1)?
+        .split(',')
+        .next()?
+        .parse()
+        .ok()?;
+    Some((version, steps))
+}

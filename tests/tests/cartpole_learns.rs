@@ -4,18 +4,10 @@
 
 use std::process::Command;
 
-use flotilla_tests::{bin, TempDir};
+use flotilla_tests::{bin, configs, summary_mean_return as mean_return, TempDir};
 
 fn config_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cartpole.toml")
-}
-
-/// Parses "mean return of the last 100 episodes: X" from the run summary.
-fn mean_return(stdout: &str) -> Option<f64> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("mean return of the last 100 episodes: "))
-        .and_then(|v| v.trim().parse().ok())
+    configs().join("cartpole.toml")
 }
 
 #[test]
@@ -53,4 +45,45 @@ fn cartpole_is_solved_by_the_local_cluster() {
     let run = dir.path().join("run");
     assert!(run.join("metrics.jsonl").exists());
     assert!(std::fs::read_dir(run.join("checkpoints")).unwrap().count() >= 1);
+    assert!(run.join("learning_curve.png").exists());
+
+    // The final checkpoint plays greedily at the top of the scale.
+    let ckpt = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("final checkpoint: "))
+        .expect("final checkpoint path")
+        .trim()
+        .to_owned();
+    let trace = dir.path().join("greedy.jsonl");
+    let out = Command::new(bin("actor"))
+        .args([
+            "rollout",
+            "--checkpoint",
+            &ckpt,
+            "--greedy",
+            "--episodes",
+            "5",
+            "--seed",
+            "9",
+            "--out",
+        ])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mean: f64 = text
+        .split("return mean ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mean in {text}"));
+    assert!(
+        mean >= 475.0,
+        "greedy rollout of the trained policy: {text}"
+    );
 }

@@ -2,13 +2,33 @@
 
 use std::process::Command;
 
-use flotilla_tests::{bin, TempDir};
+/// A fresh temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("flotilla-actor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 #[test]
 fn rollout_writes_a_trace_with_the_contract_keys() {
     let dir = TempDir::new("rollout");
     let out = dir.path().join("trace.jsonl");
-    let status = Command::new(bin("actor"))
+    let status = Command::new(env!("CARGO_BIN_EXE_actor"))
         .args([
             "rollout",
             "--env",
@@ -60,7 +80,7 @@ fn rollout_reads_a_run_config_and_seeds_reproduce() {
     .unwrap();
     let run = |name: &str| {
         let out = dir.path().join(name);
-        let o = Command::new(bin("actor"))
+        let o = Command::new(env!("CARGO_BIN_EXE_actor"))
             .args(["rollout", "--episodes", "2", "--seed", "1", "--config"])
             .arg(&cfg)
             .arg("--out")
@@ -81,7 +101,7 @@ fn rollout_reads_a_run_config_and_seeds_reproduce() {
 fn rollout_rejects_unknown_env_and_bad_key_naming_them() {
     let dir = TempDir::new("rollout-bad");
     let out = dir.path().join("t.jsonl");
-    let o = Command::new(bin("actor"))
+    let o = Command::new(env!("CARGO_BIN_EXE_actor"))
         .args(["rollout", "--env", "Nope-v9", "--out"])
         .arg(&out)
         .output()
@@ -95,7 +115,7 @@ fn rollout_rejects_unknown_env_and_bad_key_naming_them() {
 
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[env]\nid = \"Maze-v0\"\nsizee = 5\n").unwrap();
-    let o = Command::new(bin("actor"))
+    let o = Command::new(env!("CARGO_BIN_EXE_actor"))
         .args(["rollout", "--config"])
         .arg(&cfg)
         .arg("--out")

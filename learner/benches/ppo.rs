@@ -41,11 +41,7 @@ fn main() {
         Device::Cpu,
         0,
     );
-    let params: Vec<Tensor> = policy
-        .parameters()
-        .iter()
-        .map(|(_, t)| t.shallow_clone())
-        .collect();
+    let params: Vec<Tensor> = policy.trainable();
     let mut adam = Adam::new(&params, 1e-5);
     let batch = Batch {
         obs: Tensor::randn([b, 4], (Kind::Float, Device::Cpu)),

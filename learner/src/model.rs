@@ -5,22 +5,31 @@
 //! read there without any mapping. Initialization follows common PPO practice:
 //! orthogonal weights (gain √2 in the torso, 0.01 for the policy head, 1 for
 //! the value head), zero biases.
+//!
+//! All parameters live in one contiguous leaf tensor; each named parameter is
+//! a view into it. The optimizer then updates one tensor with a handful of
+//! kernels instead of a handful per parameter, and the gradient-norm clip is
+//! one reduction: on a small MLP this is what keeps an update as fast as
+//! PyTorch's fused multi-tensor Adam.
 
 use flotilla_common::model::{Activation, ModelSpec};
 use flotilla_common::Space;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64Mcg;
-use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 /// Policy and value network.
 pub struct Policy {
-    vs: nn::VarStore,
+    /// Every parameter, flattened and concatenated in spec order: the one
+    /// trainable leaf.
+    flat: Tensor,
+    /// Name, shape and offset into `flat` of each parameter, in spec order.
+    layout: Vec<(String, Vec<i64>, i64)>,
     spec: ModelSpec,
     obs_dim: usize,
     action_space: Space,
-    /// Parameters in `parameter_shapes` order.
+    /// Untracked views into `flat`, for reading and loading.
     params: Vec<(String, Tensor)>,
 }
 
@@ -50,13 +59,13 @@ impl Policy {
         device: Device,
         seed: u64,
     ) -> Self {
-        let vs = nn::VarStore::new(device);
-        let root = vs.root();
         // Initial values come from our own seeded stream, not libtorch's global
         // generator, so a seed fixes the network whatever else the process does.
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
         let shapes = spec.parameter_shapes(obs_dim, action_space);
-        let mut params = Vec::with_capacity(shapes.len());
+        let mut inits = Vec::with_capacity(shapes.len());
+        let mut layout = Vec::with_capacity(shapes.len());
+        let mut offset = 0i64;
         for (name, shape) in &shapes {
             let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
             let init = if name == "log_std" {
@@ -75,17 +84,25 @@ impl Policy {
                 };
                 orthogonal(shape[0], shape[1], gain, &mut rng)
             };
-            // VarStore paths use '.' as separator, so the name is the full path.
-            let mut path = root.clone();
-            let mut parts: Vec<&str> = name.split('.').collect();
-            let leaf = parts.pop().unwrap_or(name);
-            for p in parts {
-                path = path / p;
-            }
-            params.push((name.clone(), path.var_copy(leaf, &init)));
+            inits.push(init.flatten(0, -1));
+            layout.push((name.clone(), dims.clone(), offset));
+            offset += dims.iter().product::<i64>();
         }
+        let flat = Tensor::cat(&inits, 0)
+            .to_device(device)
+            .set_requires_grad(true);
+        let params = tch::no_grad(|| {
+            layout
+                .iter()
+                .map(|(n, dims, off)| {
+                    let numel: i64 = dims.iter().product();
+                    (n.clone(), flat.narrow(0, *off, numel).view(dims.as_slice()))
+                })
+                .collect()
+        });
         Policy {
-            vs,
+            flat,
+            layout,
             spec: spec.clone(),
             obs_dim,
             action_space: action_space.clone(),
@@ -94,7 +111,51 @@ impl Policy {
     }
 
     pub fn device(&self) -> Device {
-        self.vs.device()
+        self.flat.device()
+    }
+
+    /// The trainable leaf (all parameters, flattened): what the optimizer updates.
+    pub fn trainable(&self) -> Vec<Tensor> {
+        vec![self.flat.shallow_clone()]
+    }
+
+    /// Splits a tensor laid out like the flat parameters (e.g. an Adam moment)
+    /// into named host tensors.
+    pub fn split_flat(&self, t: &Tensor) -> NamedTensors {
+        let host = tensor_to_vec(t);
+        self.layout
+            .iter()
+            .map(|(n, dims, off)| {
+                let numel: i64 = dims.iter().product();
+                let data = host[*off as usize..(*off + numel) as usize].to_vec();
+                (n.clone(), dims.iter().map(|&d| d as usize).collect(), data)
+            })
+            .collect()
+    }
+
+    /// Joins named host tensors (spec names and shapes, as checked by
+    /// [`Self::load_parameters`]) into one flat tensor on the policy's device.
+    pub fn join_flat(
+        &self,
+        named: &[(String, Vec<usize>, Vec<f32>)],
+    ) -> Result<Tensor, ModelError> {
+        let mut out = Vec::with_capacity(self.flat.numel());
+        for (name, dims, _) in &self.layout {
+            let (_, shape, data) = named
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .ok_or_else(|| ModelError::Missing(name.clone()))?;
+            let actual: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            if &actual != dims || data.len() as i64 != dims.iter().product::<i64>() {
+                return Err(ModelError::Shape {
+                    name: name.clone(),
+                    expected: dims.clone(),
+                    actual,
+                });
+            }
+            out.extend_from_slice(data);
+        }
+        Ok(Tensor::from_slice(&out).to_device(self.device()))
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -118,14 +179,16 @@ impl Policy {
         &self.params
     }
 
-    fn param(&self, name: &str) -> &Tensor {
+    /// A tracked view of one parameter (gradients flow into `flat`).
+    fn param(&self, name: &str) -> Tensor {
         // Names are generated from the spec in `new`; a miss is a bug here.
-        &self
-            .params
+        let (_, dims, off) = self
+            .layout
             .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("parameter {name} is part of every policy of this spec"))
-            .1
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("parameter {name} is part of every policy of this spec"));
+        let numel: i64 = dims.iter().product();
+        self.flat.narrow(0, *off, numel).view(dims.as_slice())
     }
 
     fn torso(&self, prefix: &str, obs: &Tensor) -> Tensor {
@@ -133,7 +196,7 @@ impl Policy {
         for i in 0..self.spec.hidden_sizes.len() {
             let w = self.param(&format!("{prefix}.{i}.weight"));
             let b = self.param(&format!("{prefix}.{i}.bias"));
-            x = x.linear(w, Some(b));
+            x = x.linear(&w, Some(&b));
             x = match self.spec.activation {
                 Activation::Tanh => x.tanh(),
                 Activation::Relu => x.relu(),
@@ -152,13 +215,13 @@ impl Policy {
             (self.torso("actor", obs), self.torso("critic", obs))
         };
         let out = a.linear(
-            self.param("actor.head.weight"),
-            Some(self.param("actor.head.bias")),
+            &self.param("actor.head.weight"),
+            Some(&self.param("actor.head.bias")),
         );
         let v = c
             .linear(
-                self.param("critic.head.weight"),
-                Some(self.param("critic.head.bias")),
+                &self.param("critic.head.weight"),
+                Some(&self.param("critic.head.bias")),
             )
             .squeeze_dim(-1);
         (out, v)
@@ -172,14 +235,14 @@ impl Policy {
             self.torso("critic", obs)
         };
         c.linear(
-            self.param("critic.head.weight"),
-            Some(self.param("critic.head.bias")),
+            &self.param("critic.head.weight"),
+            Some(&self.param("critic.head.bias")),
         )
         .squeeze_dim(-1)
     }
 
     /// The state-independent log standard deviation `[A]` (Box actions only).
-    pub fn log_std(&self) -> Option<&Tensor> {
+    pub fn log_std(&self) -> Option<Tensor> {
         self.is_continuous().then(|| self.param("log_std"))
     }
 
@@ -424,7 +487,7 @@ mod tests {
             ..Default::default()
         };
         let p = Policy::new(&spec, 3, &Space::uniform_box(-2.0, 2.0, 1), Device::Cpu, 0);
-        assert_eq!(tensor_to_vec(p.log_std().unwrap()), vec![-0.5]);
+        assert_eq!(tensor_to_vec(&p.log_std().unwrap()), vec![-0.5]);
         let (mean, v) = p.forward(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
         assert_eq!((mean.size(), v.size()), (vec![2, 1], vec![2]));
     }

@@ -290,11 +290,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
 
     tch::manual_seed(cfg.run.seed as i64);
     let policy = Policy::new(&cfg.model, obs_dim, &action_space, device, cfg.run.seed);
-    let params: Vec<tch::Tensor> = policy
-        .parameters()
-        .iter()
-        .map(|(_, t)| t.shallow_clone())
-        .collect();
+    let params: Vec<tch::Tensor> = policy.trainable();
     let adam = Adam::new(&params, cfg.ppo.adam_eps);
     let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {

@@ -27,7 +27,7 @@ use crate::checkpoint::{self, CheckpointData, CheckpointMeta};
 use crate::config::{PpoSection, RunConfig};
 use crate::distributions::{Categorical, DiagGaussian};
 use crate::gae::gae;
-use crate::model::{tensor_to_vec, Policy};
+use crate::model::Policy;
 use crate::ppo;
 use crate::service::{Ingested, Snapshot};
 
@@ -421,25 +421,6 @@ impl Trainer {
 
     /// Host copy of the full training state.
     pub fn checkpoint_data(&self) -> CheckpointData {
-        let names: Vec<String> = self
-            .policy
-            .parameters()
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
-        let moments = |list: &[Tensor]| {
-            names
-                .iter()
-                .zip(list)
-                .map(|(n, t)| {
-                    (
-                        n.clone(),
-                        t.size().iter().map(|&d| d as usize).collect(),
-                        tensor_to_vec(t),
-                    )
-                })
-                .collect()
-        };
         CheckpointData {
             meta: CheckpointMeta {
                 run_id: self.run_id.clone(),
@@ -451,8 +432,8 @@ impl Trainer {
                 config_toml: self.cfg.to_toml(),
             },
             model: self.policy.host_parameters(),
-            adam_m: moments(&self.adam.m),
-            adam_v: moments(&self.adam.v),
+            adam_m: self.policy.split_flat(&self.adam.m[0]),
+            adam_v: self.policy.split_flat(&self.adam.v[0]),
         }
     }
 
@@ -470,13 +451,8 @@ impl Trainer {
     /// Restores policy, optimizer and counters from a checkpoint.
     pub fn restore(&mut self, data: &CheckpointData) -> Result<(), crate::model::ModelError> {
         self.policy.load_parameters(&data.model)?;
-        let device = self.policy.device();
-        let to_t = |(_, s, d): &(String, Vec<usize>, Vec<f32>)| {
-            let shape: Vec<i64> = s.iter().map(|&x| x as i64).collect();
-            Tensor::from_slice(d).reshape(&shape).to_device(device)
-        };
-        self.adam.m = data.adam_m.iter().map(to_t).collect();
-        self.adam.v = data.adam_v.iter().map(to_t).collect();
+        self.adam.m = vec![self.policy.join_flat(&data.adam_m)?];
+        self.adam.v = vec![self.policy.join_flat(&data.adam_v)?];
         self.adam.step = data.meta.adam_step;
         let p = &self.progress;
         p.version.store(data.meta.version, Ordering::Release);
@@ -509,7 +485,7 @@ pub fn evaluate(policy: &Policy, obs: &Tensor, actions: &Tensor) -> (Tensor, Ten
             (dist.log_prob(actions), dist.entropy(), value)
         }
         Some(log_std) => {
-            let dist = DiagGaussian::new(&out, log_std);
+            let dist = DiagGaussian::new(&out, &log_std);
             (dist.log_prob(actions), dist.entropy(), value)
         }
     }
@@ -526,11 +502,7 @@ pub fn ppo_update(
     p: &PpoSection,
     lr: f64,
 ) -> UpdateStats {
-    let params: Vec<Tensor> = policy
-        .parameters()
-        .iter()
-        .map(|(_, t)| t.shallow_clone())
-        .collect();
+    let params: Vec<Tensor> = policy.trainable();
     let b = batch.len;
     let mb = (b / p.num_minibatches as i64).max(1);
     let device = policy.device();

@@ -48,7 +48,7 @@ fn check(spec: &ModelSpec, obs_dim: usize, space: &Space, seed: u64) {
         }
         Some(log_std) => {
             let a = Tensor::from_slice(&s.continuous).view([b as i64, -1]);
-            DiagGaussian::new(&head_t, log_std).log_prob(&a)
+            DiagGaussian::new(&head_t, &log_std).log_prob(&a)
         }
     });
     close(&tensor_to_vec(&logp_t), &s.logp, "logp");

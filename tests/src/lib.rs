@@ -110,3 +110,22 @@ pub fn summary_version_and_steps(stdout: &str) -> Option<(u64, u64)> {
         .ok()?;
     Some((version, steps))
 }
+
+/// The `learner` binary on `configs/<config>`, writing to `run_dir`, on the CPU,
+/// with gRPC and metrics on ephemeral loopback ports.
+pub fn learner_command(config: &str, run_dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin("learner"));
+    cmd.arg("--config")
+        .arg(configs().join(config))
+        .arg("--run-dir")
+        .arg(run_dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+        ]);
+    cmd
+}

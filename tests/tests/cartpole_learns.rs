@@ -4,32 +4,13 @@
 
 use std::process::Command;
 
-use flotilla_tests::{bin, configs, summary_mean_return as mean_return, TempDir};
-
-fn config_path() -> std::path::PathBuf {
-    configs().join("cartpole.toml")
-}
+use flotilla_tests::{bin, learner_command, summary_mean_return as mean_return, TempDir};
 
 #[test]
 fn cartpole_is_solved_by_the_local_cluster() {
     let dir = TempDir::new("cartpole");
-    let out = Command::new(bin("learner"))
-        .arg("--config")
-        .arg(config_path())
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-            "--local-actors",
-            "2",
-            "--seed",
-            "1",
-        ])
+    let out = learner_command("cartpole.toml", &dir.path().join("run"))
+        .args(["--local-actors", "2", "--seed", "1"])
         .output()
         .expect("learner runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -3,28 +3,18 @@
 
 use std::process::Command;
 
-use flotilla_tests::{bin, configs, summary_version_and_steps, TempDir};
+use flotilla_tests::{bin, configs, learner_command, summary_version_and_steps, TempDir};
 
 fn train(run_dir: &std::path::Path, total: u64, resume: bool) -> (String, String) {
-    let mut cmd = Command::new(bin("learner"));
-    cmd.arg("--config")
-        .arg(configs().join("cartpole.toml"))
-        .arg("--run-dir")
-        .arg(run_dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-            "--local-actors",
-            "1",
-            "--total-env-steps",
-            &total.to_string(),
-            "--set",
-            "run.checkpoint_every=5",
-        ]);
+    let mut cmd = learner_command("cartpole.toml", run_dir);
+    cmd.args([
+        "--local-actors",
+        "1",
+        "--total-env-steps",
+        &total.to_string(),
+        "--set",
+        "run.checkpoint_every=5",
+    ]);
     if resume {
         cmd.arg("--resume");
     }

@@ -34,6 +34,9 @@ pub struct ActorOptions {
     /// Environments to run; `None` takes the learner's default.
     pub num_envs: Option<u32>,
     pub name: String,
+    /// Pace the env thread to at most this many env steps per second
+    /// (summed over its envs); `None` runs flat out.
+    pub max_steps_per_second: Option<f64>,
 }
 
 /// Errors that end an actor.
@@ -130,6 +133,7 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         model,
         chunk_len: rs.chunk_len as usize,
         num_envs: opts.num_envs.unwrap_or(rs.default_num_envs) as usize,
+        max_steps_per_second: opts.max_steps_per_second,
         observation_space: space(&rs.observation_space, "observation_space")?,
         action_space: space(&rs.action_space, "action_space")?,
         behavior_values: rs.send_behavior_values,

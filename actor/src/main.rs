@@ -2,6 +2,7 @@
 //!
 //! tracing → flags → metrics → connect, act and stream until SIGTERM/SIGINT.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -42,6 +43,19 @@ struct RunArgs {
     /// Prometheus metrics listen address (none: no metrics endpoint).
     #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Act at most this many env steps per second (all envs together), e.g.
+    /// to simulate a slow actor [default: as fast as it can].
+    #[arg(long, env = "FLOTILLA_MAX_STEPS_PER_SECOND", value_parser = positive_rate)]
+    max_steps_per_second: Option<f64>,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected a positive number of steps per second, got {s:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +78,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -134,6 +149,7 @@ fn act_main(args: RunArgs) -> ExitCode {
             learner: args.learner,
             num_envs: args.num_envs,
             name: args.name.unwrap_or_else(host_name),
+            max_steps_per_second: args.max_steps_per_second,
         };
         match flotilla_actor::run(opts, stop_rx).await {
             Ok(s) => {

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flotilla_common::chunk::ChunkBuilder;
 use flotilla_common::env::EnvSpec;
@@ -30,6 +30,7 @@ pub struct WorkerSpec {
     pub model: ModelSpec,
     pub chunk_len: usize,
     pub num_envs: usize,
+    pub max_steps_per_second: Option<f64>,
     pub observation_space: Space,
     pub action_space: Space,
     pub behavior_values: bool,
@@ -55,6 +56,7 @@ pub fn run(
     let mut policy: Option<(u64, CpuPolicy)> = None;
     let n = spec.num_envs;
     builder.begin(envs.observations());
+    let mut pace = spec.max_steps_per_second.map(Pacer::new);
     while !stop.load(Ordering::Relaxed) {
         // Between chunks: take the newest snapshot, if any arrived.
         if snapshots.has_changed().unwrap_or(false) || policy.is_none() {
@@ -103,6 +105,9 @@ pub fn run(
             }
         }
         metrics::counter!(m::ACTOR_ENV_STEPS).increment((spec.chunk_len * n) as u64);
+        if let Some(pace) = pace.as_mut() {
+            pace.wait_for((spec.chunk_len * n) as u64, &stop);
+        }
         // Identity (run, actor id, sequence) is stamped by the connection that sends it.
         let chunk = builder.finish("", &spec.env.id, 0, 0, *version);
         if chunks.blocking_send(chunk).is_err() {
@@ -110,4 +115,66 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Holds a thread to a mean rate of env steps per second, measured from its
+/// first call, so a slow actor can be simulated (or a shared machine spared).
+struct Pacer {
+    per_second: f64,
+    started: Option<Instant>,
+    steps: u64,
+}
+
+impl Pacer {
+    fn new(per_second: f64) -> Self {
+        Self {
+            per_second,
+            started: None,
+            steps: 0,
+        }
+    }
+
+    /// Records `steps` more steps and sleeps until they are due, waking early on `stop`.
+    fn wait_for(&mut self, steps: u64, stop: &AtomicBool) {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        self.steps += steps;
+        let due = started + Duration::from_secs_f64(self.steps as f64 / self.per_second);
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            std::thread::sleep((due - now).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_holds_the_mean_rate() {
+        let stop = AtomicBool::new(false);
+        let mut pacer = Pacer::new(2_000.0);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            pacer.wait_for(100, &stop);
+        }
+        // 500 steps at 2000/s are due 250 ms after the first call.
+        assert!(
+            t0.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn pacer_wakes_on_stop() {
+        let stop = AtomicBool::new(true);
+        let mut pacer = Pacer::new(1.0);
+        let t0 = Instant::now();
+        pacer.wait_for(1_000, &stop);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
 }

@@ -3,6 +3,7 @@
 //! tracing → config → metrics → state (fresh or resumed) → trainer thread →
 //! gRPC server → drain on SIGTERM/SIGINT or when the step budget is spent.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     if let Some(Command::Plot { run_dir }) = &cli.command {
@@ -97,7 +99,13 @@ fn main() -> ExitCode {
         eprintln!("error: --config is required");
         return ExitCode::from(64);
     };
-    let mut overrides = cli.set.clone();
+    // An empty FLOTILLA_SET (as a compose file may pass) means no overrides.
+    let mut overrides: Vec<String> = cli
+        .set
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .cloned()
+        .collect();
     if let Some(seed) = cli.seed {
         overrides.push(format!("run.seed={seed}"));
     }

@@ -402,6 +402,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
                 learner: format!("http://{loopback}"),
                 num_envs: opts.local_num_envs,
                 name: format!("local-{i}"),
+                max_steps_per_second: None,
             };
             tokio::spawn(flotilla_actor::run(actor, actors_stop_rx.clone()))
         })

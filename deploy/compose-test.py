@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""The compose cluster, tested for real on this machine.
+
+Builds the images locally (deploy/build-images.sh), starts the learner, two
+actors and Prometheus with deploy/docker-compose.yml, and checks that:
+
+1. training progresses: the policy version advances and the mean return rises;
+2. scaling to four actors needs no config edit: Prometheus finds four actor
+   targets up through Docker DNS and the summed env steps/s goes up;
+3. a learner restart heals itself: the learner resumes from its checkpoint
+   (its version does not go back to 0) and all four actors reconnect;
+4. every query of the Grafana dashboard names a metric the running system
+   exports.
+
+Then it removes every container, network, volume and image it created. Without
+a usable Docker engine it prints why and exits 0 (skipped).
+
+    python3 deploy/compose-test.py [--keep]
+
+Actors are paced (FLOTILLA_MAX_STEPS_PER_SECOND) so that they, not the learner,
+bound the throughput on a 2-core machine; otherwise more actors could not go
+faster and step 2 would measure the learner instead of the scaling.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPOSE_FILE = os.path.join(ROOT, "deploy", "docker-compose.yml")
+TAG = "compose-test"
+STEPS_PER_ACTOR = 1500
+
+
+def log(msg):
+    print(f"compose-test: {msg}", flush=True)
+
+
+def fail(msg):
+    raise SystemExit(f"compose-test: FAILED: {msg}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compose_command():
+    """`docker compose` when the plugin is there, else `docker-compose`."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def skip_reason():
+    if not shutil.which("docker"):
+        return "no docker command"
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return "the Docker engine does not answer: " + info.stderr.strip().splitlines()[-1]
+    if compose_command() is None:
+        return "neither `docker compose` nor `docker-compose` is installed"
+    return None
+
+
+class Cluster:
+    def __init__(self, project):
+        self.ports = {
+            "FLOTILLA_GRPC_PORT": free_port(),
+            "FLOTILLA_LEARNER_METRICS_PORT": free_port(),
+            "FLOTILLA_PROMETHEUS_PORT": free_port(),
+            "FLOTILLA_GRAFANA_PORT": free_port(),
+        }
+        self.env = dict(
+            os.environ,
+            COMPOSE_PROJECT_NAME=project,
+            FLOTILLA_LEARNER_IMAGE=f"flotilla/learner:{TAG}",
+            FLOTILLA_ACTOR_IMAGE=f"flotilla/actor:{TAG}",
+            FLOTILLA_PROMETHEUS_IMAGE=f"flotilla/prometheus:{TAG}",
+            FLOTILLA_TOTAL_ENV_STEPS="100000000",
+            FLOTILLA_NUM_ENVS="4",
+            FLOTILLA_MAX_STEPS_PER_SECOND=str(STEPS_PER_ACTOR),
+            **{k: str(v) for k, v in self.ports.items()},
+        )
+        self.compose = compose_command() + ["-f", COMPOSE_FILE]
+
+    def run(self, *args, check=True, capture=False):
+        p = subprocess.run(self.compose + list(args), env=self.env, text=True,
+                           capture_output=capture)
+        if check and p.returncode != 0:
+            fail(f"`compose {' '.join(args)}` exited {p.returncode}: {p.stderr or ''}")
+        return p
+
+    def up(self, actors):
+        self.run("up", "-d", "--no-recreate", "--scale", f"actor={actors}",
+                 "learner", "actor", "prometheus")
+
+    def logs(self, service):
+        return self.run("logs", "--no-color", service, check=False, capture=True).stdout
+
+    def learner_metrics(self):
+        url = f"http://127.0.0.1:{self.ports['FLOTILLA_LEARNER_METRICS_PORT']}/metrics"
+        return parse_metrics(http_get(url))
+
+    def prom(self, query):
+        """The value of an instant Prometheus query that returns one number (None if empty)."""
+        port = self.ports["FLOTILLA_PROMETHEUS_PORT"]
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        body = json.loads(http_get(url))
+        result = body["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def parse_metrics(text):
+    """Prometheus text format → {name: summed value over label sets}."""
+    out = {}
+    for line in text.splitlines():
+        m = METRIC_LINE.match(line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
+    return out
+
+
+def wait_for(what, probe, timeout):
+    """Polls `probe` until it returns a truthy value; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError) as e:
+            last_error = e
+        time.sleep(2)
+    fail(f"timed out after {timeout} s waiting for {what}" +
+         (f" (last error: {last_error})" if last_error else ""))
+
+
+def steps_per_second(cluster, window_s=20):
+    return cluster.prom(f"sum(rate(flotilla_actor_env_steps_total[{window_s}s]))") or 0.0
+
+
+def dashboard_metric_names():
+    sys.path.insert(0, os.path.join(ROOT, "deploy"))
+    from check_dashboard import dashboard_metrics  # noqa: E402
+    return dashboard_metrics(os.path.join(ROOT, "deploy", "grafana", "dashboards", "flotilla.json"))
+
+
+def exported_names(text):
+    return {m.group(1) for m in map(METRIC_LINE.match, text.splitlines()) if m}
+
+
+def scenario(cluster):
+    log("starting learner, 2 actors and Prometheus")
+    cluster.up(2)
+    first = wait_for("policy version >= 3",
+                     lambda: (lambda m: m if m.get("flotilla_policy_version", 0) >= 3 else None)(
+                         cluster.learner_metrics()), 180)
+    log(f"training: version {first['flotilla_policy_version']:.0f}, "
+        f"return {first['flotilla_episode_return_mean']:.1f}")
+    time.sleep(40)
+    later = cluster.learner_metrics()
+    log(f"40 s later: version {later['flotilla_policy_version']:.0f}, "
+        f"return {later['flotilla_episode_return_mean']:.1f}")
+    if later["flotilla_policy_version"] <= first["flotilla_policy_version"]:
+        fail("the policy version did not advance")
+    if later["flotilla_episode_return_mean"] <= first["flotilla_episode_return_mean"] + 10:
+        fail("the mean return did not rise by more than 10")
+
+    wait_for("2 actor targets up in Prometheus", lambda: cluster.prom('sum(up{job="actor"})') == 2, 60)
+    two = steps_per_second(cluster)
+    log(f"2 actors: {two:.0f} env steps/s (Prometheus)")
+
+    log("scaling to 4 actors")
+    cluster.up(4)
+    wait_for("4 actor targets up in Prometheus", lambda: cluster.prom('sum(up{job="actor"})') == 4, 90)
+    time.sleep(30)
+    four = steps_per_second(cluster)
+    log(f"4 actors: {four:.0f} env steps/s (Prometheus), ratio {four / max(two, 1e-9):.2f}")
+    if four < 1.5 * two:
+        fail(f"env steps/s did not go up with 4 actors: {two:.0f} -> {four:.0f}")
+
+    before = cluster.learner_metrics()
+    if before.get("flotilla_checkpoints_written_total", 0) < 1:
+        wait_for("a checkpoint", lambda: cluster.learner_metrics()
+                 .get("flotilla_checkpoints_written_total", 0) >= 1, 120)
+    before = cluster.learner_metrics()
+    log(f"restarting the learner at version {before['flotilla_policy_version']:.0f}")
+    cluster.run("restart", "learner")
+    # Ready = its second "learner ready" line (metrics are served a moment earlier).
+    wait_for("the restarted learner to be ready",
+             lambda: cluster.logs("learner").count("learner ready") >= 2, 120)
+    m = re.search(r"resumed from checkpoint.*?version=(\d+)", cluster.logs("learner"))
+    if not m:
+        fail("the learner's log does not say it resumed from a checkpoint")
+    resumed_version = int(m.group(1))
+    resumed = cluster.learner_metrics()
+    log(f"restarted learner resumed at version {resumed_version} "
+        f"(metrics: {resumed['flotilla_policy_version']:.0f})")
+    if resumed_version < 1 or resumed["flotilla_policy_version"] < resumed_version:
+        fail("the learner started over instead of resuming")
+    wait_for("4 actors reconnected", lambda: cluster.learner_metrics()
+             .get("flotilla_actors_connected", 0) == 4, 120)
+    after = wait_for("training after the restart", lambda: (lambda m: m if m[
+        "flotilla_policy_version"] > resumed["flotilla_policy_version"] + 2 else None)(
+        cluster.learner_metrics()), 120)
+    log(f"4 actors reconnected; version {after['flotilla_policy_version']:.0f}")
+
+    exported = exported_names(http_get(
+        f"http://127.0.0.1:{cluster.ports['FLOTILLA_LEARNER_METRICS_PORT']}/metrics"))
+    exported |= set(json.loads(http_get(
+        f"http://127.0.0.1:{cluster.ports['FLOTILLA_PROMETHEUS_PORT']}/api/v1/label/__name__/values"
+    ))["data"])
+    missing = sorted(n for n in dashboard_metric_names() if n not in exported)
+    if missing:
+        fail(f"dashboard queries name metrics nobody exports: {missing}")
+    log("every dashboard query names an exported metric")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    args = parser.parse_args()
+    reason = skip_reason()
+    if reason:
+        log(f"skipped: {reason}")
+        return
+    log("building images")
+    subprocess.run([os.path.join(ROOT, "deploy", "build-images.sh"), TAG], check=True)
+    cluster = Cluster(f"flotillatest{os.getpid()}")
+    ok = False
+    try:
+        scenario(cluster)
+        ok = True
+    finally:
+        if not ok:
+            for service in ("learner", "actor", "prometheus"):
+                print(cluster.logs(service)[-4000:], file=sys.stderr)
+        if not args.keep:
+            cluster.run("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+            subprocess.run(["docker", "image", "rm", *(f"flotilla/{n}:{TAG}" for n in
+                                                       ("actor", "learner", "prometheus"))],
+                           capture_output=True)
+    log("passed")
+
+
+if __name__ == "__main__":
+    main()

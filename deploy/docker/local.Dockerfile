@@ -1,0 +1,43 @@
+# The images of deploy/docker/Dockerfile, built without pulling anything:
+# from a locally made Debian base and binaries built on the host.
+# deploy/build-images.sh prepares the context and runs this file.
+
+ARG BASE=flotilla/base:bookworm
+# (Stages in build order: the classic builder builds every stage before the target.)
+
+# Prometheus from Debian's packages, for hosts that cannot pull prom/prometheus.
+FROM ${BASE} AS prometheus
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends prometheus \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /prometheus && chown prometheus:prometheus /prometheus
+USER prometheus
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+
+FROM ${BASE} AS actor
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla
+COPY actor /usr/local/bin/actor
+USER 10001
+ENV FLOTILLA_LEARNER=http://learner:50051 \
+    FLOTILLA_METRICS_LISTEN=0.0.0.0:9100
+EXPOSE 9100
+ENTRYPOINT ["/usr/local/bin/actor"]
+
+FROM ${BASE} AS learner
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla \
+ && mkdir -p /runs && chown 10001:10001 /runs
+COPY learner /usr/local/bin/learner
+COPY lib/ /opt/flotilla/lib/
+COPY configs/ /etc/flotilla/configs/
+USER 10001
+ENV LD_LIBRARY_PATH=/opt/flotilla/lib \
+    FLOTILLA_CONFIG=/etc/flotilla/configs/cartpole.toml \
+    FLOTILLA_RUN_DIR=/runs/flotilla \
+    FLOTILLA_RESUME=true \
+    FLOTILLA_LISTEN=0.0.0.0:50051 \
+    FLOTILLA_METRICS_LISTEN=0.0.0.0:9000
+VOLUME /runs
+EXPOSE 50051 9000
+ENTRYPOINT ["/usr/local/bin/learner"]

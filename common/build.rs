@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([&file], [&root])?;
     tonic_prost_build::configure()
         .bytes(".flotilla.v1")
+        // Malformed messages are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::FlotillaCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -7,9 +7,11 @@ actors and Prometheus with deploy/docker-compose.yml, and checks that:
 1. training progresses: the policy version advances and the mean return rises;
 2. scaling to four actors needs no config edit: Prometheus finds four actor
    targets up through Docker DNS and the summed env steps/s goes up;
-3. a learner restart heals itself: the learner resumes from its checkpoint
+3. a network partition heals itself: an actor cut off from the network for a
+   while reconnects on its own once it is back;
+4. a learner restart heals itself: the learner resumes from its checkpoint
    (its version does not go back to 0) and all four actors reconnect;
-4. every query of the Grafana dashboard names a metric the running system
+5. every query of the Grafana dashboard names a metric the running system
    exports.
 
 Then it removes every container, network, volume and image it created. Without
@@ -17,7 +19,7 @@ a usable Docker engine it prints why and exits 0 (skipped).
 
     python3 deploy/compose-test.py [--keep]
 
-Actors are paced (FLOTILLA_MAX_STEPS_PER_SECOND) so that they, not the learner,
+The cluster runs with shared-token authentication on. Actors are paced (FLOTILLA_MAX_STEPS_PER_SECOND) so that they, not the learner,
 bound the throughput on a 2-core machine; otherwise more actors could not go
 faster and step 2 would measure the learner instead of the scaling.
 """
@@ -90,8 +92,10 @@ class Cluster:
             FLOTILLA_TOTAL_ENV_STEPS="100000000",
             FLOTILLA_NUM_ENVS="4",
             FLOTILLA_MAX_STEPS_PER_SECOND=str(STEPS_PER_ACTOR),
+            FLOTILLA_AUTH_TOKEN="compose-test-" + os.urandom(12).hex(),
             **{k: str(v) for k, v in self.ports.items()},
         )
+        self.project = project
         self.compose = compose_command() + ["-f", COMPOSE_FILE]
 
     def run(self, *args, check=True, capture=False):
@@ -104,6 +108,13 @@ class Cluster:
     def up(self, actors):
         self.run("up", "-d", "--no-recreate", "--scale", f"actor={actors}",
                  "learner", "actor", "prometheus")
+
+    def containers(self, service):
+        out = subprocess.run(
+            ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
+             "--filter", f"label=com.docker.compose.service={service}"],
+            capture_output=True, text=True, check=True).stdout
+        return out.split()
 
     def logs(self, service):
         return self.run("logs", "--no-color", service, check=False, capture=True).stdout
@@ -198,6 +209,22 @@ def scenario(cluster):
     log(f"4 actors: {four:.0f} env steps/s (Prometheus), ratio {four / max(two, 1e-9):.2f}")
     if four < 1.5 * two:
         fail(f"env steps/s did not go up with 4 actors: {two:.0f} -> {four:.0f}")
+
+    # A network partition: one actor cut off for 20 s, then back with its alias.
+    victim = cluster.containers("actor")[0]
+    network = f"{cluster.project}_default"
+    reconnects = cluster.prom("sum(flotilla_actor_reconnects_total)") or 0.0
+    log(f"cutting actor {victim[:12]} off the network for 20 s")
+    subprocess.run(["docker", "network", "disconnect", network, victim], check=True)
+    wait_for("the learner to notice the partition", lambda: cluster.learner_metrics()
+             .get("flotilla_actors_connected", 0) == 3, 90)
+    time.sleep(20)
+    subprocess.run(["docker", "network", "connect", "--alias", "actor", network, victim], check=True)
+    wait_for("the cut-off actor to reconnect", lambda: cluster.learner_metrics()
+             .get("flotilla_actors_connected", 0) == 4, 120)
+    wait_for("its reconnect counted", lambda: (cluster.prom(
+        "sum(flotilla_actor_reconnects_total)") or 0.0) > reconnects, 60)
+    log("the cut-off actor reconnected by itself")
 
     before = cluster.learner_metrics()
     if before.get("flotilla_checkpoints_written_total", 0) < 1:

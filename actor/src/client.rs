@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_common::auth::{AttachToken, AuthToken};
 use flotilla_common::env::EnvSpec;
 use flotilla_common::metrics as m;
 use flotilla_common::model::ModelSpec;
@@ -19,6 +20,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
@@ -37,6 +39,8 @@ pub struct ActorOptions {
     /// Pace the env thread to at most this many env steps per second
     /// (summed over its envs); `None` runs flat out.
     pub max_steps_per_second: Option<f64>,
+    /// Shared token the learner requires, if any.
+    pub auth_token: Option<AuthToken>,
 }
 
 /// Errors that end an actor.
@@ -97,7 +101,7 @@ impl Backoff {
 }
 
 struct Session {
-    client: LearnerClient<Channel>,
+    client: LearnerClient<InterceptedService<Channel, AttachToken>>,
     run_id: String,
     actor_id: u32,
     /// The learner's policy version at the handshake.
@@ -110,7 +114,8 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("connecting to {}: {e}", opts.learner)))?;
-    let mut client = LearnerClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut client = LearnerClient::with_interceptor(channel, AttachToken(opts.auth_token.clone()))
+        .max_decoding_message_size(usize::MAX);
     let rs = client
         .hello(proto::HelloRequest {
             actor_name: opts.name.clone(),

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use flotilla_actor::{rollout, ActorError, ActorOptions};
+use flotilla_common::auth::{self, AuthToken};
 use flotilla_common::metrics as m;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing::{info, warn};
@@ -47,6 +48,10 @@ struct RunArgs {
     /// to simulate a slow actor [default: as fast as it can].
     #[arg(long, env = "FLOTILLA_MAX_STEPS_PER_SECOND", value_parser = positive_rate)]
     max_steps_per_second: Option<f64>,
+    /// File holding the learner's shared token (or give the token itself in
+    /// FLOTILLA_AUTH_TOKEN).
+    #[arg(long, env = "FLOTILLA_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<std::path::PathBuf>,
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -145,11 +150,21 @@ fn act_main(args: RunArgs) -> ExitCode {
             info!("stopping");
             let _ = stop_tx.send(true);
         });
+        let token_env = std::env::var(auth::TOKEN_ENV).ok();
+        let auth_token =
+            match AuthToken::from_sources(args.auth_token_file.as_deref(), token_env.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(64);
+                }
+            };
         let opts = ActorOptions {
             learner: args.learner,
             num_envs: args.num_envs,
             name: args.name.unwrap_or_else(host_name),
             max_steps_per_second: args.max_steps_per_second,
+            auth_token,
         };
         match flotilla_actor::run(opts, stop_rx).await {
             Ok(s) => {

@@ -3,7 +3,9 @@
 //!
 //! Nothing here links libtorch: the actor depends on this crate and stays small.
 
+pub mod auth;
 pub mod chunk;
+pub mod codec;
 pub mod env;
 pub mod metrics;
 pub mod model;

@@ -26,6 +26,7 @@ pub const EPISODES: &str = "flotilla_episodes_total";
 pub const EPISODE_RETURN_MEAN: &str = "flotilla_episode_return_mean";
 pub const EPISODE_LENGTH_MEAN: &str = "flotilla_episode_length_mean";
 pub const CHECKPOINTS_WRITTEN: &str = "flotilla_checkpoints_written_total";
+pub const AUTH_FAILURES: &str = "flotilla_auth_failures_total";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
 pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
@@ -126,6 +127,11 @@ pub fn describe_learner() {
         "mean length over the last 100 finished episodes"
     );
     describe_counter!(CHECKPOINTS_WRITTEN, Unit::Count, "checkpoints written");
+    describe_counter!(
+        AUTH_FAILURES,
+        Unit::Count,
+        "gRPC calls refused for a missing or wrong token"
+    );
     for reason in DROP_REASONS {
         metrics::counter!(CHUNKS_DROPPED, "reason" => *reason).increment(0);
     }
@@ -137,6 +143,7 @@ pub fn describe_learner() {
         BYTES_RECEIVED,
         EPISODES,
         CHECKPOINTS_WRITTEN,
+        AUTH_FAILURES,
     ] {
         metrics::counter!(name).increment(0);
     }

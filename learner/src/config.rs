@@ -137,6 +137,16 @@ pub struct IngestSection {
     pub max_chunk_bytes: u64,
     /// Most environments one actor may run.
     pub max_envs_per_actor: u32,
+    /// Most concurrent gRPC streams on one connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive ping interval, seconds.
+    pub keepalive_interval_seconds: f64,
+    /// A connection whose keep-alive ping is not answered within this many
+    /// seconds is closed.
+    pub keepalive_timeout_seconds: f64,
+    /// A trajectory stream that delivers no chunk for this many seconds is
+    /// ended (`DEADLINE_EXCEEDED`); the actor reconnects.
+    pub stream_idle_timeout_seconds: f64,
 }
 
 impl Default for IngestSection {
@@ -146,6 +156,10 @@ impl Default for IngestSection {
             queue_capacity: 64,
             max_chunk_bytes: 16 << 20,
             max_envs_per_actor: 4096,
+            max_concurrent_streams: 64,
+            keepalive_interval_seconds: 20.0,
+            keepalive_timeout_seconds: 20.0,
+            stream_idle_timeout_seconds: 300.0,
         }
     }
 }
@@ -331,6 +345,33 @@ impl RunConfig {
         }
         if i.max_envs_per_actor == 0 {
             bad("ingest.max_envs_per_actor", "must be at least 1".into());
+        }
+        if i.max_concurrent_streams < 2 {
+            bad(
+                "ingest.max_concurrent_streams",
+                format!(
+                    "must be at least 2 (an actor opens 2), got {}",
+                    i.max_concurrent_streams
+                ),
+            );
+        }
+        for (key, v) in [
+            (
+                "ingest.keepalive_interval_seconds",
+                i.keepalive_interval_seconds,
+            ),
+            (
+                "ingest.keepalive_timeout_seconds",
+                i.keepalive_timeout_seconds,
+            ),
+            (
+                "ingest.stream_idle_timeout_seconds",
+                i.stream_idle_timeout_seconds,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                bad(key, format!("must be in (0, 86400] seconds, got {v}"));
+            }
         }
         if p.is_empty() {
             Ok(())

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flotilla_common::auth::{self, AuthToken};
 use flotilla_learner::config::RunConfig;
 use flotilla_learner::device::DeviceChoice;
 use flotilla_learner::run::{self, RunOptions};
@@ -51,6 +52,10 @@ struct Cli {
     /// Environments per local actor [default: the config's rollout.num_envs].
     #[arg(long, env = "FLOTILLA_LOCAL_NUM_ENVS")]
     local_num_envs: Option<u32>,
+    /// File holding the shared token every gRPC call must carry (or give the
+    /// token itself in FLOTILLA_AUTH_TOKEN) [default: no authentication].
+    #[arg(long, env = "FLOTILLA_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Override any config value: `--set ppo.batch_size=4096` (repeatable).
     #[arg(
         long = "set",
@@ -119,6 +124,15 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let token_env = std::env::var(auth::TOKEN_ENV).ok();
+    let auth_token =
+        match AuthToken::from_sources(cli.auth_token_file.as_deref(), token_env.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(64);
+            }
+        };
     let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
         let stem = config_path
             .file_stem()
@@ -140,6 +154,7 @@ fn main() -> ExitCode {
         install_signal_handlers: true,
         local_actors: cli.local_actors,
         local_num_envs: cli.local_num_envs,
+        auth_token,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_common::auth::{AuthToken, RequireToken};
 use flotilla_common::metrics as m;
 use flotilla_common::proto::learner_server::LearnerServer;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::adam::Adam;
@@ -43,6 +45,8 @@ pub struct RunOptions {
     pub local_actors: usize,
     /// Environments per local actor (`None`: the run's `rollout.num_envs`).
     pub local_num_envs: Option<u32>,
+    /// Shared token every gRPC call must carry (`None`: no authentication).
+    pub auth_token: Option<AuthToken>,
 }
 
 /// Errors that end a run.
@@ -337,6 +341,14 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
         run_dir = %opts.run_dir.display(),
         "learner ready"
     );
+    if opts.auth_token.is_some() {
+        info!("every gRPC call must carry the shared token");
+    } else if !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "no shared token: any client that reaches this address can join the run (set FLOTILLA_AUTH_TOKEN or --auth-token-file)"
+        );
+    }
 
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -361,6 +373,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             max_envs_per_actor: cfg.ingest.max_envs_per_actor,
             max_policy_lag: cfg.ingest.max_policy_lag,
             default_num_envs: cfg.rollout.num_envs,
+            stream_idle_timeout: Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds),
         },
         version,
         tx,
@@ -371,13 +384,19 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
     let (server_stop, mut server_stop_rx) = watch::channel(false);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .add_service(
+            .http2_keepalive_interval(Some(Duration::from_secs_f64(
+                cfg.ingest.keepalive_interval_seconds,
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_secs_f64(
+                cfg.ingest.keepalive_timeout_seconds,
+            )))
+            .max_concurrent_streams(cfg.ingest.max_concurrent_streams)
+            .add_service(InterceptedService::new(
                 LearnerServer::new(service)
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
-            )
+                RequireToken(opts.auth_token.clone()),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = server_stop_rx.wait_for(|&s| s).await;
             }),
@@ -403,6 +422,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
                 num_envs: opts.local_num_envs,
                 name: format!("local-{i}"),
                 max_steps_per_second: None,
+                auth_token: opts.auth_token.clone(),
             };
             tokio::spawn(flotilla_actor::run(actor, actors_stop_rx.clone()))
         })

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -49,6 +49,8 @@ pub struct RunInfo {
     pub max_envs_per_actor: u32,
     pub max_policy_lag: u64,
     pub default_num_envs: u32,
+    /// A trajectory stream silent this long is ended.
+    pub stream_idle_timeout: Duration,
 }
 
 /// A validated chunk on its way to the trainer.
@@ -210,7 +212,23 @@ impl Learner for LearnerService {
         let mut stream = request.into_inner();
         let _connected = Connected::new();
         let mut summary = proto::IngestSummary::default();
-        while let Some(msg) = stream.message().await? {
+        loop {
+            let next = tokio::time::timeout(self.info.stream_idle_timeout, stream.message()).await;
+            let msg = match next {
+                Ok(Ok(Some(msg))) => msg,
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => return Err(inbound_error(status)),
+                Err(_) => {
+                    warn!(
+                        idle_seconds = self.info.stream_idle_timeout.as_secs_f64(),
+                        "ending a silent trajectory stream"
+                    );
+                    return Err(Status::deadline_exceeded(format!(
+                        "no chunk for {:.0} s (ingest.stream_idle_timeout_seconds); reconnect",
+                        self.info.stream_idle_timeout.as_secs_f64()
+                    )));
+                }
+            };
             let received = Instant::now();
             let payload = prost::Message::encoded_len(&msg) as u64;
             let chunk = match chunk::validate(msg, &self.expectations()) {
@@ -274,4 +292,25 @@ impl Learner for LearnerService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// An error reading the inbound stream. A message over the size limit is the
+/// sender's fault and is counted (`too_large`); tonic reports it as
+/// `OUT_OF_RANGE`, which is answered as `RESOURCE_EXHAUSTED` with the limit
+/// named. A message that does not parse is counted as `invalid`.
+fn inbound_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        drop_chunk("too_large");
+        warn!(error = status.message(), "rejected an oversized message");
+        return Status::resource_exhausted(format!(
+            "chunk message too large (ingest.max_chunk_bytes): {}",
+            status.message()
+        ));
+    }
+    if status.code() == tonic::Code::InvalidArgument {
+        // A message that is not protobuf at all (see flotilla_common::codec).
+        drop_chunk("invalid");
+        warn!(error = status.message(), "rejected a malformed message");
+    }
+    status
 }

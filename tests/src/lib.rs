@@ -129,3 +129,77 @@ pub fn learner_command(config: &str, run_dir: &std::path::Path) -> std::process:
         ]);
     cmd
 }
+
+/// One scrape of a Prometheus endpoint on loopback: metric name → value summed
+/// over its label sets, and each labelled series as written
+/// (`name{label="value"}`) → its value. Empty when nothing answers yet.
+pub fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut out = std::collections::HashMap::new();
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return out;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut body = String::new();
+    if s.write_all(request.as_bytes()).is_err() || s.read_to_string(&mut body).is_err() {
+        return out;
+    }
+    for line in body.lines().filter(|l| l.starts_with("flotilla_")) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry(name.to_owned()).or_insert(0.0) += v;
+            if name != series {
+                out.insert(series.to_owned(), v);
+            }
+        }
+    }
+    out
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, at most `secs` seconds.
+pub fn wait_until<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// What `/proc` says about a process: resident memory, open files, threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub rss_kib: u64,
+    pub open_fds: usize,
+    pub threads: u64,
+}
+
+/// Reads [`ProcessUsage`] of `pid` (Linux).
+pub fn process_usage(pid: u32) -> ProcessUsage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    ProcessUsage {
+        rss_kib: field("VmRSS:"),
+        open_fds,
+        threads: field("Threads:"),
+    }
+}

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
@@ -41,6 +41,8 @@ pub struct ActorOptions {
     pub max_steps_per_second: Option<f64>,
     /// Shared token the learner requires, if any.
     pub auth_token: Option<AuthToken>,
+    /// TLS to the learner (`https://` URLs); `None` for plaintext.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// Errors that end an actor.
@@ -214,6 +216,28 @@ pub async fn run(
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20))
         .tcp_nodelay(true);
+    let endpoint = match (&opts.tls, opts.learner.starts_with("https://")) {
+        (Some(tls), true) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| ActorError::BadUrl {
+                url: opts.learner.clone(),
+                message: format!("TLS: {e}"),
+            })?,
+        (None, false) => endpoint,
+        (Some(_), false) => {
+            return Err(ActorError::BadUrl {
+                url: opts.learner.clone(),
+                message: "TLS options need an https:// learner URL".into(),
+            })
+        }
+        (None, true) => {
+            return Err(ActorError::BadUrl {
+                url: opts.learner.clone(),
+                message: "an https:// learner needs --tls-ca (the CA that signed its certificate)"
+                    .into(),
+            })
+        }
+    };
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let mut worker: Option<Worker> = None;
     let mut backoff = Backoff::new();

@@ -52,6 +52,18 @@ struct RunArgs {
     /// FLOTILLA_AUTH_TOKEN).
     #[arg(long, env = "FLOTILLA_AUTH_TOKEN_FILE")]
     auth_token_file: Option<std::path::PathBuf>,
+    /// PEM CA that signed the learner's certificate (for https:// URLs).
+    #[arg(long, env = "FLOTILLA_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (with --tls-key).
+    #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Name expected in the learner's certificate [default: the URL's host].
+    #[arg(long, env = "FLOTILLA_TLS_DOMAIN")]
+    tls_domain: Option<String>,
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -159,12 +171,31 @@ fn act_main(args: RunArgs) -> ExitCode {
                     return ExitCode::from(64);
                 }
             };
+        let tls = match &args.tls_ca {
+            Some(ca) => {
+                let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+                match flotilla_common::tls::client_config(ca, identity, args.tls_domain.as_deref())
+                {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(64);
+                    }
+                }
+            }
+            None if args.tls_cert.is_some() || args.tls_domain.is_some() => {
+                eprintln!("error: --tls-cert and --tls-domain need --tls-ca");
+                return ExitCode::from(64);
+            }
+            None => None,
+        };
         let opts = ActorOptions {
             learner: args.learner,
             num_envs: args.num_envs,
             name: args.name.unwrap_or_else(host_name),
             max_steps_per_second: args.max_steps_per_second,
             auth_token,
+            tls,
         };
         match flotilla_actor::run(opts, stop_rx).await {
             Ok(s) => {

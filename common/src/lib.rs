@@ -13,6 +13,7 @@ pub mod policy;
 pub mod proto;
 pub mod rollout;
 pub mod space;
+pub mod tls;
 pub mod vec_env;
 
 pub use env::{make_env, Env, EnvError, EnvSpec, Step};

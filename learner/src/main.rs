@@ -56,6 +56,15 @@ struct Cli {
     /// token itself in FLOTILLA_AUTH_TOKEN) [default: no authentication].
     #[arg(long, env = "FLOTILLA_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS).
+    #[arg(long, env = "FLOTILLA_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Override any config value: `--set ppo.batch_size=4096` (repeatable).
     #[arg(
         long = "set",
@@ -133,6 +142,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
         };
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => {
+            match flotilla_common::tls::server_config(cert, key, cli.tls_client_ca.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(64);
+                }
+            }
+        }
+        _ => None,
+    };
     let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
         let stem = config_path
             .file_stem()
@@ -155,6 +176,7 @@ fn main() -> ExitCode {
         local_actors: cli.local_actors,
         local_num_envs: cli.local_num_envs,
         auth_token,
+        tls,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

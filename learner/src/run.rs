@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::adam::Adam;
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub local_num_envs: Option<u32>,
     /// Shared token every gRPC call must carry (`None`: no authentication).
     pub auth_token: Option<AuthToken>,
+    /// Serve gRPC over TLS (`None`: plaintext).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// Errors that end a run.
@@ -233,6 +236,11 @@ fn new_run_id(seed: u64) -> String {
 /// Starts a learner: binds the listener, restores or creates the state,
 /// starts the trainer thread and the server.
 pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
+    if opts.tls.is_some() && opts.local_actors > 0 {
+        return Err(RunError::Usage(
+            "local actors connect over plaintext loopback: use them without TLS, or run remote actors against a TLS learner".into(),
+        ));
+    }
     let cfg = opts.config.clone();
     let device = opts
         .device
@@ -381,9 +389,15 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
     );
     // Room for protobuf framing around the largest accepted payload.
     let max_message = (cfg.ingest.max_chunk_bytes as usize).saturating_add(64 << 10);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = opts.tls.clone() {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| RunError::Usage(format!("TLS: {e}")))?;
+    }
     let (server_stop, mut server_stop_rx) = watch::channel(false);
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .http2_keepalive_interval(Some(Duration::from_secs_f64(
                 cfg.ingest.keepalive_interval_seconds,
             )))
@@ -423,6 +437,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
                 name: format!("local-{i}"),
                 max_steps_per_second: None,
                 auth_token: opts.auth_token.clone(),
+                tls: None,
             };
             tokio::spawn(flotilla_actor::run(actor, actors_stop_rx.clone()))
         })

@@ -28,10 +28,17 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 }
 
 async fn learner(tag: &str, extra: &[&str]) -> Learner {
-    learner_with_token(tag, extra, None).await
+    learner_with(tag, extra, None, None).await
 }
 
-async fn learner_with_token(tag: &str, extra: &[&str], token: Option<AuthToken>) -> Learner {
+/// A learner on loopback with a small CartPole run, optionally requiring a
+/// token and serving TLS.
+async fn learner_with(
+    tag: &str,
+    extra: &[&str],
+    token: Option<AuthToken>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Learner {
     let mut set: Vec<String> = vec![
         "ppo.batch_size=64".into(),
         "ppo.num_minibatches=2".into(),
@@ -53,7 +60,7 @@ async fn learner_with_token(tag: &str, extra: &[&str], token: Option<AuthToken>)
         local_actors: 0,
         local_num_envs: None,
         auth_token: token,
-        tls: None,
+        tls,
     })
     .await
     .unwrap()
@@ -299,7 +306,7 @@ async fn stale_and_duplicate_chunks_are_dropped_not_trained_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_call_without_it_is_unauthenticated() {
     let token = AuthToken::new("a-shared-token-of-flotilla", "test").unwrap();
-    let l = learner_with_token("auth", &[], Some(token.clone())).await;
+    let l = learner_with("auth", &[], Some(token.clone()), None).await;
     let addr = l.local_addr();
 
     let mut anonymous = client(addr).await;
@@ -580,29 +587,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
         Some(&pki.path("ca.pem")),
     )
     .unwrap();
-    let mut set: Vec<String> = vec![
-        "ppo.batch_size=64".into(),
-        "ppo.num_minibatches=2".into(),
-        format!("rollout.chunk_len={T}"),
-        format!("rollout.num_envs={N}"),
-    ];
-    set.push("run.total_env_steps=100000".into());
-    let config = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &set).unwrap();
-    let l = start(RunOptions {
-        config,
-        run_dir: temp_dir("mtls"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        device: DeviceChoice::Cpu,
-        resume: false,
-        install_signal_handlers: false,
-        local_actors: 0,
-        local_num_envs: None,
-        auth_token: None,
-        tls: Some(tls),
-    })
-    .await
-    .unwrap();
+    let l = learner_with("mtls", &[], None, Some(tls)).await;
     let port = l.local_addr().port();
     let hello_req = proto::HelloRequest {
         actor_name: "tls".into(),

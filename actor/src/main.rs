@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use flotilla_actor::{rollout, ActorError, ActorOptions};
-use flotilla_common::auth::{self, AuthToken};
+use flotilla_common::auth::AuthToken;
 use flotilla_common::metrics as m;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing::{info, warn};
@@ -162,15 +162,13 @@ fn act_main(args: RunArgs) -> ExitCode {
             info!("stopping");
             let _ = stop_tx.send(true);
         });
-        let token_env = std::env::var(auth::TOKEN_ENV).ok();
-        let auth_token =
-            match AuthToken::from_sources(args.auth_token_file.as_deref(), token_env.as_deref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(64);
-                }
-            };
+        let auth_token = match AuthToken::load(args.auth_token_file.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(64);
+            }
+        };
         let tls = match &args.tls_ca {
             Some(ca) => {
                 let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());

@@ -7,7 +7,6 @@
 //! Actors attach the token with [`AttachToken`].
 
 use std::path::Path;
-use std::sync::Arc;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -16,9 +15,10 @@ use tonic::{Request, Status};
 /// Environment variable holding the token itself.
 pub const TOKEN_ENV: &str = "FLOTILLA_AUTH_TOKEN";
 
-/// A shared secret. `Debug` does not print it.
+/// A shared secret, kept as the `authorization` value it travels in
+/// (`Bearer <token>`), built once. `Debug` does not print it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AuthToken(Arc<str>);
+pub struct AuthToken(MetadataValue<Ascii>);
 
 impl std::fmt::Debug for AuthToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +40,16 @@ impl AuthToken {
                 "{origin}: the token may hold only visible ASCII characters (no spaces)"
             ));
         }
-        Ok(AuthToken(token.into()))
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|e| format!("{origin}: not usable as a header value: {e}"))?;
+        Ok(AuthToken(bearer))
+    }
+
+    /// The token of a binary: from `file` when given, else from the
+    /// environment variable [`TOKEN_ENV`]; `None` when neither is set.
+    pub fn load(file: Option<&Path>) -> Result<Option<Self>, String> {
+        Self::from_sources(file, std::env::var(TOKEN_ENV).ok().as_deref())
     }
 
     /// The token from a file (surrounding whitespace ignored), else from the
@@ -60,16 +69,9 @@ impl AuthToken {
         }
     }
 
-    fn bearer(&self) -> MetadataValue<Ascii> {
-        format!("Bearer {}", self.0)
-            .parse()
-            .expect("a checked token is valid metadata")
-    }
-
     /// Whether `presented` (an `authorization` header value) carries this token.
     pub fn admits(&self, presented: Option<&[u8]>) -> bool {
-        let expected = self.bearer();
-        presented.is_some_and(|p| constant_time_eq(p, expected.as_bytes()))
+        presented.is_some_and(|p| constant_time_eq(p, self.0.as_bytes()))
     }
 }
 
@@ -115,7 +117,7 @@ impl Interceptor for AttachToken {
         if let Some(token) = &self.0 {
             request
                 .metadata_mut()
-                .insert("authorization", token.bearer());
+                .insert("authorization", token.0.clone());
         }
         Ok(request)
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flotilla_common::auth::{self, AuthToken};
+use flotilla_common::auth::AuthToken;
 use flotilla_learner::config::RunConfig;
 use flotilla_learner::device::DeviceChoice;
 use flotilla_learner::run::{self, RunOptions};
@@ -133,15 +133,13 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let token_env = std::env::var(auth::TOKEN_ENV).ok();
-    let auth_token =
-        match AuthToken::from_sources(cli.auth_token_file.as_deref(), token_env.as_deref()) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(64);
-            }
-        };
+    let auth_token = match AuthToken::load(cli.auth_token_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => {
             match flotilla_common::tls::server_config(cert, key, cli.tls_client_ca.as_deref()) {

@@ -144,6 +144,7 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         observation_space: space(&rs.observation_space, "observation_space")?,
         action_space: space(&rs.action_space, "action_space")?,
         behavior_values: rs.send_behavior_values,
+        sync: rs.sync,
         // Distinct streams per actor; the same name in the same run reuses its seed.
         seed: rs
             .seed

@@ -34,6 +34,8 @@ pub struct WorkerSpec {
     pub observation_space: Space,
     pub action_space: Space,
     pub behavior_values: bool,
+    /// Act one chunk per policy version, then wait for the next version.
+    pub sync: bool,
     pub seed: u64,
 }
 
@@ -109,12 +111,31 @@ pub fn run(
             pace.wait_for((spec.chunk_len * n) as u64, &stop);
         }
         // Identity (run, actor id, sequence) is stamped by the connection that sends it.
-        let chunk = builder.finish("", &spec.env.id, 0, 0, *version);
+        let acted_with = *version;
+        let chunk = builder.finish("", &spec.env.id, 0, 0, acted_with);
         if chunks.blocking_send(chunk).is_err() {
             break;
         }
+        if spec.sync {
+            wait_for_newer(&snapshots, acted_with, &stop);
+        }
     }
     Ok(())
+}
+
+/// Synchronous mode: blocks until a policy newer than `version` has arrived
+/// (or `stop` is raised).
+fn wait_for_newer(snapshots: &watch::Receiver<Option<Snapshot>>, version: u64, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        if snapshots
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.version > version)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// Holds a thread to a mean rate of env steps per second, measured from its

@@ -27,6 +27,8 @@ pub const EPISODE_RETURN_MEAN: &str = "flotilla_episode_return_mean";
 pub const EPISODE_LENGTH_MEAN: &str = "flotilla_episode_length_mean";
 pub const CHECKPOINTS_WRITTEN: &str = "flotilla_checkpoints_written_total";
 pub const AUTH_FAILURES: &str = "flotilla_auth_failures_total";
+pub const KL_REFERENCE: &str = "flotilla_kl_reference";
+pub const KL_COEF: &str = "flotilla_kl_coef";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
 pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
@@ -43,6 +45,7 @@ pub const DROP_REASONS: &[&str] = &[
     "future_version",
     "too_large",
     "wrong_run",
+    "incomplete_episode",
 ];
 
 /// Buckets of [`UPDATE_DURATION`], seconds.
@@ -132,6 +135,14 @@ pub fn describe_learner() {
         Unit::Count,
         "gRPC calls refused for a missing or wrong token"
     );
+    describe_gauge!(
+        KL_REFERENCE,
+        "mean per-step log π − log π_ref of the last batch (KL penalty runs)"
+    );
+    describe_gauge!(
+        KL_COEF,
+        "KL penalty coefficient of the last batch (KL penalty runs)"
+    );
     for reason in DROP_REASONS {
         metrics::counter!(CHUNKS_DROPPED, "reason" => *reason).increment(0);
     }
@@ -161,6 +172,8 @@ pub fn describe_learner() {
         ACTORS_CONNECTED,
         EPISODE_RETURN_MEAN,
         EPISODE_LENGTH_MEAN,
+        KL_REFERENCE,
+        KL_COEF,
     ] {
         metrics::gauge!(name).set(0.0);
     }

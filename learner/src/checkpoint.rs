@@ -35,6 +35,8 @@ pub struct CheckpointMeta {
     pub episodes: u64,
     /// The effective run configuration, TOML.
     pub config_toml: String,
+    /// The adaptive KL controller's coefficient, when a KL penalty is on.
+    pub kl_coef: Option<f64>,
 }
 
 /// Host copies of everything a checkpoint holds.
@@ -96,6 +98,7 @@ pub fn save(
         ("config", m.config_toml.clone()),
     ]
     .into_iter()
+    .chain(m.kl_coef.map(|c| ("kl_coef", c.to_string())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let named: Vec<(String, &Vec<usize>, &Vec<f32>)> = [
@@ -209,6 +212,13 @@ pub fn load(
         samples_received: num("samples_received")?,
         episodes: num("episodes")?,
         config_toml: get("config")?,
+        kl_coef: match get("kl_coef") {
+            Ok(c) => Some(
+                c.parse()
+                    .map_err(|_| invalid("metadata `kl_coef` is not a number".into()))?,
+            ),
+            Err(_) => None,
+        },
     };
     let all = read_safetensors(&bytes).map_err(|e| invalid(e.to_string()))?;
     let pick = |prefix: &str| -> Result<NamedTensors, CheckpointError> {
@@ -279,6 +289,7 @@ mod tests {
         };
         CheckpointData {
             meta: CheckpointMeta {
+                kl_coef: None,
                 run_id: "r1".into(),
                 version,
                 adam_step: version * 4,

@@ -11,10 +11,19 @@ use flotilla_common::env::EnvSpec;
 use flotilla_common::model::ModelSpec;
 use serde::{Deserialize, Serialize};
 
-/// A whole run: `[run]`, `[env]`, `[model]`, `[rollout]`, `[ppo]`, `[ingest]`.
+/// A whole run: the top-level `algo` and `sync` keys, then `[run]`, `[env]`,
+/// `[model]`, `[rollout]`, `[ppo]`, `[vtrace]`, `[reinforce]`, `[kl]`,
+/// `[ingest]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// The policy-gradient algorithm (see [`Algo`]).
+    #[serde(default)]
+    pub algo: Algo,
+    /// Synchronous, repeatable mode: the learner trains only on chunks acted
+    /// with its current version, and every actor acts one chunk per version.
+    #[serde(default)]
+    pub sync: bool,
     #[serde(default)]
     pub run: RunSection,
     pub env: EnvSpec,
@@ -25,7 +34,132 @@ pub struct RunConfig {
     #[serde(default)]
     pub ppo: PpoSection,
     #[serde(default)]
+    pub vtrace: VtraceSection,
+    #[serde(default)]
+    pub reinforce: ReinforceSection,
+    #[serde(default)]
+    pub kl: KlSection,
+    #[serde(default)]
     pub ingest: IngestSection,
+}
+
+/// The algorithms of the policy-gradient family. They share one training
+/// loop; each picks an advantage estimator, a policy loss and an update
+/// schedule (see `docs/algorithms.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algo {
+    /// Monte-Carlo returns over complete episodes, optional learned baseline,
+    /// one gradient step per batch.
+    Reinforce,
+    /// Advantage actor-critic: GAE advantages (`ppo.gae_lambda`; 1 gives
+    /// n-step returns), one gradient step on the whole batch, no clipping.
+    A2c,
+    /// PPO-clip, with GAE or V-trace advantages (`ppo.advantage`).
+    #[default]
+    Ppo,
+    /// IMPALA: V-trace targets and ρ-weighted policy gradient, one gradient
+    /// step per batch.
+    Vtrace,
+}
+
+impl Algo {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algo::Reinforce => "reinforce",
+            Algo::A2c => "a2c",
+            Algo::Ppo => "ppo",
+            Algo::Vtrace => "vtrace",
+        }
+    }
+}
+
+/// How advantages are estimated for `ppo` and `a2c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvantageEstimator {
+    /// GAE(γ, λ) from values recomputed with the current critic.
+    #[default]
+    Gae,
+    /// V-trace (`[vtrace]` section), correcting for stale behavior policies.
+    Vtrace,
+}
+
+/// V-trace truncation levels (IMPALA's ρ̄ and c̄).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VtraceSection {
+    /// ρ̄: truncation of the importance weight in the TD errors and the
+    /// policy gradient (sets the fixed point between μ's and π's values).
+    pub rho_bar: f64,
+    /// c̄: truncation of the trace coefficients (sets the contraction speed).
+    pub c_bar: f64,
+}
+
+impl Default for VtraceSection {
+    fn default() -> Self {
+        VtraceSection {
+            rho_bar: 1.0,
+            c_bar: 1.0,
+        }
+    }
+}
+
+/// REINFORCE options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReinforceSection {
+    /// Subtract a learned V(s) from the returns (and train it); `false` is
+    /// pure REINFORCE (no critic, no advantage normalization).
+    pub baseline: bool,
+    /// Chunks an actor may hold while its episodes are unfinished; beyond
+    /// that the oldest is discarded (`incomplete_episode`).
+    pub max_held_chunks: usize,
+}
+
+impl Default for ReinforceSection {
+    fn default() -> Self {
+        ReinforceSection {
+            baseline: true,
+            max_held_chunks: 256,
+        }
+    }
+}
+
+/// A per-step KL penalty against a frozen reference policy, added to the
+/// reward as in RLHF-style PPO: `r'_t = r_t − coef·(log π(a_t|s_t) − log π_ref(a_t|s_t))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KlSection {
+    /// Penalty coefficient (the adaptive controller's starting value); 0
+    /// disables the penalty.
+    pub coef: f64,
+    /// Adaptive controller (Ziegler et al. 2019): steer the batch's mean KL
+    /// to this value; omit for a fixed `coef`.
+    pub target: Option<f64>,
+    /// Horizon of the adaptive controller, in samples.
+    pub horizon: f64,
+    /// Checkpoint whose policy is the reference; omitted: the run's initial
+    /// policy (rebuilt from `run.seed`, so it survives a resume).
+    pub reference: Option<String>,
+}
+
+impl Default for KlSection {
+    fn default() -> Self {
+        KlSection {
+            coef: 0.0,
+            target: None,
+            horizon: 10_000.0,
+            reference: None,
+        }
+    }
+}
+
+impl KlSection {
+    /// Whether the penalty is in use.
+    pub fn enabled(&self) -> bool {
+        self.coef > 0.0
+    }
 }
 
 /// Run control.
@@ -101,6 +235,8 @@ pub struct PpoSection {
     /// Stop an update's epochs early when the approximate KL exceeds this.
     pub target_kl: Option<f64>,
     pub adam_eps: f64,
+    /// Advantage estimator of `ppo` and `a2c`: `gae` or `vtrace`.
+    pub advantage: AdvantageEstimator,
 }
 
 impl Default for PpoSection {
@@ -121,6 +257,7 @@ impl Default for PpoSection {
             norm_adv: true,
             target_kl: None,
             adam_eps: 1e-5,
+            advantage: AdvantageEstimator::Gae,
         }
     }
 }
@@ -211,7 +348,15 @@ impl RunConfig {
 
     /// A short name of the algorithm, for titles.
     pub fn algo_name(&self) -> &'static str {
-        "PPO"
+        match (self.algo, self.ppo.advantage) {
+            (Algo::Reinforce, _) if self.reinforce.baseline => "REINFORCE with baseline",
+            (Algo::Reinforce, _) => "REINFORCE",
+            (Algo::A2c, AdvantageEstimator::Gae) => "A2C",
+            (Algo::A2c, AdvantageEstimator::Vtrace) => "A2C + V-trace",
+            (Algo::Ppo, AdvantageEstimator::Gae) => "PPO",
+            (Algo::Ppo, AdvantageEstimator::Vtrace) => "PPO + V-trace",
+            (Algo::Vtrace, _) => "IMPALA (V-trace)",
+        }
     }
 
     /// The effective configuration as TOML (stored in checkpoints).
@@ -332,6 +477,59 @@ impl RunConfig {
                 "ppo.adam_eps",
                 format!("must be in (0, 1), got {}", o.adam_eps),
             );
+        }
+        let v = &self.vtrace;
+        for (k, x) in [("vtrace.rho_bar", v.rho_bar), ("vtrace.c_bar", v.c_bar)] {
+            if !(x > 0.0 && x.is_finite()) {
+                bad(k, format!("must be > 0, got {x}"));
+            }
+        }
+        if self.reinforce.max_held_chunks == 0 {
+            bad("reinforce.max_held_chunks", "must be at least 1".into());
+        }
+        let kl = &self.kl;
+        if !(kl.coef >= 0.0 && kl.coef.is_finite()) {
+            bad(
+                "kl.coef",
+                format!("must be >= 0 (0 disables), got {}", kl.coef),
+            );
+        }
+        if let Some(t) = kl.target {
+            if !(t > 0.0 && t.is_finite()) {
+                bad(
+                    "kl.target",
+                    format!("must be > 0 (omit it for a fixed coef), got {t}"),
+                );
+            }
+            if kl.coef == 0.0 {
+                bad(
+                    "kl.coef",
+                    "must be > 0 when kl.target is set (the controller scales it)".into(),
+                );
+            }
+        }
+        if !(kl.horizon >= 1.0 && kl.horizon.is_finite()) {
+            bad(
+                "kl.horizon",
+                format!("must be >= 1 (samples), got {}", kl.horizon),
+            );
+        }
+        if let Some(path) = &kl.reference {
+            if !Path::new(path).is_file() {
+                bad("kl.reference", format!("no checkpoint file at {path:?}"));
+            }
+        }
+        if self.sync {
+            let per_chunk = ro.chunk_len as usize * ro.num_envs as usize;
+            if per_chunk > 0 && !o.batch_size.is_multiple_of(per_chunk) {
+                bad(
+                    "ppo.batch_size",
+                    format!(
+                        "with sync = true it must be a multiple of rollout.chunk_len × rollout.num_envs ({per_chunk}), got {}",
+                        o.batch_size
+                    ),
+                );
+            }
         }
         let i = &self.ingest;
         if i.queue_capacity == 0 {

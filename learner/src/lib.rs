@@ -1,10 +1,12 @@
 //! The Flotilla learner: the only crate that links libtorch.
 
 pub mod adam;
+pub mod algo;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod distributions;
+pub mod episodes;
 pub mod gae;
 pub mod model;
 pub mod plot;
@@ -12,3 +14,4 @@ pub mod ppo;
 pub mod run;
 pub mod service;
 pub mod trainer;
+pub mod vtrace;

@@ -52,6 +52,10 @@ struct Cli {
     /// Environments per local actor [default: the config's rollout.num_envs].
     #[arg(long, env = "FLOTILLA_LOCAL_NUM_ENVS")]
     local_num_envs: Option<u32>,
+    /// Pace every local actor to at most this many env steps per second
+    /// (slow actors: a way to study policy lag) [default: unpaced].
+    #[arg(long, env = "FLOTILLA_LOCAL_MAX_STEPS_PER_SECOND")]
+    local_max_steps_per_second: Option<f64>,
     /// File holding the shared token every gRPC call must carry (or give the
     /// token itself in FLOTILLA_AUTH_TOKEN) [default: no authentication].
     #[arg(long, env = "FLOTILLA_AUTH_TOKEN_FILE")]
@@ -82,6 +86,36 @@ enum Command {
         /// The run directory.
         run_dir: PathBuf,
     },
+    /// Draw several runs into one PNG: `LABEL=RUN_DIR` per run; runs with
+    /// the same label (e.g. seeds of one algorithm) share a color.
+    Compare {
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Title of the picture.
+        #[arg(long, default_value = "")]
+        title: String,
+        /// `LABEL=RUN_DIR`, repeatable.
+        #[arg(required = true)]
+        runs: Vec<String>,
+    },
+}
+
+/// `learner compare`: groups runs by label, in first-seen order.
+fn compare(out: &std::path::Path, title: &str, runs: &[String]) -> Result<(), String> {
+    let mut groups: Vec<(String, Vec<Vec<flotilla_learner::plot::Point>>)> = Vec::new();
+    for entry in runs {
+        let (label, dir) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry}: expected LABEL=RUN_DIR"))?;
+        let points = flotilla_learner::plot::read_points(&PathBuf::from(dir).join("metrics.jsonl"))
+            .map_err(|e| e.to_string())?;
+        match groups.iter_mut().find(|(l, _)| l == label) {
+            Some((_, v)) => v.push(points),
+            None => groups.push((label.to_owned(), vec![points])),
+        }
+    }
+    flotilla_learner::plot::draw_many(&groups, title, out).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -93,6 +127,18 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Compare { out, title, runs }) = &cli.command {
+        return match compare(out, title, runs) {
+            Ok(()) => {
+                println!("comparison: {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Plot { run_dir }) = &cli.command {
         let title = run_dir
             .file_name()
@@ -173,6 +219,7 @@ fn main() -> ExitCode {
         install_signal_handlers: true,
         local_actors: cli.local_actors,
         local_num_envs: cli.local_num_envs,
+        local_max_steps_per_second: cli.local_max_steps_per_second,
         auth_token,
         tls,
     };

@@ -62,7 +62,30 @@ type XOf = fn(&Point) -> f64;
 
 /// Draws `points` into a 1200×450 PNG with two panels.
 pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> {
-    if points.is_empty() {
+    draw_many(&[(String::new(), vec![points.to_vec()])], title, out)
+}
+
+/// Line colors of [`draw_many`]'s labels, in order.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Draws several labelled groups of runs (e.g. one label per algorithm, one
+/// run per seed) into a 1200×450 PNG with two panels, return vs env steps and
+/// vs wall-clock; runs of one label share a color, and a legend names the
+/// labels (an empty label draws no legend).
+pub fn draw_many(
+    groups: &[(String, Vec<Vec<Point>>)],
+    title: &str,
+    out: &Path,
+) -> Result<(), PlotError> {
+    let all = || groups.iter().flat_map(|(_, runs)| runs.iter().flatten());
+    if all().next().is_none() {
         return Err(PlotError::Empty(title.to_owned()));
     }
     fonts();
@@ -73,11 +96,9 @@ pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> 
         .titled(title, ("sans-serif", 22))
         .map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(600);
-    let (lo, hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.mean_return), hi.max(p.mean_return))
-        });
+    let (lo, hi) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.mean_return), hi.max(p.mean_return))
+    });
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let y = (lo - pad)..(hi + pad);
     let steps: XOf = |p| p.env_steps;
@@ -86,7 +107,7 @@ pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> 
         (&left, "environment steps", steps),
         (&right, "wall-clock seconds", seconds),
     ] {
-        let x_max = points.iter().map(x_of).fold(0.0, f64::max).max(1e-9);
+        let x_max = all().map(x_of).fold(0.0, f64::max).max(1e-9);
         let mut chart = ChartBuilder::on(area)
             .margin(15)
             .x_label_area_size(40)
@@ -100,12 +121,32 @@ pub fn draw(points: &[Point], title: &str, out: &Path) -> Result<(), PlotError> 
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (x_of(p), p.mean_return)),
-                BLUE.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?;
+        for (i, (name, runs)) in groups.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            for (k, points) in runs.iter().enumerate() {
+                let series = chart
+                    .draw_series(LineSeries::new(
+                        points.iter().map(|p| (x_of(p), p.mean_return)),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|e| err(&e))?;
+                if k == 0 && !name.is_empty() {
+                    series.label(name.as_str()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                    });
+                }
+            }
+        }
+        if groups.iter().any(|(name, _)| !name.is_empty()) {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()
+                .map_err(|e| err(&e))?;
+        }
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())

@@ -17,14 +17,17 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::adam::Adam;
+use crate::algo::{KlController, UpdatePlan};
 use crate::checkpoint;
-use crate::config::RunConfig;
+use crate::config::{Algo, RunConfig};
 use crate::device::DeviceChoice;
+use crate::episodes::EpisodeStitcher;
 use crate::model::Policy;
 use crate::service::{LearnerService, RunInfo, Snapshot};
 use crate::trainer::{device_name, Progress, TrainError, TrainSummary, Trainer};
@@ -46,6 +49,9 @@ pub struct RunOptions {
     pub local_actors: usize,
     /// Environments per local actor (`None`: the run's `rollout.num_envs`).
     pub local_num_envs: Option<u32>,
+    /// Pace each local actor to at most this many env steps per second
+    /// (`None`: as fast as it can), e.g. to study policy lag.
+    pub local_max_steps_per_second: Option<f64>,
     /// Shared token every gRPC call must carry (`None`: no authentication).
     pub auth_token: Option<AuthToken>,
     /// Serve gRPC over TLS (`None`: plaintext).
@@ -304,6 +310,42 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
     let policy = Policy::new(&cfg.model, obs_dim, &action_space, device, cfg.run.seed);
     let params: Vec<tch::Tensor> = policy.trainable();
     let adam = Adam::new(&params, cfg.ppo.adam_eps);
+    let kl = if cfg.kl.enabled() {
+        // The reference: a checkpoint's policy, or the initial policy rebuilt
+        // from the seed (the same after a resume).
+        let mut reference = Policy::new(&cfg.model, obs_dim, &action_space, device, cfg.run.seed);
+        if let Some(path) = &cfg.kl.reference {
+            let data = checkpoint::load(std::path::Path::new(path), &expected)
+                .map_err(|e| RunError::Usage(format!("kl.reference: {e}")))?;
+            reference
+                .load_parameters(&data.model)
+                .map_err(|e| RunError::Usage(format!("kl.reference {path}: {e}")))?;
+        }
+        let coef = resumed
+            .as_ref()
+            .and_then(|(_, d)| d.meta.kl_coef)
+            .unwrap_or(cfg.kl.coef);
+        Some((
+            reference,
+            KlController {
+                coef,
+                target: cfg.kl.target,
+                horizon: cfg.kl.horizon,
+            },
+        ))
+    } else {
+        None
+    };
+    if cfg.sync && opts.local_actors > 0 {
+        let envs = opts.local_num_envs.unwrap_or(cfg.rollout.num_envs) as usize;
+        let per_version = opts.local_actors * envs * cfg.rollout.chunk_len as usize;
+        if cfg.ppo.batch_size != per_version {
+            return Err(RunError::Usage(format!(
+                "ppo.batch_size: with sync = true it must equal local actors × envs × rollout.chunk_len = {} × {envs} × {} = {per_version}, got {}",
+                opts.local_actors, cfg.rollout.chunk_len, cfg.ppo.batch_size
+            )));
+        }
+    }
     let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
         version: 0,
@@ -328,6 +370,10 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
         stop: stop.clone(),
         started,
         log: Some(BufWriter::new(log)),
+        plan: UpdatePlan::from_config(&cfg),
+        kl,
+        stitcher: (cfg.algo == Algo::Reinforce)
+            .then(|| EpisodeStitcher::new(cfg.ppo.gamma, cfg.reinforce.max_held_chunks)),
     };
     if let Some((path, data)) = &resumed {
         trainer
@@ -376,12 +422,14 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             observation_space,
             action_space,
             behavior_values: cfg.rollout.behavior_values,
+            sync: cfg.sync,
             seed: cfg.run.seed,
             max_chunk_bytes: cfg.ingest.max_chunk_bytes,
             max_envs_per_actor: cfg.ingest.max_envs_per_actor,
             max_policy_lag: cfg.ingest.max_policy_lag,
             default_num_envs: cfg.rollout.num_envs,
             stream_idle_timeout: Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds),
+            stale_samples: progress.stale_samples.clone(),
         },
         version,
         tx,
@@ -396,6 +444,17 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             .map_err(|e| RunError::Usage(format!("TLS: {e}")))?;
     }
     let (server_stop, mut server_stop_rx) = watch::channel(false);
+    // Without TCP_NODELAY a small frame (a chunk's end, a snapshot) can wait
+    // for the peer's delayed ACK (~40 ms): visible in synchronous mode, where
+    // every version is a round trip.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            if let Err(e) = c.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        conn
+    });
     let server = tokio::spawn(
         builder
             .http2_keepalive_interval(Some(Duration::from_secs_f64(
@@ -411,7 +470,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
                     .max_encoding_message_size(usize::MAX),
                 RequireToken(opts.auth_token.clone()),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop_rx.wait_for(|&s| s).await;
             }),
     );
@@ -435,7 +494,7 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
                 learner: format!("http://{loopback}"),
                 num_envs: opts.local_num_envs,
                 name: format!("local-{i}"),
-                max_steps_per_second: None,
+                max_steps_per_second: opts.local_max_steps_per_second,
                 auth_token: opts.auth_token.clone(),
                 tls: None,
             };

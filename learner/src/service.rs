@@ -44,6 +44,8 @@ pub struct RunInfo {
     pub observation_space: Space,
     pub action_space: Space,
     pub behavior_values: bool,
+    /// Actors act one chunk per policy version (synchronous mode).
+    pub sync: bool,
     pub seed: u64,
     pub max_chunk_bytes: u64,
     pub max_envs_per_actor: u32,
@@ -51,6 +53,8 @@ pub struct RunInfo {
     pub default_num_envs: u32,
     /// A trajectory stream silent this long is ended.
     pub stream_idle_timeout: Duration,
+    /// Transitions of chunks dropped as stale (shared with the trainer).
+    pub stale_samples: Arc<AtomicU64>,
 }
 
 /// A validated chunk on its way to the trainer.
@@ -124,6 +128,7 @@ impl LearnerService {
             seed: i.seed,
             max_chunk_bytes: i.max_chunk_bytes,
             default_num_envs: i.default_num_envs,
+            sync: i.sync,
         }
     }
 
@@ -244,6 +249,9 @@ impl Learner for LearnerService {
             metrics::histogram!(m::POLICY_LAG).record(lag as f64);
             if lag > self.info.max_policy_lag {
                 drop_chunk("stale");
+                self.info
+                    .stale_samples
+                    .fetch_add(chunk.num_samples() as u64, Ordering::Relaxed);
                 continue;
             }
             {

@@ -2,8 +2,9 @@
 //!
 //! It gathers validated chunks until a batch of `ppo.batch_size` transitions is
 //! ready, recomputes values with the current critic (also for the true final
-//! observations of finished episodes), computes GAE on the device, runs PPO's
-//! epochs × minibatches, then publishes the new version once as safetensors
+//! observations of finished episodes), computes the algorithm's advantages on
+//! the device (GAE, V-trace or Monte-Carlo returns; see [`crate::algo`]), runs
+//! its update schedule, then publishes the new version once as safetensors
 //! bytes. It also writes checkpoints and the metrics log.
 
 use std::collections::VecDeque;
@@ -23,13 +24,16 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::adam::Adam;
+use crate::algo::{self, Estimator, KlController, PolicyLoss, UpdatePlan};
 use crate::checkpoint::{self, CheckpointData, CheckpointMeta};
 use crate::config::{PpoSection, RunConfig};
 use crate::distributions::{Categorical, DiagGaussian};
+use crate::episodes::EpisodeStitcher;
 use crate::gae::gae;
 use crate::model::Policy;
 use crate::ppo;
 use crate::service::{Ingested, Snapshot};
+use crate::vtrace::vtrace;
 
 /// Counters shared with the progress printer and the service.
 #[derive(Default)]
@@ -39,6 +43,8 @@ pub struct Progress {
     pub episodes: AtomicU64,
     pub updates: AtomicU64,
     pub samples_received: AtomicU64,
+    /// Transitions of chunks dropped as stale (ingest or trainer).
+    pub stale_samples: Arc<AtomicU64>,
     /// Seconds spent training (f64 bits), for the learner-idle fraction.
     pub busy_seconds_bits: AtomicU64,
     pub recent: Mutex<Recent>,
@@ -104,6 +110,10 @@ pub struct UpdateStats {
     pub explained_variance: f64,
     pub grad_norm: f64,
     pub learning_rate: f64,
+    /// Mean per-step log π − log π_ref of the batch (KL penalty runs; else 0).
+    pub kl_reference: f64,
+    /// KL penalty coefficient used for the batch (0 without a penalty).
+    pub kl_coef: f64,
     pub epochs: usize,
     pub samples: usize,
     pub seconds: f64,
@@ -142,6 +152,29 @@ pub struct Trainer {
     pub stop: Arc<AtomicBool>,
     pub started: Instant,
     pub log: Option<BufWriter<File>>,
+    /// Estimator, loss and schedule of the configured algorithm.
+    pub plan: UpdatePlan,
+    /// Frozen reference policy and controller of the KL penalty, if enabled.
+    pub kl: Option<(Policy, KlController)>,
+    /// REINFORCE's per-actor buffers of unfinished episodes.
+    pub stitcher: Option<EpisodeStitcher>,
+}
+
+/// A chunk on its way into a batch.
+pub struct Item {
+    pub chunk: Chunk,
+    /// `[N]` Monte-Carlo returns from the step after the chunk's end
+    /// (REINFORCE only; see [`EpisodeStitcher`]).
+    pub tail_returns: Option<Vec<f32>>,
+}
+
+impl Item {
+    pub fn new(chunk: Chunk) -> Self {
+        Item {
+            chunk,
+            tail_returns: None,
+        }
+    }
 }
 
 /// A batch on the device, flattened to `[B, ...]`.
@@ -172,7 +205,7 @@ impl Trainer {
     /// Trains until the step budget is spent or `stop` is raised; writes a final checkpoint.
     pub fn run(mut self) -> Result<TrainSummary, TrainError> {
         let total = self.cfg.run.total_env_steps;
-        let mut pending: Vec<Chunk> = Vec::new();
+        let mut pending: Vec<Item> = Vec::new();
         let mut pending_samples = 0usize;
         let mut reached_total = false;
         while !self.stop.load(Ordering::Relaxed) {
@@ -184,16 +217,25 @@ impl Trainer {
                 Ok(item) => {
                     metrics::gauge!(m::INGEST_QUEUE_DEPTH).set(self.rx.len() as f64);
                     if let Some(c) = self.admit(item) {
-                        pending_samples += c.num_samples();
-                        pending.push(c);
+                        for it in self.stitch(c) {
+                            pending_samples += it.chunk.num_samples();
+                            pending.push(it);
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if pending_samples >= self.cfg.ppo.batch_size {
-                let chunks = std::mem::take(&mut pending);
+                let mut chunks = std::mem::take(&mut pending);
                 pending_samples = 0;
+                if self.cfg.sync {
+                    // Arrival order varies between runs; identity does not.
+                    chunks.sort_by_key(|i| (i.chunk.actor_id, i.chunk.sequence));
+                    for i in &chunks {
+                        self.record_episodes(&i.chunk);
+                    }
+                }
                 self.update(chunks)?;
                 let version = self.progress.version.load(Ordering::Relaxed);
                 if version.is_multiple_of(self.cfg.run.checkpoint_every) {
@@ -218,13 +260,24 @@ impl Trainer {
         let c = *item.chunk;
         let version = self.progress.version.load(Ordering::Relaxed);
         let lag = version.saturating_sub(c.policy_version);
-        if lag > self.cfg.ingest.max_policy_lag {
+        if lag > self.cfg.ingest.max_policy_lag || (self.cfg.sync && lag > 0) {
             metrics::counter!(m::CHUNKS_DROPPED, "reason" => "stale").increment(1);
+            self.progress
+                .stale_samples
+                .fetch_add(c.num_samples() as u64, Ordering::Relaxed);
             return None;
         }
         self.progress
             .samples_received
             .fetch_add(c.num_samples() as u64, Ordering::Relaxed);
+        if !self.cfg.sync {
+            self.record_episodes(&c);
+        }
+        Some(c)
+    }
+
+    /// Adds a chunk's finished episodes to the counters and the recent window.
+    fn record_episodes(&self, c: &Chunk) {
         let n_eps = c.episode_returns.len();
         if n_eps > 0 {
             self.progress
@@ -242,15 +295,44 @@ impl Trainer {
                 metrics::gauge!(m::EPISODE_LENGTH_MEAN).set(r.mean_length().unwrap_or(0.0));
             }
         }
-        Some(c)
     }
 
-    /// Assembles chunks into device tensors with values and GAE advantages.
-    fn build_batch(&self, chunks: &[Chunk]) -> Batch {
+    /// Passes a chunk on, or (REINFORCE) holds it until its episodes end and
+    /// passes on what became complete.
+    fn stitch(&mut self, c: Chunk) -> Vec<Item> {
+        let Some(stitcher) = self.stitcher.as_mut() else {
+            return vec![Item::new(c)];
+        };
+        let (released, discarded) = stitcher.push(c);
+        if discarded.chunks > 0 {
+            metrics::counter!(m::CHUNKS_DROPPED, "reason" => "incomplete_episode")
+                .increment(discarded.chunks as u64);
+            warn!(
+                chunks = discarded.chunks,
+                samples = discarded.samples,
+                "discarded chunks whose episodes cannot be completed"
+            );
+        }
+        released
+            .into_iter()
+            .map(|r| Item {
+                chunk: r.chunk,
+                tail_returns: Some(r.tail_returns),
+            })
+            .collect()
+    }
+
+    /// Assembles chunks into device tensors with values, advantages and
+    /// value targets; returns the batch and the mean KL to the reference
+    /// (0 without a KL penalty).
+    pub fn build_batch(&self, items: &[Item]) -> (Batch, f64) {
         let device = self.policy.device();
         let d = self.policy.obs_dim() as i64;
         let gamma = self.cfg.ppo.gamma;
         let lambda = self.cfg.ppo.gae_lambda;
+        let v = &self.cfg.vtrace;
+        let chunks: Vec<&Chunk> = items.iter().map(|i| &i.chunk).collect();
+        let (mut kl_sum, mut kl_n) = (0.0, 0i64);
         // Chunks of equal length T are laid side by side along the env axis
         // and processed in one pass; a shorter (final) chunk forms its own group.
         let mut lens: Vec<usize> = chunks.iter().map(|c| c.t).collect();
@@ -258,7 +340,7 @@ impl Trainer {
         lens.dedup();
         let mut parts: Vec<Batch> = Vec::new();
         for t in lens {
-            let group: Vec<&Chunk> = chunks.iter().filter(|c| c.t == t).collect();
+            let group: Vec<&Chunk> = chunks.iter().copied().filter(|c| c.t == t).collect();
             let ti = t as i64;
             let host = |f: &dyn Fn(&Chunk) -> Tensor| -> Tensor {
                 Tensor::cat(&group.iter().map(|c| f(c)).collect::<Vec<_>>(), 1).to_device(device)
@@ -292,40 +374,106 @@ impl Trainer {
                 }
                 offset += c.n as i64;
             }
-            let (values, final_values) = tch::no_grad(|| {
-                let values = self
-                    .policy
-                    .value(&obs.view([-1, d]))
-                    .view([ti + 1, total_n]);
-                let final_values = Tensor::zeros([ti * total_n], (Kind::Float, device));
-                let final_values = if fin_idx.is_empty() {
-                    final_values
-                } else {
-                    let fv = self
+            let (values, final_values) = if !self.plan.needs_values() {
+                (
+                    Tensor::zeros([ti + 1, total_n], (Kind::Float, device)),
+                    Tensor::zeros([ti, total_n], (Kind::Float, device)),
+                )
+            } else {
+                tch::no_grad(|| {
+                    let values = self
                         .policy
-                        .value(&Tensor::from_slice(&fin_obs).view([-1, d]).to_device(device));
-                    let idx = Tensor::from_slice(&fin_idx).to_device(device);
-                    final_values.index_put(&[Some(idx)], &fv, false)
-                };
-                (values, final_values.view([ti, total_n]))
-            });
-            let (adv, ret) = gae(
-                &rewards,
-                &values,
-                &terminated,
-                &truncated,
-                &final_values,
-                gamma,
-                lambda,
-            );
+                        .value(&obs.view([-1, d]))
+                        .view([ti + 1, total_n]);
+                    let final_values = Tensor::zeros([ti * total_n], (Kind::Float, device));
+                    let final_values = if fin_idx.is_empty() {
+                        final_values
+                    } else {
+                        let fv = self
+                            .policy
+                            .value(&Tensor::from_slice(&fin_obs).view([-1, d]).to_device(device));
+                        let idx = Tensor::from_slice(&fin_idx).to_device(device);
+                        final_values.index_put(&[Some(idx)], &fv, false)
+                    };
+                    (values, final_values.view([ti, total_n]))
+                })
+            };
             let b = ti * total_n;
             let act = if actions.dim() == 3 {
                 actions.view([b, -1])
             } else {
                 actions.view([b])
             };
+            let obs_flat = obs.narrow(0, 0, ti).reshape([b, d]);
+            let mut rewards = rewards;
+            if let Some((reference, ctl)) = &self.kl {
+                let ref_logp = tch::no_grad(|| evaluate(reference, &obs_flat, &act).0);
+                let (penalty, mean) =
+                    algo::kl_penalty(&old_logp, &ref_logp.view([ti, total_n]), ctl.coef);
+                rewards = &rewards - penalty;
+                kl_sum += mean * b as f64;
+                kl_n += b;
+            }
+            let (adv, ret) = match self.plan.estimator {
+                Estimator::Gae => gae(
+                    &rewards,
+                    &values,
+                    &terminated,
+                    &truncated,
+                    &final_values,
+                    gamma,
+                    lambda,
+                ),
+                Estimator::MonteCarlo { .. } => {
+                    // G_t = r_t + γ(1 − done_t)G_{t+1}, seeded with the return
+                    // from after the chunk; V(s_t) (or 0) as the baseline.
+                    let tails: Vec<f32> = group
+                        .iter()
+                        .flat_map(|c| {
+                            items
+                                .iter()
+                                .find(|i| std::ptr::eq(&i.chunk, *c))
+                                .and_then(|i| i.tail_returns.clone())
+                                .unwrap_or_else(|| vec![0.0; c.n])
+                        })
+                        .collect();
+                    let tail = Tensor::from_slice(&tails)
+                        .view([1, total_n])
+                        .to_device(device);
+                    let seeded = Tensor::cat(&[values.narrow(0, 0, ti), tail], 0);
+                    gae(
+                        &rewards,
+                        &seeded,
+                        &terminated,
+                        &truncated,
+                        &final_values.zeros_like(),
+                        gamma,
+                        1.0,
+                    )
+                }
+                Estimator::Vtrace { weighted } => {
+                    let logp_now = tch::no_grad(|| evaluate(&self.policy, &obs_flat, &act).0);
+                    let out = vtrace(
+                        &rewards,
+                        &values,
+                        &terminated,
+                        &truncated,
+                        &final_values,
+                        &(logp_now.view([ti, total_n]) - &old_logp),
+                        gamma,
+                        v.rho_bar,
+                        v.c_bar,
+                    );
+                    let adv = if weighted {
+                        &out.advantages * &out.clipped_rhos
+                    } else {
+                        out.advantages
+                    };
+                    (adv, out.targets)
+                }
+            };
             parts.push(Batch {
-                obs: obs.narrow(0, 0, ti).reshape([b, d]),
+                obs: obs_flat,
                 actions: act,
                 old_logp: old_logp.reshape([b]),
                 old_values: values.narrow(0, 0, ti).reshape([b]),
@@ -334,13 +482,14 @@ impl Trainer {
                 len: b,
             });
         }
+        let kl_mean = if kl_n > 0 { kl_sum / kl_n as f64 } else { 0.0 };
         if parts.len() == 1 {
-            return parts.pop().expect("one part");
+            return (parts.pop().expect("one part"), kl_mean);
         }
         let cat = |f: &dyn Fn(&Batch) -> &Tensor| {
             Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)
         };
-        Batch {
+        let batch = Batch {
             obs: cat(&|b| &b.obs),
             actions: cat(&|b| &b.actions),
             old_logp: cat(&|b| &b.old_logp),
@@ -348,17 +497,18 @@ impl Trainer {
             advantages: cat(&|b| &b.advantages),
             returns: cat(&|b| &b.returns),
             len: parts.iter().map(|b| b.len).sum(),
-        }
+        };
+        (batch, kl_mean)
     }
 
-    fn update(&mut self, chunks: Vec<Chunk>) -> Result<(), TrainError> {
+    fn update(&mut self, chunks: Vec<Item>) -> Result<(), TrainError> {
         let t0 = Instant::now();
         let version = self.progress.version.load(Ordering::Relaxed);
         let lags: Vec<u64> = chunks
             .iter()
-            .map(|c| version.saturating_sub(c.policy_version))
+            .map(|c| version.saturating_sub(c.chunk.policy_version))
             .collect();
-        let batch = self.build_batch(&chunks);
+        let (batch, kl_mean) = self.build_batch(&chunks);
         drop(chunks);
         let p = &self.cfg.ppo;
         let steps_before = self.progress.env_steps.load(Ordering::Relaxed);
@@ -368,7 +518,12 @@ impl Trainer {
         } else {
             p.learning_rate
         };
-        let mut stats = ppo_update(&self.policy, &mut self.adam, &batch, p, lr);
+        let mut stats = policy_update(&self.policy, &mut self.adam, &batch, &self.plan, p, lr);
+        if let Some((_, ctl)) = self.kl.as_mut() {
+            stats.kl_reference = kl_mean;
+            stats.kl_coef = ctl.coef;
+            ctl.update(kl_mean, batch.len as usize);
+        }
         let new_version = version + 1;
         self.publish(new_version);
         stats.seconds = t0.elapsed().as_secs_f64();
@@ -393,6 +548,10 @@ impl Trainer {
         metrics::gauge!(m::EXPLAINED_VARIANCE).set(s.explained_variance);
         metrics::gauge!(m::GRAD_NORM).set(s.grad_norm);
         metrics::gauge!(m::LEARNING_RATE).set(s.learning_rate);
+        if self.kl.is_some() {
+            metrics::gauge!(m::KL_REFERENCE).set(s.kl_reference);
+            metrics::gauge!(m::KL_COEF).set(s.kl_coef);
+        }
         let lag_list = serde_json::json!(lags);
         let (ret, len) = match self.progress.recent.lock() {
             Ok(mut r) => {
@@ -408,6 +567,8 @@ impl Trainer {
                 "env_steps": self.progress.env_steps.load(Ordering::Relaxed),
                 "wall_seconds": self.started.elapsed().as_secs_f64(),
                 "episodes": self.progress.episodes.load(Ordering::Relaxed),
+                "samples_received": self.progress.samples_received.load(Ordering::Relaxed),
+                "stale_samples": self.progress.stale_samples.load(Ordering::Relaxed),
                 "episode_return_mean": ret,
                 "episode_length_mean": len,
                 "policy_lags": lag_list,
@@ -430,6 +591,7 @@ impl Trainer {
                 samples_received: self.progress.samples_received.load(Ordering::Relaxed),
                 episodes: self.progress.episodes.load(Ordering::Relaxed),
                 config_toml: self.cfg.to_toml(),
+                kl_coef: self.kl.as_ref().map(|(_, c)| c.coef),
             },
             model: self.policy.host_parameters(),
             adam_m: self.policy.split_flat(&self.adam.m[0]),
@@ -502,9 +664,24 @@ pub fn ppo_update(
     p: &PpoSection,
     lr: f64,
 ) -> UpdateStats {
+    policy_update(policy, adam, batch, &UpdatePlan::ppo(p), p, lr)
+}
+
+/// One update of any algorithm on one batch, following `plan`: `epochs`
+/// passes of `minibatches` minibatches of policy loss + `vf_coef`·value loss
+/// − `ent_coef`·entropy, global grad-norm clipping (`p.max_grad_norm`) and an
+/// Adam step per minibatch. Statistics are the last epoch's minibatch means.
+pub fn policy_update(
+    policy: &Policy,
+    adam: &mut Adam,
+    batch: &Batch,
+    plan: &UpdatePlan,
+    p: &PpoSection,
+    lr: f64,
+) -> UpdateStats {
     let params: Vec<Tensor> = policy.trainable();
     let b = batch.len;
-    let mb = (b / p.num_minibatches as i64).max(1);
+    let mb = (b / plan.minibatches as i64).max(1);
     let device = policy.device();
     let mut stats = UpdateStats {
         learning_rate: lr,
@@ -512,16 +689,16 @@ pub fn ppo_update(
         explained_variance: ppo::explained_variance(&batch.old_values, &batch.returns),
         ..Default::default()
     };
-    for epoch in 0..p.update_epochs {
+    for epoch in 0..plan.epochs {
         let perm = Tensor::randperm(b, (Kind::Int64, device));
         let (mut kl_sum, mut cf_sum, mut n_mb) = (0.0, 0.0, 0.0);
         let (mut pl_sum, mut vl_sum, mut ent_sum) = (0.0, 0.0, 0.0);
-        for k in 0..p.num_minibatches as i64 {
+        for k in 0..plan.minibatches as i64 {
             let start = k * mb;
             if start >= b {
                 break;
             }
-            let size = if k == p.num_minibatches as i64 - 1 {
+            let size = if k == plan.minibatches as i64 - 1 {
                 b - start
             } else {
                 mb
@@ -534,28 +711,42 @@ pub fn ppo_update(
             );
             let old_logp = batch.old_logp.index_select(0, &idx);
             let mut adv = batch.advantages.index_select(0, &idx);
-            if p.norm_adv && size > 1 {
+            if plan.norm_adv && size > 1 {
                 adv = ppo::normalize_advantages(&adv);
             }
-            let (pg_loss, ratio) = ppo::policy_loss(&logp, &old_logp, &adv, p.clip_eps);
-            let v_loss = ppo::value_loss(
-                &value,
-                &batch.old_values.index_select(0, &idx),
-                &batch.returns.index_select(0, &idx),
-                (p.vf_clip > 0.0).then_some(p.vf_clip),
-            );
+            let (pg_loss, clip_eps) = match plan.loss {
+                PolicyLoss::Clipped { eps } => {
+                    (ppo::policy_loss(&logp, &old_logp, &adv, eps).0, Some(eps))
+                }
+                PolicyLoss::Vanilla => (algo::vanilla_policy_loss(&logp, &adv), None),
+            };
             let ent = entropy.mean(Kind::Float);
-            let loss = &pg_loss + &v_loss * p.vf_coef - &ent * p.ent_coef;
+            // Pure REINFORCE has no critic to train.
+            let v_loss = (plan.vf_coef > 0.0).then(|| {
+                ppo::value_loss(
+                    &value,
+                    &batch.old_values.index_select(0, &idx),
+                    &batch.returns.index_select(0, &idx),
+                    plan.vf_clip,
+                )
+            });
+            let loss = match &v_loss {
+                Some(v) => &pg_loss + v * plan.vf_coef - &ent * p.ent_coef,
+                None => &pg_loss - &ent * p.ent_coef,
+            };
             Adam::zero_grad(&params);
             loss.backward();
             stats.grad_norm = Adam::clip_grad_norm(&params, p.max_grad_norm);
             adam.step(&params, lr);
             tch::no_grad(|| {
-                kl_sum += ppo::approx_kl(&(&logp - &old_logp));
-                cf_sum += ppo::clip_fraction(&ratio, p.clip_eps);
+                let logratio = &logp - &old_logp;
+                kl_sum += ppo::approx_kl(&logratio);
+                if let Some(eps) = clip_eps {
+                    cf_sum += ppo::clip_fraction(&logratio.exp(), eps);
+                }
             });
             pl_sum += pg_loss.double_value(&[]);
-            vl_sum += v_loss.double_value(&[]);
+            vl_sum += v_loss.as_ref().map_or(0.0, |v| v.double_value(&[]));
             ent_sum += ent.double_value(&[]);
             n_mb += 1.0;
         }
@@ -565,7 +756,7 @@ pub fn ppo_update(
         stats.policy_loss = pl_sum / n_mb;
         stats.value_loss = vl_sum / n_mb;
         stats.entropy = ent_sum / n_mb;
-        if let Some(target) = p.target_kl {
+        if let Some(target) = plan.target_kl {
             if stats.approx_kl > target {
                 break;
             }

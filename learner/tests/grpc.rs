@@ -58,6 +58,7 @@ async fn learner_with(
         resume: false,
         install_signal_handlers: false,
         local_actors: 0,
+        local_max_steps_per_second: None,
         local_num_envs: None,
         auth_token: token,
         tls,

@@ -5,7 +5,8 @@ gRPC) and reads each run's metrics.jsonl. Experiments:
 
 - cartpole:  reinforce, a2c, ppo, vtrace on configs/cartpole.toml (only `algo`
              changes), 2 local actors;
-- textmatch: the same four on configs/textmatch.toml, 2 local actors;
+- textmatch: the same four on configs/textmatch.toml, 2 local actors, plus
+             PPO with a KL penalty to the initial policy (kl.coef 0.05);
 - lag:       CartPole with 8 slow local actors (paced env steps/s, so every
              chunk is several versions old when it arrives): PPO dropping
              chunks older than 4 versions vs IMPALA (V-trace) and PPO with
@@ -72,6 +73,7 @@ def summarize(rows, target):
         "final": last.get("episode_return_mean"),
         "lag": statistics.median([l for r in rows for l in r.get("policy_lags", [])] or [0]),
         "stale": stale / (received + stale) if received + stale else 0.0,
+        "kl": last["update"].get("kl_reference") if last["update"].get("kl_coef") else None,
     }
 
 
@@ -87,6 +89,10 @@ def table(title, results, target, budget, lag_columns=False):
     if lag_columns:
         head += " median policy lag | stale data dropped |"
         sep += "---|---|"
+    kl_column = any(r["kl"] is not None for runs in results.values() for r in runs)
+    if kl_column:
+        head += " final KL to reference (per step) |"
+        sep += "---|"
     lines += [head, sep]
     for label, runs in results.items():
         hits = [r for r in runs if r["steps"] is not None]
@@ -99,6 +105,9 @@ def table(title, results, target, budget, lag_columns=False):
             lag = statistics.median([r["lag"] for r in runs])
             stale = statistics.median([r["stale"] for r in runs])
             line += f" {lag:.0f} | {stale:.0%} |"
+        if kl_column:
+            kls = [r["kl"] for r in runs if r["kl"] is not None]
+            line += f" {statistics.median(kls):.4f} |" if kls else " — |"
         lines.append(line)
     lines.append("")
     return "\n".join(lines)
@@ -153,7 +162,9 @@ def main():
     if "textmatch" in a.only:
         out.append(experiment(
             "textmatch", "TextMatch-v0, 2 actors", "textmatch.toml",
-            [v for x in ALGOS for v in algo(x)], a.seeds, a.textmatch_steps, 0.9, 2, a.out_dir))
+            [v for x in ALGOS for v in algo(x)]
+            + [("ppo + KL penalty (coef 0.05)", ["algo=ppo", "kl.coef=0.05"], [])],
+            a.seeds, a.textmatch_steps, 0.9, 2, a.out_dir))
     if "lag" in a.only:
         pace = ["--local-max-steps-per-second", str(a.lag_actor_steps_per_second)]
         lag_sets = ["rollout.num_envs=4", "rollout.chunk_len=256"]

@@ -29,8 +29,8 @@ pub enum Estimator {
     MonteCarlo { baseline: bool },
     /// V-trace ([`crate::vtrace::vtrace`]); `weighted` multiplies the
     /// advantages by the truncated importance weights ρ_t (IMPALA's policy
-    /// gradient) — off inside PPO, whose ratio already corrects for the
-    /// behavior policy.
+    /// gradient) — on for IMPALA and A2C, off inside PPO, whose ratio
+    /// already corrects for the behavior policy.
     Vtrace { weighted: bool },
 }
 
@@ -95,7 +95,16 @@ impl UpdatePlan {
                 estimator: chosen,
                 ..Self::ppo(p)
             },
-            Algo::A2c => single(chosen, p.norm_adv, p.vf_coef),
+            // Without a ratio in its loss, A2C needs V-trace's ρ weights
+            // on stale data: A2C + V-trace is IMPALA.
+            Algo::A2c => single(
+                match chosen {
+                    Estimator::Vtrace { .. } => Estimator::Vtrace { weighted: true },
+                    other => other,
+                },
+                p.norm_adv,
+                p.vf_coef,
+            ),
             Algo::Vtrace => single(Estimator::Vtrace { weighted: true }, p.norm_adv, p.vf_coef),
             Algo::Reinforce => {
                 let baseline = cfg.reinforce.baseline;

@@ -514,22 +514,14 @@ impl RunConfig {
                 format!("must be >= 1 (samples), got {}", kl.horizon),
             );
         }
-        if let Some(path) = &kl.reference {
-            if !Path::new(path).is_file() {
-                bad("kl.reference", format!("no checkpoint file at {path:?}"));
-            }
-        }
-        if self.sync {
-            let per_chunk = ro.chunk_len as usize * ro.num_envs as usize;
-            if per_chunk > 0 && !o.batch_size.is_multiple_of(per_chunk) {
-                bad(
-                    "ppo.batch_size",
-                    format!(
-                        "with sync = true it must be a multiple of rollout.chunk_len × rollout.num_envs ({per_chunk}), got {}",
-                        o.batch_size
-                    ),
-                );
-            }
+        if self.sync && self.algo == Algo::Reinforce {
+            // REINFORCE holds a chunk until the actor's next chunks finish its
+            // episodes, and a synchronous actor acts the next chunk only after
+            // an update: the run would wait forever.
+            bad(
+                "sync",
+                "cannot be combined with algo = \"reinforce\" (it holds chunks across versions until their episodes end)".into(),
+            );
         }
         let i = &self.ingest;
         if i.queue_capacity == 0 {
@@ -693,6 +685,38 @@ mod tests {
         let c = RunConfig::from_toml(MINIMAL, "t", &["ppo.vf_clip=0.3".into()]).unwrap();
         let back = RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap();
         assert_eq!(c, back);
+    }
+
+    #[test]
+    fn algorithm_keys_parse_round_trip_and_are_checked() {
+        let text = "algo = \"vtrace\"\nsync = true\n[env]\nid = \"CartPole-v1\"\n[vtrace]\nrho_bar = 2.0\n[kl]\ncoef = 0.1\ntarget = 6.0\n";
+        let c = RunConfig::from_toml(text, "t", &[]).unwrap();
+        assert_eq!(
+            (c.algo, c.sync, c.vtrace.rho_bar),
+            (Algo::Vtrace, true, 2.0)
+        );
+        assert_eq!(c.algo_name(), "IMPALA (V-trace)");
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap(), c);
+        let c = RunConfig::from_toml(MINIMAL, "t", &["algo=a2c".into()]).unwrap();
+        assert_eq!(c.algo, Algo::A2c);
+        let bad = |sets: &[&str], key: &str| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let m = RunConfig::from_toml(MINIMAL, "t", &sets)
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains(key), "{m} should name {key}");
+        };
+        bad(&["algo=sarsa"], "algo");
+        bad(&["ppo.advantage=retrace"], "advantage");
+        bad(&["vtrace.c_bar=0"], "vtrace.c_bar");
+        bad(&["kl.coef=-1"], "kl.coef");
+        bad(&["kl.target=0.1"], "kl.coef");
+        bad(&["kl.horizon=0"], "kl.horizon");
+        bad(&["sync=true", "algo=reinforce"], "sync");
+        bad(
+            &["reinforce.max_held_chunks=0"],
+            "reinforce.max_held_chunks",
+        );
     }
 
     #[test]

@@ -19,9 +19,15 @@
 //! A gap in an actor's sequence numbers (a dropped or lost chunk, a
 //! reconnect) makes the held episodes unfinishable: they are discarded and
 //! counted. So is the oldest held chunk when an actor holds more than
-//! `max_held` chunks (an episode that never ends).
+//! `max_held` chunks (an episode that never ends), and so are the chunks of
+//! an actor that has sent nothing for [`IDLE_EVICTION`] (gone, or reconnected
+//! under a new id).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// An actor silent this long has its held chunks discarded.
+pub const IDLE_EVICTION: Duration = Duration::from_secs(120);
 
 use flotilla_common::chunk::Chunk;
 
@@ -30,8 +36,9 @@ use flotilla_common::chunk::Chunk;
 pub struct Released {
     pub chunk: Chunk,
     /// `[N]`: discounted return from the next chunk's first step to the end of
-    /// the episode running at this chunk's last step (0 where an episode ended
-    /// on the last step).
+    /// the episode running at this chunk's last step. Where an episode ended
+    /// on the last step it is unused (the done flag cuts the recursion) and
+    /// holds the next episode's partial return or 0.
     pub tail_returns: Vec<f32>,
 }
 
@@ -47,7 +54,9 @@ pub struct Discarded {
 pub struct EpisodeStitcher {
     gamma: f64,
     max_held: usize,
-    held: HashMap<u32, VecDeque<Chunk>>,
+    /// Per actor: its held chunks and when it last sent one.
+    held: HashMap<u32, (VecDeque<Chunk>, Instant)>,
+    last_sweep: Instant,
 }
 
 impl EpisodeStitcher {
@@ -56,19 +65,25 @@ impl EpisodeStitcher {
             gamma,
             max_held: max_held.max(1),
             held: HashMap::new(),
+            last_sweep: Instant::now(),
         }
     }
 
     /// Chunks held, over all actors.
     pub fn held_chunks(&self) -> usize {
-        self.held.values().map(VecDeque::len).sum()
+        self.held.values().map(|(q, _)| q.len()).sum()
     }
 
     /// Adds a chunk; returns the chunks that became complete (oldest first)
     /// and what had to be discarded.
     pub fn push(&mut self, chunk: Chunk) -> (Vec<Released>, Discarded) {
-        let mut discarded = Discarded::default();
-        let queue = self.held.entry(chunk.actor_id).or_default();
+        let now = Instant::now();
+        let mut discarded = self.sweep(now);
+        let (queue, last) = self
+            .held
+            .entry(chunk.actor_id)
+            .or_insert_with(|| (VecDeque::new(), now));
+        *last = now;
         if let Some(last) = queue.back() {
             if chunk.sequence != last.sequence + 1 || chunk.n != last.n {
                 for c in queue.drain(..) {
@@ -86,6 +101,25 @@ impl EpisodeStitcher {
             }
         }
         (released, discarded)
+    }
+
+    /// Discards the chunks of actors idle for [`IDLE_EVICTION`] (checked at
+    /// most every few seconds).
+    fn sweep(&mut self, now: Instant) -> Discarded {
+        let mut d = Discarded::default();
+        if now.duration_since(self.last_sweep) < Duration::from_secs(5) {
+            return d;
+        }
+        self.last_sweep = now;
+        self.held.retain(|_, (q, last)| {
+            let keep = now.duration_since(*last) < IDLE_EVICTION;
+            if !keep {
+                d.chunks += q.len();
+                d.samples += q.iter().map(Chunk::num_samples).sum::<usize>();
+            }
+            keep
+        });
+        d
     }
 }
 

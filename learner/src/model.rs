@@ -33,6 +33,24 @@ pub struct Policy {
     params: Vec<(String, Tensor)>,
 }
 
+/// Tracked views of a policy's parameters for one forward pass.
+struct Views<'a> {
+    layout: &'a [(String, Vec<i64>, i64)],
+    parts: Vec<Tensor>,
+}
+
+impl Views<'_> {
+    fn get(&self, name: &str) -> &Tensor {
+        // Names are generated from the spec in `new`; a miss is a bug here.
+        let i = self
+            .layout
+            .iter()
+            .position(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("parameter {name} is part of every policy of this spec"));
+        &self.parts[i]
+    }
+}
+
 /// Errors loading parameters into a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -179,24 +197,36 @@ impl Policy {
         &self.params
     }
 
-    /// A tracked view of one parameter (gradients flow into `flat`).
-    fn param(&self, name: &str) -> Tensor {
-        // Names are generated from the spec in `new`; a miss is a bug here.
-        let (_, dims, off) = self
+    /// Tracked views of every parameter (gradients flow into `flat`), cut
+    /// by one `split_with_sizes`: its backward writes the flat gradient with
+    /// one concatenation, where a `narrow` per parameter would scatter a
+    /// full-size zero-filled gradient per parameter and add them all up.
+    fn views(&self) -> Views<'_> {
+        let sizes: Vec<i64> = self
             .layout
             .iter()
-            .find(|(n, _, _)| n == name)
-            .unwrap_or_else(|| panic!("parameter {name} is part of every policy of this spec"));
-        let numel: i64 = dims.iter().product();
-        self.flat.narrow(0, *off, numel).view(dims.as_slice())
+            .map(|(_, dims, _)| dims.iter().product())
+            .collect();
+        let parts = self
+            .flat
+            .split_with_sizes(sizes.as_slice(), 0)
+            .into_iter()
+            .zip(&self.layout)
+            .map(|(t, (_, dims, _))| t.view(dims.as_slice()))
+            .collect();
+        Views {
+            layout: &self.layout,
+            parts,
+        }
     }
 
-    fn torso(&self, prefix: &str, obs: &Tensor) -> Tensor {
+    fn torso(&self, w: &Views<'_>, prefix: &str, obs: &Tensor) -> Tensor {
         let mut x = obs.shallow_clone();
         for i in 0..self.spec.hidden_sizes.len() {
-            let w = self.param(&format!("{prefix}.{i}.weight"));
-            let b = self.param(&format!("{prefix}.{i}.bias"));
-            x = x.linear(&w, Some(&b));
+            x = x.linear(
+                w.get(&format!("{prefix}.{i}.weight")),
+                Some(w.get(&format!("{prefix}.{i}.bias"))),
+            );
             x = match self.spec.activation {
                 Activation::Tanh => x.tanh(),
                 Activation::Relu => x.relu(),
@@ -208,42 +238,46 @@ impl Policy {
     /// Policy-head output (logits for Discrete, Gaussian means for Box), `[B, A]`,
     /// and values `[B]`, for observations `[B, obs_dim]`.
     pub fn forward(&self, obs: &Tensor) -> (Tensor, Tensor) {
+        let (out, v, _) = self.forward_all(obs);
+        (out, v)
+    }
+
+    /// [`Self::forward`] plus the log standard deviation (Box actions), all
+    /// from one set of views, so the backward pass meets one split.
+    pub fn forward_all(&self, obs: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
+        let w = self.views();
         let (a, c) = if self.spec.shared_torso {
-            let h = self.torso("torso", obs);
+            let h = self.torso(&w, "torso", obs);
             (h.shallow_clone(), h)
         } else {
-            (self.torso("actor", obs), self.torso("critic", obs))
+            (self.torso(&w, "actor", obs), self.torso(&w, "critic", obs))
         };
-        let out = a.linear(
-            &self.param("actor.head.weight"),
-            Some(&self.param("actor.head.bias")),
-        );
+        let out = a.linear(w.get("actor.head.weight"), Some(w.get("actor.head.bias")));
         let v = c
-            .linear(
-                &self.param("critic.head.weight"),
-                Some(&self.param("critic.head.bias")),
-            )
+            .linear(w.get("critic.head.weight"), Some(w.get("critic.head.bias")))
             .squeeze_dim(-1);
-        (out, v)
+        let log_std = self
+            .is_continuous()
+            .then(|| w.get("log_std").shallow_clone());
+        (out, v, log_std)
     }
 
     /// Values `[B]` only.
     pub fn value(&self, obs: &Tensor) -> Tensor {
+        let w = self.views();
         let c = if self.spec.shared_torso {
-            self.torso("torso", obs)
+            self.torso(&w, "torso", obs)
         } else {
-            self.torso("critic", obs)
+            self.torso(&w, "critic", obs)
         };
-        c.linear(
-            &self.param("critic.head.weight"),
-            Some(&self.param("critic.head.bias")),
-        )
-        .squeeze_dim(-1)
+        c.linear(w.get("critic.head.weight"), Some(w.get("critic.head.bias")))
+            .squeeze_dim(-1)
     }
 
     /// The state-independent log standard deviation `[A]` (Box actions only).
     pub fn log_std(&self) -> Option<Tensor> {
-        self.is_continuous().then(|| self.param("log_std"))
+        self.is_continuous()
+            .then(|| self.views().get("log_std").shallow_clone())
     }
 
     /// Current parameters as host f32 vectors, in spec order.

@@ -321,9 +321,12 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
                 .load_parameters(&data.model)
                 .map_err(|e| RunError::Usage(format!("kl.reference {path}: {e}")))?;
         }
+        // An adaptive coefficient continues where it was; a fixed one is
+        // the config's (which may have been changed for the resumed run).
         let coef = resumed
             .as_ref()
             .and_then(|(_, d)| d.meta.kl_coef)
+            .filter(|_| cfg.kl.target.is_some())
             .unwrap_or(cfg.kl.coef);
         Some((
             reference,

@@ -640,8 +640,8 @@ pub fn device_name(d: Device) -> String {
 
 /// Log-probabilities, entropies and values of `actions` under `policy`.
 pub fn evaluate(policy: &Policy, obs: &Tensor, actions: &Tensor) -> (Tensor, Tensor, Tensor) {
-    let (out, value) = policy.forward(obs);
-    match policy.log_std() {
+    let (out, value, log_std) = policy.forward_all(obs);
+    match log_std {
         None => {
             let dist = Categorical::new(&out);
             (dist.log_prob(actions), dist.entropy(), value)

@@ -33,7 +33,7 @@ fn train(tag: &str, actors: &str, sets: &[&str]) -> (String, Vec<serde_json::Val
 /// near 22 or collapses to ~9.
 #[test]
 fn reinforce_a2c_and_vtrace_learn_cartpole() {
-    for (algo, floor) in [("reinforce", 80.0), ("a2c", 120.0), ("vtrace", 120.0)] {
+    for (algo, floor) in [("reinforce", 70.0), ("a2c", 100.0), ("vtrace", 100.0)] {
         let (stdout, rows) = train(
             algo,
             "2",

@@ -74,58 +74,110 @@ pub fn gae(
     gamma: f64,
     lambda: f64,
 ) -> (Tensor, Tensor) {
+    check_shapes(
+        "gae",
+        rewards,
+        values,
+        &[
+            ("terminated", terminated),
+            ("truncated", truncated),
+            ("final_values", final_values),
+        ],
+    );
+    tch::no_grad(|| {
+        let r = Rollout::new(rewards, values, terminated, truncated, final_values);
+        let deltas = &r.rewards + &r.next * gamma - &r.current;
+        // γλ where the episode continues into step t+1, 0 where it ended at t.
+        let advantages = backward_scan(&deltas, &(&r.continues * (gamma * lambda)));
+        let returns = &advantages + &r.current;
+        (advantages, returns)
+    })
+}
+
+/// Checks the shapes of a `[T, N]` rollout (named `what` in the panic):
+/// `values` `[T+1, N]`, every one of `others` `[T, N]` like `rewards`.
+pub(crate) fn check_shapes(
+    what: &str,
+    rewards: &Tensor,
+    values: &Tensor,
+    others: &[(&str, &Tensor)],
+) {
     let shape = rewards.size();
-    assert_eq!(shape.len(), 2, "gae: rewards must be [T, N], got {shape:?}");
+    assert_eq!(
+        shape.len(),
+        2,
+        "{what}: rewards must be [T, N], got {shape:?}"
+    );
     let (t_len, n) = (shape[0], shape[1]);
     assert_eq!(
         values.size(),
         [t_len + 1, n],
-        "gae: values must be [T+1, N] = [{}, {n}]",
+        "{what}: values must be [T+1, N] = [{}, {n}]",
         t_len + 1
     );
-    for (name, x) in [
-        ("terminated", terminated),
-        ("truncated", truncated),
-        ("final_values", final_values),
-    ] {
+    for (name, x) in others {
         assert_eq!(
             x.size(),
             shape,
-            "gae: {name} must be [T, N] = {shape:?} like rewards"
+            "{what}: {name} must be [T, N] = {shape:?} like rewards"
         );
     }
-    tch::no_grad(|| {
+}
+
+/// A rollout's tensors as float32, with the episode-boundary rules applied.
+pub(crate) struct Rollout {
+    pub rewards: Tensor,
+    /// V(s_t), `[T, N]`.
+    pub current: Tensor,
+    /// V(s_{t+1}): 0 where terminated, V(final observation) where
+    /// truncated, `values[t+1]` otherwise.
+    pub next: Tensor,
+    /// 1 where the episode continues into step t+1, 0 where it ended at t.
+    pub continues: Tensor,
+}
+
+impl Rollout {
+    pub fn new(
+        rewards: &Tensor,
+        values: &Tensor,
+        terminated: &Tensor,
+        truncated: &Tensor,
+        final_values: &Tensor,
+    ) -> Self {
         let f = |x: &Tensor| x.to_kind(Kind::Float);
-        let rewards = f(rewards);
+        let t_len = rewards.size()[0];
         let values = f(values);
         let term = f(terminated).gt(0.5);
         let trunc = f(truncated).gt(0.5);
-        let current = values.narrow(0, 0, t_len);
         // `where` (not arithmetic masking) so that garbage in `final_values`
         // where no episode ended cannot leak in, not even NaN.
-        let next = final_values
-            .to_kind(Kind::Float)
-            .where_self(&trunc, &values.narrow(0, 1, t_len));
+        let next = f(final_values).where_self(&trunc, &values.narrow(0, 1, t_len));
         let next = next.zeros_like().where_self(&term, &next);
-        let deltas = &rewards + next * gamma - &current;
-        // γλ where the episode continues into step t+1, 0 where it ended at t.
-        let carry = (term.logical_or(&trunc).logical_not().to_kind(Kind::Float)) * (gamma * lambda);
-        let mut rows: Vec<Tensor> = Vec::with_capacity(t_len as usize);
-        let mut last = Tensor::zeros([n], (Kind::Float, rewards.device()));
-        for t in (0..t_len).rev() {
-            // A_t = δ_t + carry_t · A_{t+1}, one fused kernel per step.
-            last = deltas.get(t).addcmul(&carry.get(t), &last);
-            rows.push(last.shallow_clone());
+        Rollout {
+            rewards: f(rewards),
+            current: values.narrow(0, 0, t_len),
+            next,
+            continues: term.logical_or(&trunc).logical_not().to_kind(Kind::Float),
         }
-        rows.reverse();
-        let advantages = if rows.is_empty() {
-            rewards.zeros_like()
-        } else {
-            Tensor::stack(&rows, 0)
-        };
-        let returns = &advantages + current;
-        (advantages, returns)
-    })
+    }
+}
+
+/// `x_t = a_t + b_t·x_{t+1}` backwards over the rows of `[T, N]` tensors,
+/// with `x_T = 0`: one fused kernel per step, all columns at once.
+pub(crate) fn backward_scan(a: &Tensor, b: &Tensor) -> Tensor {
+    let (t_len, n) = (a.size()[0], a.size()[1]);
+    let mut rows: Vec<Tensor> = Vec::with_capacity(t_len as usize);
+    let mut last = Tensor::zeros([n], (Kind::Float, a.device()));
+    for t in (0..t_len).rev() {
+        last = a.get(t).addcmul(&b.get(t), &last);
+        rows.push(last.shallow_clone());
+    }
+    rows.reverse();
+    if rows.is_empty() {
+        a.zeros_like()
+    } else {
+        Tensor::stack(&rows, 0)
+    }
 }
 
 #[cfg(test)]

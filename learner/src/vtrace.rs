@@ -24,6 +24,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::gae::{backward_scan, check_shapes, Rollout};
+
 /// V-trace outputs for a `[T, N]` rollout, all float32 on the inputs' device.
 #[derive(Debug)]
 pub struct Vtrace {
@@ -58,69 +60,33 @@ pub fn vtrace(
     rho_bar: f64,
     c_bar: f64,
 ) -> Vtrace {
-    let shape = rewards.size();
-    assert_eq!(
-        shape.len(),
-        2,
-        "vtrace: rewards must be [T, N], got {shape:?}"
+    check_shapes(
+        "vtrace",
+        rewards,
+        values,
+        &[
+            ("terminated", terminated),
+            ("truncated", truncated),
+            ("final_values", final_values),
+            ("log_rhos", log_rhos),
+        ],
     );
-    let (t_len, n) = (shape[0], shape[1]);
-    assert_eq!(
-        values.size(),
-        [t_len + 1, n],
-        "vtrace: values must be [T+1, N] = [{}, {n}]",
-        t_len + 1
-    );
-    for (name, x) in [
-        ("terminated", terminated),
-        ("truncated", truncated),
-        ("final_values", final_values),
-        ("log_rhos", log_rhos),
-    ] {
-        assert_eq!(
-            x.size(),
-            shape,
-            "vtrace: {name} must be [T, N] = {shape:?} like rewards"
-        );
-    }
+    let t_len = rewards.size()[0];
     tch::no_grad(|| {
-        let f = |x: &Tensor| x.to_kind(Kind::Float);
-        let rewards = f(rewards);
-        let values = f(values);
-        let term = f(terminated).gt(0.5);
-        let trunc = f(truncated).gt(0.5);
-        let ratio = f(log_rhos).exp();
+        let r = Rollout::new(rewards, values, terminated, truncated, final_values);
+        let ratio = log_rhos.to_kind(Kind::Float).exp();
         let rhos = ratio.clamp_max(rho_bar);
         let cs = ratio.clamp_max(c_bar);
-        let current = values.narrow(0, 0, t_len);
-        // V(x_{t+1}) with the episode-boundary rules of GAE.
-        let next = final_values
-            .to_kind(Kind::Float)
-            .where_self(&trunc, &values.narrow(0, 1, t_len));
-        let next = next.zeros_like().where_self(&term, &next);
-        let deltas = &rhos * (&rewards + &next * gamma - &current);
-        let continues = term.logical_or(&trunc).logical_not().to_kind(Kind::Float);
-        let carry = &cs * &continues * gamma;
+        let deltas = &rhos * (&r.rewards + &r.next * gamma - &r.current);
         // v_s − V(x_s) = δ_s + γ·c_s·(v_{s+1} − V(x_{s+1})), zero past the tail.
-        let mut rows: Vec<Tensor> = Vec::with_capacity(t_len as usize);
-        let mut last = Tensor::zeros([n], (Kind::Float, rewards.device()));
-        for t in (0..t_len).rev() {
-            last = deltas.get(t).addcmul(&carry.get(t), &last);
-            rows.push(last.shallow_clone());
-        }
-        rows.reverse();
-        let diffs = if rows.is_empty() {
-            rewards.zeros_like()
-        } else {
-            Tensor::stack(&rows, 0)
-        };
-        let targets = &diffs + &current;
+        let diffs = backward_scan(&deltas, &(&cs * &r.continues * gamma));
+        let targets = &diffs + &r.current;
         // v_{s+1}: the next row's target where the episode continues, the
         // boundary value where it ended, V(x_T) after the last row.
-        let tail = values.narrow(0, t_len, 1);
+        let tail = values.to_kind(Kind::Float).narrow(0, t_len, 1);
         let next_targets = Tensor::cat(&[targets.narrow(0, 1, t_len - 1), tail], 0);
-        let next_v = next_targets.where_self(&continues.gt(0.5), &next);
-        let advantages = &rewards + next_v * gamma - &current;
+        let next_v = next_targets.where_self(&r.continues.gt(0.5), &r.next);
+        let advantages = &r.rewards + next_v * gamma - &r.current;
         Vtrace {
             targets,
             advantages,

@@ -188,13 +188,7 @@ impl KlController {
 mod tests {
     use super::*;
 
-    fn host(x: &Tensor) -> Vec<f64> {
-        Vec::<f32>::try_from(x.to_kind(Kind::Float).flatten(0, -1))
-            .expect("float tensor")
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    }
+    use crate::test_util::host;
 
     #[test]
     fn kl_penalty_is_coef_times_the_log_ratio_per_step() {

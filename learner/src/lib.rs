@@ -13,5 +13,7 @@ pub mod plot;
 pub mod ppo;
 pub mod run;
 pub mod service;
+#[cfg(test)]
+mod test_util;
 pub mod trainer;
 pub mod vtrace;

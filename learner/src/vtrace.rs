@@ -101,13 +101,7 @@ mod tests {
     use crate::gae::gae;
     use rand::{Rng, SeedableRng};
 
-    fn host(x: &Tensor) -> Vec<f64> {
-        Vec::<f32>::try_from(x.to_kind(Kind::Float).flatten(0, -1))
-            .expect("float tensor")
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    }
+    use crate::test_util::host;
 
     fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod chunk;
 pub mod codec;
 pub mod env;
+pub mod fastmath;
 pub mod metrics;
 pub mod model;
 pub mod policy;

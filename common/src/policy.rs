@@ -8,6 +8,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use crate::fastmath;
 use crate::model::{action_outputs, Activation, ModelSpec};
 use crate::space::Space;
 
@@ -164,7 +165,10 @@ impl CpuPolicy {
 
     fn activate(&self, x: &mut Array2<f32>) {
         match self.spec.activation {
-            Activation::Tanh => x.mapv_inplace(f32::tanh),
+            Activation::Tanh => match x.as_slice_mut() {
+                Some(s) => fastmath::tanh_in_place(s),
+                None => x.mapv_inplace(fastmath::tanh),
+            },
             Activation::Relu => x.mapv_inplace(|v| v.max(0.0)),
         }
     }

@@ -2,7 +2,8 @@
 //! in plain PyTorch (learner/benches/ppo_torch.py) in the same run.
 //!
 //! `deploy/local.sh cargo bench -p flotilla-learner --bench ppo`
-//! (`-- --quick` for a short run). Prints a table; results in docs/benchmarks.md.
+//! (`-- --quick` for a short run, `-- --batch N` for another batch size,
+//! `-- --repeats N` for another number of timed updates). Prints a table; results in docs/benchmarks.md.
 
 use std::process::Command;
 use std::time::Instant;
@@ -25,15 +26,27 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // `cargo test --all-targets` runs benches with `--bench` absent: keep it tiny then.
     let as_test = !std::env::args().any(|a| a == "--bench");
+    let arg = |name: &str| {
+        std::env::args()
+            .skip_while(|a| a != name)
+            .nth(1)
+            .map(|v| v.parse::<i64>().expect("takes a positive integer"))
+    };
     let repeats = if as_test {
         1
+    } else if let Some(r) = arg("--repeats") {
+        r as usize
     } else if quick {
         5
     } else {
         20
     };
     tch::manual_seed(0);
-    let b: i64 = if as_test { 256 } else { 8192 };
+    let b: i64 = if as_test {
+        256
+    } else {
+        arg("--batch").unwrap_or(8192)
+    };
     let policy = Policy::new(
         &ModelSpec::default(),
         4,

@@ -69,6 +69,10 @@ struct Cli {
     /// Require client certificates signed by this PEM CA (mutual TLS).
     #[arg(long, env = "FLOTILLA_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// libtorch threads for the trainer's math [default: 1 with
+    /// --local-actors on the CPU, else libtorch's default (one per core)].
+    #[arg(long, env = "FLOTILLA_TORCH_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    torch_threads: Option<u16>,
     /// Override any config value: `--set ppo.batch_size=4096` (repeatable).
     #[arg(
         long = "set",
@@ -222,6 +226,7 @@ fn main() -> ExitCode {
         local_max_steps_per_second: cli.local_max_steps_per_second,
         auth_token,
         tls,
+        torch_threads: cli.torch_threads.map(usize::from),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

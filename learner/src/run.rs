@@ -56,6 +56,10 @@ pub struct RunOptions {
     pub auth_token: Option<AuthToken>,
     /// Serve gRPC over TLS (`None`: plaintext).
     pub tls: Option<ServerTlsConfig>,
+    /// libtorch intra-op threads of the trainer (`None`: 1 when local actors
+    /// share the machine with a CPU learner, else libtorch's default, one
+    /// per physical core).
+    pub torch_threads: Option<usize>,
 }
 
 /// Errors that end a run.
@@ -389,11 +393,18 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             "resumed from checkpoint"
         );
     }
+    // Minibatches of a few hundred samples gain nothing from splitting each
+    // op across cores, and with local actors the second core is theirs:
+    // one thread trains faster there (docs/benchmarks.md).
+    let torch_threads = opts
+        .torch_threads
+        .or((opts.local_actors > 0 && device == tch::Device::Cpu).then_some(1));
     trainer.publish(version.load(Ordering::Acquire));
     info!(
         run_id = %run_id,
         env = %cfg.env.id,
         device = %device_name(device),
+        torch_threads = torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
         %addr,
         run_dir = %opts.run_dir.display(),
         "learner ready"
@@ -411,6 +422,10 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
     std::thread::Builder::new()
         .name("trainer".into())
         .spawn(move || {
+            if let Some(n) = torch_threads {
+                // Per thread under OpenMP: set where the work runs.
+                tch::set_num_threads(n as i32);
+            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.run()));
             let _ = done_tx.send(r);
         })
@@ -426,6 +441,13 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             action_space,
             behavior_values: cfg.rollout.behavior_values,
             sync: cfg.sync,
+            // REINFORCE holds an actor's chunks until its episodes end, and
+            // may need more chunks of one version than a batch holds.
+            batch_samples: if cfg.algo == Algo::Reinforce {
+                0
+            } else {
+                cfg.ppo.batch_size as u64
+            },
             seed: cfg.run.seed,
             max_chunk_bytes: cfg.ingest.max_chunk_bytes,
             max_envs_per_actor: cfg.ingest.max_envs_per_actor,

@@ -62,6 +62,7 @@ async fn learner_with(
         local_num_envs: None,
         auth_token: token,
         tls,
+        torch_threads: None,
     })
     .await
     .unwrap()

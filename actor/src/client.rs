@@ -145,6 +145,7 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         action_space: space(&rs.action_space, "action_space")?,
         behavior_values: rs.send_behavior_values,
         sync: rs.sync,
+        batch_samples: rs.batch_samples as usize,
         // Distinct streams per actor; the same name in the same run reuses its seed.
         seed: rs
             .seed

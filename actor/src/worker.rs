@@ -36,6 +36,10 @@ pub struct WorkerSpec {
     pub behavior_values: bool,
     /// Act one chunk per policy version, then wait for the next version.
     pub sync: bool,
+    /// Samples the learner trains on per version (0: no limit): the worker
+    /// acts at most enough chunks with one version to fill that by itself,
+    /// then waits for a newer version.
+    pub batch_samples: usize,
     pub seed: u64,
 }
 
@@ -59,6 +63,9 @@ pub fn run(
     let n = spec.num_envs;
     builder.begin(envs.observations());
     let mut pace = spec.max_steps_per_second.map(Pacer::new);
+    let per_version = chunks_per_version(spec.batch_samples, n, spec.chunk_len);
+    // (version, chunks acted with it so far)
+    let mut same_version = (u64::MAX, 0usize);
     while !stop.load(Ordering::Relaxed) {
         // Between chunks: take the newest snapshot, if any arrived.
         if snapshots.has_changed().unwrap_or(false) || policy.is_none() {
@@ -117,25 +124,71 @@ pub fn run(
             break;
         }
         if spec.sync {
-            wait_for_newer(&snapshots, acted_with, &stop);
+            wait_for_newer(&snapshots, acted_with, &stop, None);
+        } else if let Some(limit) = per_version {
+            same_version = if same_version.0 == acted_with {
+                (acted_with, same_version.1 + 1)
+            } else {
+                (acted_with, 1)
+            };
+            if same_version.1 >= limit
+                && !wait_for_newer(&snapshots, acted_with, &stop, Some(AHEAD_PATIENCE))
+            {
+                warn!(
+                    version = acted_with,
+                    chunks = same_version.1,
+                    "no newer policy after {} s; acting on",
+                    AHEAD_PATIENCE.as_secs()
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// Synchronous mode: blocks until a policy newer than `version` has arrived
-/// (or `stop` is raised).
-fn wait_for_newer(snapshots: &watch::Receiver<Option<Snapshot>>, version: u64, stop: &AtomicBool) {
+/// How long an actor that has acted its share of chunks with one version
+/// waits for a newer one before acting on anyway. The share fills a batch by
+/// itself, so the wait normally ends with the learner's next update; this
+/// only keeps an actor moving should the learner not update for another
+/// reason.
+const AHEAD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Chunks of `num_envs` × `chunk_len` samples that fill `batch_samples`, the
+/// most one actor acts with one policy version (`None`: no limit). One
+/// actor alone can then always complete a batch, so the limit never stalls
+/// the learner, while actors cannot act far ahead of it.
+pub fn chunks_per_version(
+    batch_samples: usize,
+    num_envs: usize,
+    chunk_len: usize,
+) -> Option<usize> {
+    let per_chunk = num_envs * chunk_len;
+    (batch_samples > 0 && per_chunk > 0).then(|| batch_samples.div_ceil(per_chunk))
+}
+
+/// Blocks until a policy newer than `version` has arrived (true), `stop` is
+/// raised or `patience` has passed (false).
+fn wait_for_newer(
+    snapshots: &watch::Receiver<Option<Snapshot>>,
+    version: u64,
+    stop: &AtomicBool,
+    patience: Option<Duration>,
+) -> bool {
+    let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if snapshots
             .borrow()
             .as_ref()
             .is_some_and(|s| s.version > version)
         {
-            return;
+            return true;
+        }
+        if patience.is_some_and(|p| started.elapsed() >= p) {
+            return false;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    false
 }
 
 /// Holds a thread to a mean rate of env steps per second, measured from its
@@ -188,6 +241,85 @@ mod tests {
             "{:?}",
             t0.elapsed()
         );
+    }
+
+    #[test]
+    fn chunks_per_version_fills_a_batch() {
+        // 2 envs x 64 steps = 128 samples per chunk.
+        assert_eq!(chunks_per_version(2048, 2, 64), Some(16));
+        assert_eq!(chunks_per_version(2049, 2, 64), Some(17));
+        assert_eq!(chunks_per_version(100, 2, 64), Some(1));
+        assert_eq!(chunks_per_version(0, 2, 64), None);
+    }
+
+    /// Zero weights for every parameter of `spec`: a uniform policy.
+    fn zero_snapshot(spec: &ModelSpec, obs_dim: usize, space: &Space, version: u64) -> Snapshot {
+        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = spec
+            .parameter_shapes(obs_dim, space)
+            .into_iter()
+            .map(|(n, s)| {
+                let bytes = vec![0u8; 4 * s.iter().product::<usize>()];
+                (n, s, bytes)
+            })
+            .collect();
+        let views = owned.iter().map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.clone(), v)
+        });
+        Snapshot {
+            version,
+            safetensors: safetensors::serialize(views, None).unwrap().into(),
+        }
+    }
+
+    /// With a batch of 3 chunks' samples, the worker acts 3 chunks with
+    /// version 1, waits, and acts 3 more once version 2 arrives.
+    #[test]
+    fn acts_at_most_a_batch_per_version() {
+        let model = ModelSpec {
+            hidden_sizes: vec![4],
+            ..ModelSpec::default()
+        };
+        let obs = Space::Box {
+            low: vec![f32::NEG_INFINITY; 4],
+            high: vec![f32::INFINITY; 4],
+            shape: vec![4],
+        };
+        let act = Space::Discrete { n: 2 };
+        let spec = WorkerSpec {
+            env: EnvSpec::new("CartPole-v1"),
+            model: model.clone(),
+            chunk_len: 8,
+            num_envs: 2,
+            max_steps_per_second: None,
+            observation_space: obs,
+            action_space: act.clone(),
+            behavior_values: true,
+            sync: false,
+            batch_samples: 40, // 16 per chunk: 3 chunks
+            seed: 1,
+        };
+        let (snap_tx, snap_rx) = watch::channel(Some(zero_snapshot(&model, 4, &act, 1)));
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || run(spec, snap_rx, tx, stop))
+        };
+        let versions = |rx: &mut mpsc::Receiver<proto::Chunk>| {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut v = Vec::new();
+            while let Ok(c) = rx.try_recv() {
+                v.push(c.policy_version);
+            }
+            v
+        };
+        assert_eq!(versions(&mut rx), vec![1, 1, 1]);
+        snap_tx.send_replace(Some(zero_snapshot(&model, 4, &act, 2)));
+        assert_eq!(versions(&mut rx), vec![2, 2, 2]);
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap().unwrap();
     }
 
     #[test]

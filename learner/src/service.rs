@@ -46,6 +46,9 @@ pub struct RunInfo {
     pub behavior_values: bool,
     /// Actors act one chunk per policy version (synchronous mode).
     pub sync: bool,
+    /// Samples per update; actors act at most a batch's worth of chunks per
+    /// policy version (0: no limit).
+    pub batch_samples: u64,
     pub seed: u64,
     pub max_chunk_bytes: u64,
     pub max_envs_per_actor: u32,
@@ -129,6 +132,7 @@ impl LearnerService {
             max_chunk_bytes: i.max_chunk_bytes,
             default_num_envs: i.default_num_envs,
             sync: i.sync,
+            batch_samples: i.batch_samples,
         }
     }
 

@@ -3,8 +3,9 @@
 Runs the real `learner` binary (release build, local cluster over loopback
 gRPC) and reads each run's metrics.jsonl. Experiments:
 
-- cartpole:  reinforce, a2c, ppo, vtrace on configs/cartpole.toml (only `algo`
-             changes), 2 local actors;
+- cartpole:  reinforce, a2c, ppo, vtrace on configs/cartpole.toml with the
+             shared comparison settings (COMPARISON below; only `algo`
+             changes between runs), 2 local actors;
 - textmatch: the same four on configs/textmatch.toml, 2 local actors, plus
              PPO with a KL penalty to the initial policy (kl.coef 0.05);
 - lag:       CartPole with 8 slow local actors (paced env steps/s, so every
@@ -34,6 +35,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LEARNER = os.path.join(ROOT, "target", "release", "learner")
 ALGOS = ["reinforce", "a2c", "ppo", "vtrace"]
+
+# The CartPole comparison's batch, epochs and step size, shared by every
+# algorithm (configs/cartpole.toml itself is tuned for PPO's wall-clock time).
+COMPARISON = ["ppo.batch_size=1024", "ppo.update_epochs=4", "ppo.learning_rate=1e-3"]
 
 # CleanRL ppo.py defaults for CartPole-v1 (4 envs x 128 steps, 4 minibatches).
 CLEANRL = [
@@ -155,10 +160,11 @@ def main():
     os.makedirs(a.out_dir, exist_ok=True)
     out = []
     algo = lambda x: [(x, [f"algo={x}"], [])]  # noqa: E731
+    compared = lambda x: [(x, [f"algo={x}", *COMPARISON], [])]  # noqa: E731
     if "cartpole" in a.only:
         out.append(experiment(
             "cartpole", "CartPole-v1, 2 actors", "cartpole.toml",
-            [v for x in ALGOS for v in algo(x)], a.seeds, a.cartpole_steps, 475, 2, a.out_dir))
+            [v for x in ALGOS for v in compared(x)], a.seeds, a.cartpole_steps, 475, 2, a.out_dir))
     if "textmatch" in a.only:
         out.append(experiment(
             "textmatch", "TextMatch-v0, 2 actors", "textmatch.toml",
@@ -167,7 +173,7 @@ def main():
             a.seeds, a.textmatch_steps, 0.9, 2, a.out_dir))
     if "lag" in a.only:
         pace = ["--local-max-steps-per-second", str(a.lag_actor_steps_per_second)]
-        lag_sets = ["rollout.num_envs=4", "rollout.chunk_len=256"]
+        lag_sets = ["rollout.num_envs=4", "rollout.chunk_len=256", *COMPARISON]
         out.append(experiment(
             "lag", f"CartPole-v1, 8 slow actors ({a.lag_actor_steps_per_second:.0f} steps/s each)",
             "cartpole.toml",

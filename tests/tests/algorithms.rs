@@ -37,7 +37,14 @@ fn reinforce_a2c_and_vtrace_learn_cartpole() {
         let (stdout, rows) = train(
             algo,
             "2",
-            &[&format!("algo={algo}"), "run.total_env_steps=300000"],
+            &[
+                &format!("algo={algo}"),
+                "run.total_env_steps=300000",
+                // the comparison settings of learner/benches/algorithms.py
+                "ppo.batch_size=1024",
+                "ppo.update_epochs=4",
+                "ppo.learning_rate=1e-3",
+            ],
         );
         let ret = summary_mean_return(&stdout).unwrap_or_else(|| panic!("no summary\n{stdout}"));
         assert!(

@@ -123,17 +123,19 @@ pub fn run(
         if chunks.blocking_send(chunk).is_err() {
             break;
         }
-        if spec.sync {
-            wait_for_newer(&snapshots, acted_with, &stop, None);
-        } else if let Some(limit) = per_version {
-            same_version = if same_version.0 == acted_with {
-                (acted_with, same_version.1 + 1)
-            } else {
-                (acted_with, 1)
-            };
-            if same_version.1 >= limit
-                && !wait_for_newer(&snapshots, acted_with, &stop, Some(AHEAD_PATIENCE))
-            {
+        same_version = if same_version.0 == acted_with {
+            (acted_with, same_version.1 + 1)
+        } else {
+            (acted_with, 1)
+        };
+        // Synchronous mode: one chunk per version, waiting as long as it takes.
+        let limit = if spec.sync { Some(1) } else { per_version };
+        if limit.is_some_and(|l| same_version.1 >= l) {
+            let t0 = Instant::now();
+            let patience = (!spec.sync).then_some(AHEAD_PATIENCE);
+            let newer = wait_for_newer(&snapshots, acted_with, &stop, patience);
+            metrics::histogram!(m::ACTOR_POLICY_WAIT).record(t0.elapsed().as_secs_f64());
+            if !newer && !stop.load(Ordering::Relaxed) {
                 warn!(
                     version = acted_with,
                     chunks = same_version.1,

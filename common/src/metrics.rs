@@ -36,6 +36,7 @@ pub const ACTOR_INFERENCE_DURATION: &str = "flotilla_actor_inference_duration_se
 pub const ACTOR_CHUNK_SEND_DURATION: &str = "flotilla_actor_chunk_send_duration_seconds";
 pub const ACTOR_POLICY_VERSION: &str = "flotilla_actor_policy_version";
 pub const ACTOR_RECONNECTS: &str = "flotilla_actor_reconnects_total";
+pub const ACTOR_POLICY_WAIT: &str = "flotilla_actor_policy_wait_seconds";
 
 /// Values of the `reason` label of [`CHUNKS_DROPPED`].
 pub const DROP_REASONS: &[&str] = &[
@@ -54,7 +55,7 @@ pub const UPDATE_DURATION_BUCKETS: &[f64] = &[
 ];
 /// Buckets of [`POLICY_LAG`], versions.
 pub const POLICY_LAG_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
-/// Buckets of the actor's inference and send histograms, seconds.
+/// Buckets of the actor's histograms (inference, send, policy wait), seconds.
 pub const ACTOR_LATENCY_BUCKETS: &[f64] = &[
     1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0,
 ];
@@ -194,6 +195,11 @@ pub fn describe_actor() {
         "handing one chunk to the stream until accepted"
     );
     describe_gauge!(ACTOR_POLICY_VERSION, "policy version the actor acts with");
+    describe_histogram!(
+        ACTOR_POLICY_WAIT,
+        Unit::Seconds,
+        "waits for a newer policy after acting a batch's worth of chunks (or one, in sync mode)"
+    );
     describe_counter!(
         ACTOR_RECONNECTS,
         Unit::Count,

@@ -46,9 +46,21 @@ pub struct WorkerSpec {
 /// Runs until `stop` is raised or the chunk receiver is gone.
 pub fn run(
     spec: WorkerSpec,
+    snapshots: watch::Receiver<Option<Snapshot>>,
+    chunks: mpsc::Sender<proto::Chunk>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    run_with_patience(spec, snapshots, chunks, stop, AHEAD_PATIENCE)
+}
+
+/// [`run`], waiting at most `patience` for a new policy after acting a
+/// batch's worth of chunks with one version.
+fn run_with_patience(
+    spec: WorkerSpec,
     mut snapshots: watch::Receiver<Option<Snapshot>>,
     chunks: mpsc::Sender<proto::Chunk>,
     stop: Arc<AtomicBool>,
+    patience: Duration,
 ) -> Result<(), String> {
     let obs_dim = spec.observation_space.flat_dim();
     let mut envs = VecEnv::new(&spec.env, spec.num_envs, spec.seed).map_err(|e| e.to_string())?;
@@ -66,6 +78,7 @@ pub fn run(
     let per_version = chunks_per_version(spec.batch_samples, n, spec.chunk_len);
     // (version, chunks acted with it so far)
     let mut same_version = (u64::MAX, 0usize);
+    let mut warned_version = None;
     while !stop.load(Ordering::Relaxed) {
         // Between chunks: take the newest snapshot, if any arrived.
         if snapshots.has_changed().unwrap_or(false) || policy.is_none() {
@@ -132,16 +145,25 @@ pub fn run(
         let limit = if spec.sync { Some(1) } else { per_version };
         if limit.is_some_and(|l| same_version.1 >= l) {
             let t0 = Instant::now();
-            let patience = (!spec.sync).then_some(AHEAD_PATIENCE);
-            let newer = wait_for_newer(&snapshots, acted_with, &stop, patience);
-            metrics::histogram!(m::ACTOR_POLICY_WAIT).record(t0.elapsed().as_secs_f64());
-            if !newer && !stop.load(Ordering::Relaxed) {
-                warn!(
-                    version = acted_with,
-                    chunks = same_version.1,
-                    "no newer policy after {} s; acting on",
-                    AHEAD_PATIENCE.as_secs()
-                );
+            let patience = (!spec.sync).then_some(patience);
+            let changed = wait_for_change(&snapshots, acted_with, &stop, patience);
+            let waited = t0.elapsed();
+            metrics::histogram!(m::ACTOR_POLICY_WAIT).record(waited.as_secs_f64());
+            if let Some(pace) = pace.as_mut() {
+                pace.pause(waited);
+            }
+            if !changed && !stop.load(Ordering::Relaxed) {
+                // Our chunks of this version did not all reach the learner
+                // (a reconnect, a restart): act a whole batch's worth again.
+                same_version.1 = 0;
+                if warned_version != Some(acted_with) {
+                    warned_version = Some(acted_with);
+                    warn!(
+                        version = acted_with,
+                        "no new policy after {} s; acting on with this one",
+                        patience.unwrap_or_default().as_secs_f64()
+                    );
+                }
             }
         }
     }
@@ -149,16 +171,16 @@ pub fn run(
 }
 
 /// How long an actor that has acted its share of chunks with one version
-/// waits for a newer one before acting on anyway. The share fills a batch by
-/// itself, so the wait normally ends with the learner's next update; this
-/// only keeps an actor moving should the learner not update for another
-/// reason.
+/// waits for a new one before acting on anyway. The share fills a batch by
+/// itself, so the wait normally ends with the learner's next update; it runs
+/// out when some of the actor's chunks never reached the learner (lost in a
+/// reconnect, or the learner restarted from a checkpoint of that version).
 const AHEAD_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Chunks of `num_envs` × `chunk_len` samples that fill `batch_samples`, the
 /// most one actor acts with one policy version (`None`: no limit). One
-/// actor alone can then always complete a batch, so the limit never stalls
-/// the learner, while actors cannot act far ahead of it.
+/// actor alone can then complete a batch, so as long as its chunks reach the
+/// learner the limit does not stall it, while actors cannot act far ahead.
 pub fn chunks_per_version(
     batch_samples: usize,
     num_envs: usize,
@@ -168,9 +190,11 @@ pub fn chunks_per_version(
     (batch_samples > 0 && per_chunk > 0).then(|| batch_samples.div_ceil(per_chunk))
 }
 
-/// Blocks until a policy newer than `version` has arrived (true), `stop` is
-/// raised or `patience` has passed (false).
-fn wait_for_newer(
+/// Blocks until the newest snapshot is another version than `version`
+/// (true), `stop` is raised or `patience` has passed (false). Any other
+/// version counts, not only a newer one: a learner restarted from an older
+/// checkpoint publishes lower versions, and the actor switches to them.
+fn wait_for_change(
     snapshots: &watch::Receiver<Option<Snapshot>>,
     version: u64,
     stop: &AtomicBool,
@@ -181,14 +205,14 @@ fn wait_for_newer(
         if snapshots
             .borrow()
             .as_ref()
-            .is_some_and(|s| s.version > version)
+            .is_some_and(|s| s.version != version)
         {
             return true;
         }
         if patience.is_some_and(|p| started.elapsed() >= p) {
             return false;
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_millis(1));
     }
     false
 }
@@ -207,6 +231,14 @@ impl Pacer {
             per_second,
             started: None,
             steps: 0,
+        }
+    }
+
+    /// Moves the schedule on by `d` spent waiting for something else, so the
+    /// steps not taken meanwhile are not made up afterwards at full speed.
+    fn pause(&mut self, d: Duration) {
+        if let Some(s) = self.started.as_mut() {
+            *s += d;
         }
     }
 
@@ -275,18 +307,10 @@ mod tests {
         }
     }
 
-    /// With a batch of 3 chunks' samples, the worker acts 3 chunks with
-    /// version 1, waits, and acts 3 more once version 2 arrives.
-    #[test]
-    fn acts_at_most_a_batch_per_version() {
+    fn tiny_spec(batch_samples: usize) -> (WorkerSpec, ModelSpec, Space) {
         let model = ModelSpec {
             hidden_sizes: vec![4],
             ..ModelSpec::default()
-        };
-        let obs = Space::Box {
-            low: vec![f32::NEG_INFINITY; 4],
-            high: vec![f32::INFINITY; 4],
-            shape: vec![4],
         };
         let act = Space::Discrete { n: 2 };
         let spec = WorkerSpec {
@@ -295,13 +319,59 @@ mod tests {
             chunk_len: 8,
             num_envs: 2,
             max_steps_per_second: None,
-            observation_space: obs,
+            observation_space: Space::Box {
+                low: vec![f32::NEG_INFINITY; 4],
+                high: vec![f32::INFINITY; 4],
+                shape: vec![4],
+            },
             action_space: act.clone(),
             behavior_values: true,
             sync: false,
-            batch_samples: 40, // 16 per chunk: 3 chunks
+            batch_samples, // 16 samples per chunk
             seed: 1,
         };
+        (spec, model, act)
+    }
+
+    /// Versions of the chunks that arrive within `ms` milliseconds.
+    fn versions_within(rx: &mut mpsc::Receiver<proto::Chunk>, ms: u64) -> Vec<u64> {
+        std::thread::sleep(Duration::from_millis(ms));
+        let mut v = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            v.push(c.policy_version);
+        }
+        v
+    }
+
+    /// No new version for `patience`: the worker acts another batch's
+    /// worth, not one chunk per `patience`; a lower version (a learner
+    /// restarted from an older checkpoint) ends the wait too.
+    #[test]
+    fn acts_on_after_patience_and_on_any_version_change() {
+        let (spec, model, act) = tiny_spec(40); // 3 chunks per version
+        let (snap_tx, snap_rx) = watch::channel(Some(zero_snapshot(&model, 4, &act, 5)));
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                run_with_patience(spec, snap_rx, tx, stop, Duration::from_millis(300))
+            })
+        };
+        assert_eq!(versions_within(&mut rx, 150), vec![5, 5, 5]);
+        // patience runs out at ~300 ms: three more, then a wait until ~600 ms
+        assert_eq!(versions_within(&mut rx, 300), vec![5, 5, 5]);
+        snap_tx.send_replace(Some(zero_snapshot(&model, 4, &act, 2)));
+        assert_eq!(versions_within(&mut rx, 100), vec![2, 2, 2]);
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap().unwrap();
+    }
+
+    /// With a batch of 3 chunks' samples, the worker acts 3 chunks with
+    /// version 1, waits, and acts 3 more once version 2 arrives.
+    #[test]
+    fn acts_at_most_a_batch_per_version() {
+        let (spec, model, act) = tiny_spec(40); // 3 chunks per version
         let (snap_tx, snap_rx) = watch::channel(Some(zero_snapshot(&model, 4, &act, 1)));
         let (tx, mut rx) = mpsc::channel(64);
         let stop = Arc::new(AtomicBool::new(false));
@@ -309,17 +379,9 @@ mod tests {
             let stop = stop.clone();
             std::thread::spawn(move || run(spec, snap_rx, tx, stop))
         };
-        let versions = |rx: &mut mpsc::Receiver<proto::Chunk>| {
-            std::thread::sleep(Duration::from_millis(300));
-            let mut v = Vec::new();
-            while let Ok(c) = rx.try_recv() {
-                v.push(c.policy_version);
-            }
-            v
-        };
-        assert_eq!(versions(&mut rx), vec![1, 1, 1]);
+        assert_eq!(versions_within(&mut rx, 300), vec![1, 1, 1]);
         snap_tx.send_replace(Some(zero_snapshot(&model, 4, &act, 2)));
-        assert_eq!(versions(&mut rx), vec![2, 2, 2]);
+        assert_eq!(versions_within(&mut rx, 300), vec![2, 2, 2]);
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap().unwrap();
     }

@@ -69,8 +69,9 @@ struct Cli {
     /// Require client certificates signed by this PEM CA (mutual TLS).
     #[arg(long, env = "FLOTILLA_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// libtorch threads for the trainer's math [default: 1 with
-    /// --local-actors on the CPU, else libtorch's default (one per core)].
+    /// libtorch threads for the trainer's math [default: with --local-actors
+    /// on the CPU, the CPUs left after one per local actor (at least 1), else
+    /// libtorch's default (one per core)].
     #[arg(long, env = "FLOTILLA_TORCH_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     torch_threads: Option<u16>,
     /// Override any config value: `--set ppo.batch_size=4096` (repeatable).

@@ -56,9 +56,9 @@ pub struct RunOptions {
     pub auth_token: Option<AuthToken>,
     /// Serve gRPC over TLS (`None`: plaintext).
     pub tls: Option<ServerTlsConfig>,
-    /// libtorch intra-op threads of the trainer (`None`: 1 when local actors
-    /// share the machine with a CPU learner, else libtorch's default, one
-    /// per physical core).
+    /// libtorch intra-op threads of the trainer (`None`: with local actors and
+    /// a CPU learner, the CPUs left after one per local actor, at least 1;
+    /// else libtorch's default, one per physical core).
     pub torch_threads: Option<usize>,
 }
 
@@ -393,12 +393,15 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             "resumed from checkpoint"
         );
     }
-    // Minibatches of a few hundred samples gain nothing from splitting each
-    // op across cores, and with local actors the second core is theirs:
-    // one thread trains faster there (docs/benchmarks.md).
-    let torch_threads = opts
-        .torch_threads
-        .or((opts.local_actors > 0 && device == tch::Device::Cpu).then_some(1));
+    // Local actors each keep a core busy; the trainer takes the rest. On two
+    // cores that is one thread, which also suits minibatches of a few
+    // hundred samples best (docs/benchmarks.md).
+    let torch_threads = opts.torch_threads.or_else(|| {
+        (opts.local_actors > 0 && device == tch::Device::Cpu).then(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cpus.saturating_sub(opts.local_actors).max(1)
+        })
+    });
     trainer.publish(version.load(Ordering::Acquire));
     info!(
         run_id = %run_id,

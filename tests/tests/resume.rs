@@ -14,6 +14,9 @@ fn train(run_dir: &std::path::Path, total: u64, resume: bool) -> (String, String
         &total.to_string(),
         "--set",
         "run.checkpoint_every=5",
+        // 20 updates in the first run, checkpoints every 5
+        "--set",
+        "ppo.batch_size=1024",
     ]);
     if resume {
         cmd.arg("--resume");

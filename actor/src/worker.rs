@@ -333,14 +333,57 @@ mod tests {
         (spec, model, act)
     }
 
-    /// Versions of the chunks that arrive within `ms` milliseconds.
-    fn versions_within(rx: &mut mpsc::Receiver<proto::Chunk>, ms: u64) -> Vec<u64> {
-        std::thread::sleep(Duration::from_millis(ms));
-        let mut v = Vec::new();
-        while let Ok(c) = rx.try_recv() {
-            v.push(c.policy_version);
+    /// A worker thread on [`tiny_spec`] with 3 chunks per version, acting
+    /// with `version` until told otherwise through `snapshots`.
+    struct Running {
+        snapshots: watch::Sender<Option<Snapshot>>,
+        chunks: mpsc::Receiver<proto::Chunk>,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<(), String>>,
+        model: ModelSpec,
+        act: Space,
+    }
+
+    impl Running {
+        fn start(version: u64, patience: Duration) -> Self {
+            let (spec, model, act) = tiny_spec(40); // 16 samples per chunk: 3 chunks
+            let (snapshots, snap_rx) =
+                watch::channel(Some(zero_snapshot(&model, 4, &act, version)));
+            let (tx, chunks) = mpsc::channel(64);
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let stop = stop.clone();
+                std::thread::spawn(move || run_with_patience(spec, snap_rx, tx, stop, patience))
+            };
+            Running {
+                snapshots,
+                chunks,
+                stop,
+                thread,
+                model,
+                act,
+            }
         }
-        v
+
+        fn publish(&self, version: u64) {
+            let snap = zero_snapshot(&self.model, 4, &self.act, version);
+            self.snapshots.send_replace(Some(snap));
+        }
+
+        /// Versions of the chunks that arrive within `ms` milliseconds.
+        fn versions_within(&mut self, ms: u64) -> Vec<u64> {
+            std::thread::sleep(Duration::from_millis(ms));
+            let mut v = Vec::new();
+            while let Ok(c) = self.chunks.try_recv() {
+                v.push(c.policy_version);
+            }
+            v
+        }
+
+        fn finish(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.thread.join().unwrap().unwrap();
+        }
     }
 
     /// No new version for `patience`: the worker acts another batch's
@@ -348,42 +391,24 @@ mod tests {
     /// restarted from an older checkpoint) ends the wait too.
     #[test]
     fn acts_on_after_patience_and_on_any_version_change() {
-        let (spec, model, act) = tiny_spec(40); // 3 chunks per version
-        let (snap_tx, snap_rx) = watch::channel(Some(zero_snapshot(&model, 4, &act, 5)));
-        let (tx, mut rx) = mpsc::channel(64);
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                run_with_patience(spec, snap_rx, tx, stop, Duration::from_millis(300))
-            })
-        };
-        assert_eq!(versions_within(&mut rx, 150), vec![5, 5, 5]);
+        let mut w = Running::start(5, Duration::from_millis(300));
+        assert_eq!(w.versions_within(150), vec![5, 5, 5]);
         // patience runs out at ~300 ms: three more, then a wait until ~600 ms
-        assert_eq!(versions_within(&mut rx, 300), vec![5, 5, 5]);
-        snap_tx.send_replace(Some(zero_snapshot(&model, 4, &act, 2)));
-        assert_eq!(versions_within(&mut rx, 100), vec![2, 2, 2]);
-        stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap().unwrap();
+        assert_eq!(w.versions_within(300), vec![5, 5, 5]);
+        w.publish(2);
+        assert_eq!(w.versions_within(100), vec![2, 2, 2]);
+        w.finish();
     }
 
     /// With a batch of 3 chunks' samples, the worker acts 3 chunks with
     /// version 1, waits, and acts 3 more once version 2 arrives.
     #[test]
     fn acts_at_most_a_batch_per_version() {
-        let (spec, model, act) = tiny_spec(40); // 3 chunks per version
-        let (snap_tx, snap_rx) = watch::channel(Some(zero_snapshot(&model, 4, &act, 1)));
-        let (tx, mut rx) = mpsc::channel(64);
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let stop = stop.clone();
-            std::thread::spawn(move || run(spec, snap_rx, tx, stop))
-        };
-        assert_eq!(versions_within(&mut rx, 300), vec![1, 1, 1]);
-        snap_tx.send_replace(Some(zero_snapshot(&model, 4, &act, 2)));
-        assert_eq!(versions_within(&mut rx, 300), vec![2, 2, 2]);
-        stop.store(true, Ordering::Relaxed);
-        worker.join().unwrap().unwrap();
+        let mut w = Running::start(1, AHEAD_PATIENCE);
+        assert_eq!(w.versions_within(300), vec![1, 1, 1]);
+        w.publish(2);
+        assert_eq!(w.versions_within(300), vec![2, 2, 2]);
+        w.finish();
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub fn draw_many(
         chart
             .configure_mesh()
             .x_desc(label)
+            .x_labels(6)
+            .x_label_formatter(&|v| compact(*v))
             .y_desc("mean return (last 100 episodes)")
             .label_style(("sans-serif", 14))
             .draw()
@@ -150,6 +152,19 @@ pub fn draw_many(
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// A short axis label: 350000 → "350k", 1500000 → "1.5M", 2.5 → "2.5".
+fn compact(v: f64) -> String {
+    let short = |x: f64| {
+        let s = format!("{x:.1}");
+        s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
+    };
+    match v.abs() {
+        a if a >= 1e6 => format!("{}M", short(v / 1e6)),
+        a if a >= 1e3 => format!("{}k", short(v / 1e3)),
+        _ => short(v),
+    }
 }
 
 /// Draws `<run_dir>/learning_curve.png` from `<run_dir>/metrics.jsonl`.
@@ -187,6 +202,16 @@ mod tests {
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 5_000);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn axis_labels_are_compact() {
+        assert_eq!(compact(350_000.0), "350k");
+        assert_eq!(compact(1_500_000.0), "1.5M");
+        assert_eq!(compact(2_000_000.0), "2M");
+        assert_eq!(compact(2.5), "2.5");
+        assert_eq!(compact(0.0), "0");
+        assert_eq!(compact(12_345.0), "12.3k");
     }
 
     #[test]

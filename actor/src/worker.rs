@@ -288,22 +288,20 @@ mod tests {
 
     /// Zero weights for every parameter of `spec`: a uniform policy.
     fn zero_snapshot(spec: &ModelSpec, obs_dim: usize, space: &Space, version: u64) -> Snapshot {
-        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = spec
+        let zeros: Vec<(String, Vec<usize>, Vec<f32>)> = spec
             .parameter_shapes(obs_dim, space)
             .into_iter()
             .map(|(n, s)| {
-                let bytes = vec![0u8; 4 * s.iter().product::<usize>()];
-                (n, s, bytes)
+                let data = vec![0.0; s.iter().product()];
+                (n, s, data)
             })
             .collect();
-        let views = owned.iter().map(|(n, s, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .unwrap();
-            (n.clone(), v)
-        });
+        let tensors = zeros
+            .iter()
+            .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()));
         Snapshot {
             version,
-            safetensors: safetensors::serialize(views, None).unwrap().into(),
+            safetensors: flotilla_common::policy::write_safetensors(tensors, None).into(),
         }
     }
 

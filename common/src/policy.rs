@@ -325,6 +325,31 @@ pub fn gaussian_log_prob(x: f32, mean: f32, log_std: f32) -> f32 {
     -0.5 * z * z - log_std - 0.5 * (2.0 * std::f32::consts::PI).ln()
 }
 
+/// Serializes f32 tensors `(name, shape, data)` as safetensors, with optional metadata.
+pub fn write_safetensors<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Vec<u8> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .map(|(n, s, d)| {
+            (
+                n.to_owned(),
+                s.to_vec(),
+                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .expect("shape and byte length agree by construction");
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, metadata).expect("serializing in-memory f32 tensors cannot fail")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,21 +382,13 @@ mod tests {
         if matches!(space, Space::Box { .. }) {
             tensors.push(("log_std".into(), vec![2], vec![0.0, (2.0f32).ln()]));
         }
-        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-            .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        (spec, safetensors::serialize(views, None).unwrap())
+        let bytes = write_safetensors(
+            tensors
+                .iter()
+                .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
+            None,
+        );
+        (spec, bytes)
     }
 
     #[test]

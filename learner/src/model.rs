@@ -378,30 +378,8 @@ pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&flat).expect("contiguous f32 CPU tensor converts to Vec<f32>")
 }
 
-/// Serializes f32 tensors `(name, shape, data)` as safetensors, with optional metadata.
-pub fn write_safetensors<'a>(
-    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>,
-    metadata: Option<std::collections::HashMap<String, String>>,
-) -> Vec<u8> {
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .map(|(n, s, d)| {
-            (
-                n.to_owned(),
-                s.to_vec(),
-                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-        .iter()
-        .map(|(n, s, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .expect("shape and byte length agree by construction");
-            (n.clone(), view)
-        })
-        .collect();
-    safetensors::serialize(views, metadata).expect("serializing in-memory f32 tensors cannot fail")
-}
+/// Serializes f32 tensors as safetensors (shared with the actor side).
+pub use flotilla_common::policy::write_safetensors;
 
 /// Parses f32 tensors from safetensors bytes, checking sizes before copying.
 pub fn read_safetensors(bytes: &[u8]) -> Result<NamedTensors, ModelError> {

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_common::auth::{AttachToken, AuthToken};
-use flotilla_common::env::EnvSpec;
 use flotilla_common::metrics as m;
-use flotilla_common::model::ModelSpec;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
-use flotilla_common::Space;
+use flotilla_common::{RunSpec, Snapshot};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,8 +23,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
-use crate::worker::{self, WorkerSpec};
-use crate::Snapshot;
+use crate::worker::{self, WorkerError, WorkerSpec};
 
 /// How to run an actor.
 #[derive(Debug, Clone)]
@@ -52,10 +49,10 @@ pub enum ActorError {
     BadUrl { url: String, message: String },
     #[error("the learner refused this actor ({code:?}): {message}")]
     Refused { code: Code, message: String },
-    #[error("the run specification from the learner is unusable: {0}")]
-    BadSpec(String),
     #[error("environment thread: {0}")]
-    Worker(String),
+    Worker(#[from] WorkerError),
+    #[error("environment thread: {0}")]
+    Thread(String),
 }
 
 /// What an actor did before it stopped.
@@ -75,7 +72,7 @@ fn fatal(s: &Status) -> bool {
     )
 }
 
-/// Exponential backoff with full jitter, capped.
+/// Exponential backoff with jitter (each delay 50–100% of its step), capped.
 struct Backoff {
     next: Duration,
     base: Duration,
@@ -126,31 +123,24 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         })
         .await?
         .into_inner();
-    let bad = |m: String| Status::failed_precondition(format!("run spec: {m}"));
-    let env =
-        EnvSpec::from_parts(&rs.env_id, &rs.env_config_toml).map_err(|e| bad(e.to_string()))?;
-    let model = ModelSpec::try_from(rs.model.as_ref().ok_or_else(|| bad("no model".into()))?)
-        .map_err(bad)?;
-    let space = |s: &Option<proto::Space>, what: &str| -> Result<Space, Status> {
-        Space::try_from(s.as_ref().ok_or_else(|| bad(format!("no {what}")))?)
-            .map_err(|e| bad(format!("{what}: {e}")))
-    };
+    // A spec this actor cannot use will not improve on a retry.
+    let rs = RunSpec::try_from(rs).map_err(|e| Status::failed_precondition(e.to_string()))?;
     let spec = WorkerSpec {
-        env,
-        model,
-        chunk_len: rs.chunk_len as usize,
         num_envs: opts.num_envs.unwrap_or(rs.default_num_envs) as usize,
         max_steps_per_second: opts.max_steps_per_second,
-        observation_space: space(&rs.observation_space, "observation_space")?,
-        action_space: space(&rs.action_space, "action_space")?,
-        behavior_values: rs.send_behavior_values,
-        sync: rs.sync,
-        batch_samples: rs.batch_samples as usize,
-        // Distinct streams per actor; the same name in the same run reuses its seed.
+        // Distinct streams per actor (per connection, for now).
         seed: rs
             .seed
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(u64::from(rs.actor_id)),
+        env: rs.env,
+        model: rs.model,
+        chunk_len: rs.chunk_len as usize,
+        observation_space: rs.observation_space,
+        action_space: rs.action_space,
+        behavior_values: rs.behavior_values,
+        sync: rs.sync,
+        batch_samples: rs.batch_samples as usize,
     };
     Ok(Session {
         client,
@@ -167,7 +157,7 @@ struct Worker {
     run_id: String,
     stop: Arc<AtomicBool>,
     chunks: mpsc::Receiver<proto::Chunk>,
-    handle: std::thread::JoinHandle<Result<(), String>>,
+    handle: std::thread::JoinHandle<Result<(), WorkerError>>,
 }
 
 fn start_worker(
@@ -183,7 +173,7 @@ fn start_worker(
     let handle = std::thread::Builder::new()
         .name("env".into())
         .spawn(move || worker::run(s, snapshots, tx, st))
-        .map_err(|e| ActorError::Worker(e.to_string()))?;
+        .map_err(|e| ActorError::Thread(format!("cannot start: {e}")))?;
     Ok(Worker {
         spec,
         run_id,
@@ -199,8 +189,33 @@ impl Worker {
         drop(self.chunks);
         match self.handle.join() {
             Ok(r) => r.map_err(ActorError::Worker),
-            Err(_) => Err(ActorError::Worker("the environment thread panicked".into())),
+            Err(_) => Err(ActorError::Thread("panicked".into())),
         }
+    }
+}
+
+/// The learner's endpoint: timeouts, keep-alive, TCP_NODELAY and TLS when
+/// the URL is `https://` (which then needs a CA).
+fn endpoint(opts: &ActorOptions) -> Result<Endpoint, ActorError> {
+    let bad = |message: String| ActorError::BadUrl {
+        url: opts.learner.clone(),
+        message,
+    };
+    let endpoint = Endpoint::from_shared(opts.learner.clone())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .tcp_nodelay(true);
+    match (&opts.tls, opts.learner.starts_with("https://")) {
+        (Some(tls), true) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| bad(format!("TLS: {e}"))),
+        (None, false) => Ok(endpoint),
+        (Some(_), false) => Err(bad("TLS options need an https:// learner URL".into())),
+        (None, true) => Err(bad(
+            "an https:// learner needs --tls-ca (the CA that signed its certificate)".into(),
+        )),
     }
 }
 
@@ -209,37 +224,7 @@ pub async fn run(
     opts: ActorOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<ActorSummary, ActorError> {
-    let endpoint = Endpoint::from_shared(opts.learner.clone())
-        .map_err(|e| ActorError::BadUrl {
-            url: opts.learner.clone(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .tcp_nodelay(true);
-    let endpoint = match (&opts.tls, opts.learner.starts_with("https://")) {
-        (Some(tls), true) => endpoint
-            .tls_config(tls.clone())
-            .map_err(|e| ActorError::BadUrl {
-                url: opts.learner.clone(),
-                message: format!("TLS: {e}"),
-            })?,
-        (None, false) => endpoint,
-        (Some(_), false) => {
-            return Err(ActorError::BadUrl {
-                url: opts.learner.clone(),
-                message: "TLS options need an https:// learner URL".into(),
-            })
-        }
-        (None, true) => {
-            return Err(ActorError::BadUrl {
-                url: opts.learner.clone(),
-                message: "an https:// learner needs --tls-ca (the CA that signed its certificate)"
-                    .into(),
-            })
-        }
-    };
+    let endpoint = endpoint(&opts)?;
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let mut worker: Option<Worker> = None;
     let mut backoff = Backoff::new();

@@ -6,10 +6,3 @@ pub mod rollout;
 pub mod worker;
 
 pub use client::{run, ActorError, ActorOptions, ActorSummary};
-
-/// A policy snapshot as received: version and safetensors bytes.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub version: u64,
-    pub safetensors: bytes::Bytes,
-}

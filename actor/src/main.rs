@@ -2,13 +2,13 @@
 //!
 //! tracing → flags → metrics → connect, act and stream until SIGTERM/SIGINT.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use flotilla_actor::{rollout, ActorError, ActorOptions};
 use flotilla_common::auth::AuthToken;
+use flotilla_common::cli::{self, EXIT_USAGE};
 use flotilla_common::metrics as m;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing::{info, warn};
@@ -90,17 +90,11 @@ fn host_name() -> String {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
+    cli::init_tracing();
+    let parsed = Cli::parse();
+    match parsed.command {
         Some(Command::Rollout(args)) => rollout_main(&args),
-        None => act_main(cli.run),
+        None => act_main(parsed.run),
     }
 }
 
@@ -121,12 +115,62 @@ fn rollout_main(args: &rollout::RolloutArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(64)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
 
+impl TryFrom<RunArgs> for ActorOptions {
+    type Error = anyhow::Error;
+
+    fn try_from(args: RunArgs) -> anyhow::Result<Self> {
+        let auth_token = AuthToken::load(args.auth_token_file.as_deref())?;
+        let tls = match &args.tls_ca {
+            Some(ca) => {
+                let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+                Some(flotilla_common::tls::client_config(
+                    ca,
+                    identity,
+                    args.tls_domain.as_deref(),
+                )?)
+            }
+            None if args.tls_cert.is_some() || args.tls_domain.is_some() => {
+                anyhow::bail!("--tls-cert and --tls-domain need --tls-ca")
+            }
+            None => None,
+        };
+        Ok(ActorOptions {
+            learner: args.learner,
+            num_envs: args.num_envs,
+            name: args.name.unwrap_or_else(host_name),
+            max_steps_per_second: args.max_steps_per_second,
+            auth_token,
+            tls,
+        })
+    }
+}
+
+fn install_metrics(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Prefix("flotilla_actor_".into()),
+            m::ACTOR_LATENCY_BUCKETS,
+        )
+        .and_then(|b| b.install())?;
+    info!(%addr, "serving prometheus metrics");
+    Ok(())
+}
+
 fn act_main(args: RunArgs) -> ExitCode {
+    let metrics_listen = args.metrics_listen;
+    let opts = match ActorOptions::try_from(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -139,62 +183,19 @@ fn act_main(args: RunArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if let Some(addr) = args.metrics_listen {
-            let installed = PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .set_buckets_for_metric(
-                    Matcher::Prefix("flotilla_actor_".into()),
-                    m::ACTOR_LATENCY_BUCKETS,
-                )
-                .and_then(|b| b.install());
-            match installed {
-                Ok(()) => info!(%addr, "serving prometheus metrics"),
-                Err(e) => {
-                    eprintln!("error: cannot serve metrics on {addr}: {e}");
-                    return ExitCode::from(64);
-                }
+        if let Some(addr) = metrics_listen {
+            if let Err(e) = install_metrics(addr) {
+                eprintln!("error: cannot serve metrics on {addr}: {e}");
+                return ExitCode::from(EXIT_USAGE);
             }
         }
         m::describe_actor();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            shutdown_signal().await;
+            cli::shutdown_signal().await;
             info!("stopping");
             let _ = stop_tx.send(true);
         });
-        let auth_token = match AuthToken::load(args.auth_token_file.as_deref()) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(64);
-            }
-        };
-        let tls = match &args.tls_ca {
-            Some(ca) => {
-                let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-                match flotilla_common::tls::client_config(ca, identity, args.tls_domain.as_deref())
-                {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(64);
-                    }
-                }
-            }
-            None if args.tls_cert.is_some() || args.tls_domain.is_some() => {
-                eprintln!("error: --tls-cert and --tls-domain need --tls-ca");
-                return ExitCode::from(64);
-            }
-            None => None,
-        };
-        let opts = ActorOptions {
-            learner: args.learner,
-            num_envs: args.num_envs,
-            name: args.name.unwrap_or_else(host_name),
-            max_steps_per_second: args.max_steps_per_second,
-            auth_token,
-            tls,
-        };
         match flotilla_actor::run(opts, stop_rx).await {
             Ok(s) => {
                 info!(
@@ -206,7 +207,7 @@ fn act_main(args: RunArgs) -> ExitCode {
             }
             Err(e @ (ActorError::BadUrl { .. } | ActorError::Refused { .. })) => {
                 eprintln!("error: {e}");
-                ExitCode::from(64)
+                ExitCode::from(EXIT_USAGE)
             }
             Err(e) => {
                 warn!(error = %e, "actor failed");
@@ -215,19 +216,4 @@ fn act_main(args: RunArgs) -> ExitCode {
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

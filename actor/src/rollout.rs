@@ -6,6 +6,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use flotilla_common::checkpoint::{self, CheckpointFile};
 use flotilla_common::env::{EnvSpec, ENV_IDS};
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
@@ -61,22 +62,9 @@ const MAX_CHECKPOINT_BYTES: u64 = 2 << 30;
 
 /// Reads the policy and its run's `[env]` and `[model]` from a checkpoint.
 pub fn load_checkpoint(path: &Path) -> anyhow::Result<CheckpointPolicy> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading checkpoint {}", path.display()))?
-        .len();
-    if len > MAX_CHECKPOINT_BYTES {
-        bail!(
-            "checkpoint {} is {len} bytes, more than any policy needs",
-            path.display()
-        );
-    }
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("checkpoint {} is not a safetensors file", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let md = meta.metadata().clone().unwrap_or_default();
-    let config = md.get("config").with_context(|| {
+    let file = CheckpointFile::read(path, MAX_CHECKPOINT_BYTES)
+        .with_context(|| format!("checkpoint {}", path.display()))?;
+    let config = file.get(checkpoint::key::CONFIG).with_context(|| {
         format!(
             "checkpoint {} has no run config in its metadata",
             path.display()
@@ -91,30 +79,14 @@ pub fn load_checkpoint(path: &Path) -> anyhow::Result<CheckpointPolicy> {
         Some(v) => v.try_into().context("checkpoint's [model]")?,
         None => ModelSpec::default(),
     };
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, view) in st.tensors() {
-        if let Some(param) = name.strip_prefix("model/") {
-            owned.push((
-                param.to_owned(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            ));
-        }
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
-        .iter()
-        .map(|(n, s, d)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                .map(|v| (n.clone(), v))
-        })
-        .collect::<Result<_, _>>()
-        .context("checkpoint tensors")?;
-    let safetensors = safetensors::serialize(views, None).context("re-serializing the policy")?;
     Ok(CheckpointPolicy {
         env,
         model,
-        version: md.get("version").cloned().unwrap_or_default(),
-        safetensors,
+        version: file
+            .get(checkpoint::key::VERSION)
+            .unwrap_or_default()
+            .to_owned(),
+        safetensors: file.policy_safetensors(),
     })
 }
 

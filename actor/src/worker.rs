@@ -14,14 +14,12 @@ use flotilla_common::metrics as m;
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
 use flotilla_common::proto;
-use flotilla_common::{Space, VecEnv};
+use flotilla_common::{Snapshot, Space, VecEnv};
 use ndarray::ArrayView2;
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
-
-use crate::Snapshot;
 
 /// What the worker needs to know about the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,13 +41,22 @@ pub struct WorkerSpec {
     pub seed: u64,
 }
 
+/// Why the environment thread stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("environments: {0}")]
+    Env(#[from] flotilla_common::EnvError),
+    #[error("observation buffer: {0}")]
+    Shape(#[from] ndarray::ShapeError),
+}
+
 /// Runs until `stop` is raised or the chunk receiver is gone.
 pub fn run(
     spec: WorkerSpec,
     snapshots: watch::Receiver<Option<Snapshot>>,
     chunks: mpsc::Sender<proto::Chunk>,
     stop: Arc<AtomicBool>,
-) -> Result<(), String> {
+) -> Result<(), WorkerError> {
     run_with_patience(spec, snapshots, chunks, stop, AHEAD_PATIENCE)
 }
 
@@ -61,65 +68,107 @@ fn run_with_patience(
     chunks: mpsc::Sender<proto::Chunk>,
     stop: Arc<AtomicBool>,
     patience: Duration,
-) -> Result<(), String> {
-    let obs_dim = spec.observation_space.flat_dim();
-    let mut envs = VecEnv::new(&spec.env, spec.num_envs, spec.seed).map_err(|e| e.to_string())?;
-    let mut rng = Pcg64Mcg::seed_from_u64(spec.seed ^ 0xac70_12ac_7012);
-    let mut builder = ChunkBuilder::new(
-        spec.chunk_len,
-        spec.num_envs,
-        obs_dim,
-        spec.action_space.clone(),
-    );
+) -> Result<(), WorkerError> {
+    let mut actor = Acting::new(&spec)?;
     let mut policy: Option<(u64, CpuPolicy)> = None;
-    let n = spec.num_envs;
-    builder.begin(envs.observations());
     let mut pace = spec.max_steps_per_second.map(Pacer::new);
-    let per_version = chunks_per_version(spec.batch_samples, n, spec.chunk_len);
-    // (version, chunks acted with it so far)
-    let mut same_version = (u64::MAX, 0usize);
-    let mut warned_version = None;
+    let mut flow = FlowControl::new(&spec, patience);
     while !stop.load(Ordering::Relaxed) {
         // Between chunks: take the newest snapshot, if any arrived.
         if snapshots.has_changed().unwrap_or(false) || policy.is_none() {
-            let snap = snapshots.borrow_and_update().clone();
-            if let Some(s) = snap {
-                if policy.as_ref().map(|(v, _)| *v) != Some(s.version) {
-                    match CpuPolicy::from_safetensors(
-                        &spec.model,
-                        obs_dim,
-                        &spec.action_space,
-                        &s.safetensors,
-                    ) {
-                        Ok(p) => {
-                            debug!(version = s.version, "policy updated");
-                            metrics::gauge!(m::ACTOR_POLICY_VERSION).set(s.version as f64);
-                            policy = Some((s.version, p));
-                        }
-                        Err(e) => {
-                            warn!(version = s.version, error = %e, "ignoring unusable policy snapshot")
-                        }
-                    }
-                }
-            }
+            follow(&mut snapshots, &mut policy, &spec);
         }
         let Some((version, p)) = policy.as_ref() else {
             // Nothing to act with yet: wait for the first snapshot.
             std::thread::sleep(std::time::Duration::from_millis(20));
             continue;
         };
+        let chunk = actor.chunk(&spec, p, *version)?;
+        if let Some(pace) = pace.as_mut() {
+            pace.wait_for((spec.chunk_len * spec.num_envs) as u64, &stop);
+        }
+        if chunks.blocking_send(chunk).is_err() {
+            break;
+        }
+        if let Some(waited) = flow.after_chunk(*version, &snapshots, &stop) {
+            if let Some(pace) = pace.as_mut() {
+                pace.pause(waited);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the newest snapshot into `policy` when its version is new to us;
+/// a snapshot that does not fit the spec is logged and ignored.
+fn follow(
+    snapshots: &mut watch::Receiver<Option<Snapshot>>,
+    policy: &mut Option<(u64, CpuPolicy)>,
+    spec: &WorkerSpec,
+) {
+    let Some(s) = snapshots.borrow_and_update().clone() else {
+        return;
+    };
+    if policy.as_ref().map(|(v, _)| *v) == Some(s.version) {
+        return;
+    }
+    let obs_dim = spec.observation_space.flat_dim();
+    match CpuPolicy::from_safetensors(&spec.model, obs_dim, &spec.action_space, &s.safetensors) {
+        Ok(p) => {
+            debug!(version = s.version, "policy updated");
+            metrics::gauge!(m::ACTOR_POLICY_VERSION).set(s.version as f64);
+            *policy = Some((s.version, p));
+        }
+        Err(e) => warn!(version = s.version, error = %e, "ignoring unusable policy snapshot"),
+    }
+}
+
+/// The environments, the sampling stream and the chunk being packed.
+struct Acting {
+    envs: VecEnv,
+    rng: Pcg64Mcg,
+    builder: ChunkBuilder,
+}
+
+impl Acting {
+    fn new(spec: &WorkerSpec) -> Result<Self, WorkerError> {
+        let envs = VecEnv::new(&spec.env, spec.num_envs, spec.seed)?;
+        let mut builder = ChunkBuilder::new(
+            spec.chunk_len,
+            spec.num_envs,
+            spec.observation_space.flat_dim(),
+            spec.action_space.clone(),
+        );
+        builder.begin(envs.observations());
+        Ok(Acting {
+            envs,
+            rng: Pcg64Mcg::seed_from_u64(spec.seed ^ 0xac70_12ac_7012),
+            builder,
+        })
+    }
+
+    /// Acts `chunk_len` steps of every env with `policy` (version `version`)
+    /// and packs them. Identity (run, actor id, sequence) is stamped by the
+    /// connection that sends the chunk.
+    fn chunk(
+        &mut self,
+        spec: &WorkerSpec,
+        policy: &CpuPolicy,
+        version: u64,
+    ) -> Result<proto::Chunk, WorkerError> {
+        let (n, obs_dim) = (spec.num_envs, spec.observation_space.flat_dim());
         for _ in 0..spec.chunk_len {
             let t0 = Instant::now();
-            let obs = ArrayView2::from_shape((n, obs_dim), envs.observations())
-                .map_err(|e| format!("observation buffer: {e}"))?;
-            let s = p.act(obs, spec.behavior_values, false, &mut rng);
+            let obs = ArrayView2::from_shape((n, obs_dim), self.envs.observations())?;
+            let s = policy.act(obs, spec.behavior_values, false, &mut self.rng);
             metrics::histogram!(m::ACTOR_INFERENCE_DURATION).record(t0.elapsed().as_secs_f64());
+            let (envs, b) = (&mut self.envs, &mut self.builder);
             if s.discrete.is_empty() {
                 envs.step_continuous(&s.continuous);
-                builder.push_continuous(&s.continuous, &s.logp, s.value.as_deref(), &envs);
+                b.push_continuous(&s.continuous, &s.logp, s.value.as_deref(), envs);
             } else {
                 envs.step_discrete(&s.discrete);
-                builder.push_discrete(&s.discrete, &s.logp, s.value.as_deref(), &envs);
+                b.push_discrete(&s.discrete, &s.logp, s.value.as_deref(), envs);
             }
             let finished = envs.finished_episodes().len() as u64;
             if finished > 0 {
@@ -127,47 +176,70 @@ fn run_with_patience(
             }
         }
         metrics::counter!(m::ACTOR_ENV_STEPS).increment((spec.chunk_len * n) as u64);
-        if let Some(pace) = pace.as_mut() {
-            pace.wait_for((spec.chunk_len * n) as u64, &stop);
+        Ok(self.builder.finish("", &spec.env.id, 0, 0, version))
+    }
+}
+
+/// How many chunks are acted with one policy version before waiting for
+/// another: a batch's worth (`RunSpec.batch_samples`), or one in sync mode.
+struct FlowControl {
+    limit: Option<usize>,
+    /// `None` in sync mode: wait as long as it takes.
+    patience: Option<Duration>,
+    /// (version, chunks acted with it so far)
+    same_version: (u64, usize),
+    warned_version: Option<u64>,
+}
+
+impl FlowControl {
+    fn new(spec: &WorkerSpec, patience: Duration) -> Self {
+        FlowControl {
+            limit: if spec.sync {
+                Some(1)
+            } else {
+                chunks_per_version(spec.batch_samples, spec.num_envs, spec.chunk_len)
+            },
+            patience: (!spec.sync).then_some(patience),
+            same_version: (u64::MAX, 0),
+            warned_version: None,
         }
-        // Identity (run, actor id, sequence) is stamped by the connection that sends it.
-        let acted_with = *version;
-        let chunk = builder.finish("", &spec.env.id, 0, 0, acted_with);
-        if chunks.blocking_send(chunk).is_err() {
-            break;
-        }
-        same_version = if same_version.0 == acted_with {
-            (acted_with, same_version.1 + 1)
+    }
+
+    /// Counts a chunk acted with `acted_with`; when that version's share is
+    /// used up, waits for another version and returns how long it waited.
+    fn after_chunk(
+        &mut self,
+        acted_with: u64,
+        snapshots: &watch::Receiver<Option<Snapshot>>,
+        stop: &AtomicBool,
+    ) -> Option<Duration> {
+        self.same_version = if self.same_version.0 == acted_with {
+            (acted_with, self.same_version.1 + 1)
         } else {
             (acted_with, 1)
         };
-        // Synchronous mode: one chunk per version, waiting as long as it takes.
-        let limit = if spec.sync { Some(1) } else { per_version };
-        if limit.is_some_and(|l| same_version.1 >= l) {
-            let t0 = Instant::now();
-            let patience = (!spec.sync).then_some(patience);
-            let changed = wait_for_change(&snapshots, acted_with, &stop, patience);
-            let waited = t0.elapsed();
-            metrics::histogram!(m::ACTOR_POLICY_WAIT).record(waited.as_secs_f64());
-            if let Some(pace) = pace.as_mut() {
-                pace.pause(waited);
-            }
-            if !changed && !stop.load(Ordering::Relaxed) {
-                // Our chunks of this version did not all reach the learner
-                // (a reconnect, a restart): act a whole batch's worth again.
-                same_version.1 = 0;
-                if warned_version != Some(acted_with) {
-                    warned_version = Some(acted_with);
-                    warn!(
-                        version = acted_with,
-                        "no new policy after {} s; acting on with this one",
-                        patience.unwrap_or_default().as_secs_f64()
-                    );
-                }
+        if self.limit.is_none_or(|l| self.same_version.1 < l) {
+            return None;
+        }
+        let t0 = Instant::now();
+        let changed = wait_for_change(snapshots, acted_with, stop, self.patience);
+        let waited = t0.elapsed();
+        metrics::histogram!(m::ACTOR_POLICY_WAIT).record(waited.as_secs_f64());
+        if !changed && !stop.load(Ordering::Relaxed) {
+            // Our chunks of this version did not all reach the learner
+            // (a reconnect, a restart): act a whole batch's worth again.
+            self.same_version.1 = 0;
+            if self.warned_version != Some(acted_with) {
+                self.warned_version = Some(acted_with);
+                warn!(
+                    version = acted_with,
+                    "no new policy after {} s; acting on with this one",
+                    self.patience.unwrap_or_default().as_secs_f64()
+                );
             }
         }
+        Some(waited)
     }
-    Ok(())
 }
 
 /// How long an actor that has acted its share of chunks with one version
@@ -337,7 +409,7 @@ mod tests {
         snapshots: watch::Sender<Option<Snapshot>>,
         chunks: mpsc::Receiver<proto::Chunk>,
         stop: Arc<AtomicBool>,
-        thread: std::thread::JoinHandle<Result<(), String>>,
+        thread: std::thread::JoinHandle<Result<(), WorkerError>>,
         model: ModelSpec,
         act: Space,
     }

@@ -2,27 +2,7 @@
 
 use std::process::Command;
 
-/// A fresh temporary directory, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("flotilla-actor-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use flotilla_common::testing::TempDir;
 
 #[test]
 fn rollout_writes_a_trace_with_the_contract_keys() {
@@ -125,4 +105,36 @@ fn rollout_rejects_unknown_env_and_bad_key_naming_them() {
     assert_eq!(o.status.code(), Some(64));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("sizee") && err.contains("size"), "{err}");
+}
+
+#[test]
+fn rollout_refuses_a_file_that_is_not_a_flotilla_checkpoint() {
+    let dir = TempDir::new("rollout-format");
+    // A valid safetensors file of another format, with a run config.
+    let metadata = std::collections::HashMap::from([
+        ("format".to_owned(), "someone-elses-v3".to_owned()),
+        (
+            "config".to_owned(),
+            "[env]\nid = \"CartPole-v1\"\n".to_owned(),
+        ),
+    ]);
+    let bytes = flotilla_common::policy::write_safetensors(
+        [("model/x", &[1usize][..], &[0.0f32][..])].into_iter(),
+        Some(metadata),
+    );
+    let ckpt = dir.join("other.safetensors");
+    std::fs::write(&ckpt, bytes).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args(["rollout", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(dir.join("t.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("other.safetensors") && err.contains("flotilla-checkpoint-v1"),
+        "{err}"
+    );
 }

@@ -15,6 +15,22 @@ use tonic::{Request, Status};
 /// Environment variable holding the token itself.
 pub const TOKEN_ENV: &str = "FLOTILLA_AUTH_TOKEN";
 
+/// A token that cannot be used; names where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{origin}: the token must be 16 to 4096 characters long, got {len}")]
+    Length { origin: String, len: usize },
+    #[error("{origin}: the token may hold only visible ASCII characters (no spaces)")]
+    Characters { origin: String },
+    #[error("{origin}: not usable as a header value: {message}")]
+    Header { origin: String, message: String },
+    #[error("cannot read token file {}: {source}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// A shared secret, kept as the `authorization` value it travels in
 /// (`Bearer <token>`), built once. `Debug` does not print it.
 #[derive(Clone, PartialEq, Eq)]
@@ -28,27 +44,30 @@ impl std::fmt::Debug for AuthToken {
 
 impl AuthToken {
     /// Checks a token: 16 to 4096 visible ASCII characters.
-    pub fn new(token: &str, origin: &str) -> Result<Self, String> {
+    pub fn new(token: &str, origin: &str) -> Result<Self, AuthError> {
         if token.len() < 16 || token.len() > 4096 {
-            return Err(format!(
-                "{origin}: the token must be 16 to 4096 characters long, got {}",
-                token.len()
-            ));
+            return Err(AuthError::Length {
+                origin: origin.to_owned(),
+                len: token.len(),
+            });
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "{origin}: the token may hold only visible ASCII characters (no spaces)"
-            ));
+            return Err(AuthError::Characters {
+                origin: origin.to_owned(),
+            });
         }
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|e| format!("{origin}: not usable as a header value: {e}"))?;
+        let bearer = format!("Bearer {token}").parse().map_err(
+            |e: tonic::metadata::errors::InvalidMetadataValue| AuthError::Header {
+                origin: origin.to_owned(),
+                message: e.to_string(),
+            },
+        )?;
         Ok(AuthToken(bearer))
     }
 
     /// The token of a binary: from `file` when given, else from the
     /// environment variable [`TOKEN_ENV`]; `None` when neither is set.
-    pub fn load(file: Option<&Path>) -> Result<Option<Self>, String> {
+    pub fn load(file: Option<&Path>) -> Result<Option<Self>, AuthError> {
         Self::from_sources(file, std::env::var(TOKEN_ENV).ok().as_deref())
     }
 
@@ -57,10 +76,12 @@ impl AuthToken {
     pub fn from_sources(
         file: Option<&Path>,
         env_value: Option<&str>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, AuthError> {
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
             return Self::new(text.trim(), &format!("token file {}", path.display())).map(Some);
         }
         match env_value {
@@ -134,25 +155,28 @@ mod tests {
         assert!(AuthToken::new(TOKEN, "t").is_ok());
         assert!(AuthToken::new("short", "t")
             .unwrap_err()
+            .to_string()
             .contains("16 to 4096"));
-        let spaced = AuthToken::new("0123456789 abcdef", "t").unwrap_err();
+        let spaced = AuthToken::new("0123456789 abcdef", "t")
+            .unwrap_err()
+            .to_string();
         assert!(spaced.contains("visible ASCII"), "{spaced}");
         assert!(AuthToken::new(&"x".repeat(4097), "t").is_err());
     }
 
     #[test]
     fn the_file_wins_over_the_environment_and_whitespace_is_trimmed() {
-        let dir = std::env::temp_dir().join(format!("flotilla-auth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("auth");
         let file = dir.join("token");
         std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
         let t = AuthToken::from_sources(Some(&file), Some("another-token-of-16")).unwrap();
         assert_eq!(t, Some(AuthToken::new(TOKEN, "t").unwrap()));
         assert_eq!(AuthToken::from_sources(None, Some("")).unwrap(), None);
         assert_eq!(AuthToken::from_sources(None, None).unwrap(), None);
-        let missing = AuthToken::from_sources(Some(&dir.join("nope")), None).unwrap_err();
+        let missing = AuthToken::from_sources(Some(&dir.join("nope")), None)
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("cannot read token file"), "{missing}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 use bytes::Bytes;
 
+use crate::metrics::DropReason;
 use crate::proto;
 use crate::space::Space;
 use crate::vec_env::VecEnv;
@@ -259,13 +260,13 @@ impl ChunkError {
         }
     }
 
-    /// A low-cardinality label for `flotilla_chunks_dropped_total{reason}`:
-    /// `too_large`, `wrong_run`, `future_version` or `invalid`.
-    pub fn reason(&self) -> &'static str {
+    /// Why the chunk is dropped: `too_large`, `wrong_run`, `future_version`
+    /// or `invalid`.
+    pub fn drop_reason(&self) -> DropReason {
         match self {
-            ChunkError::TooLarge { .. } => "too_large",
-            ChunkError::WrongRun { .. } => "wrong_run",
-            ChunkError::FutureVersion { .. } => "future_version",
+            ChunkError::TooLarge { .. } => DropReason::TooLarge,
+            ChunkError::WrongRun { .. } => DropReason::WrongRun,
+            ChunkError::FutureVersion { .. } => DropReason::FutureVersion,
             ChunkError::OutOfRange { .. }
             | ChunkError::Size { .. }
             | ChunkError::SizeOverflow { .. }
@@ -273,8 +274,14 @@ impl ChunkError {
             | ChunkError::NotFinite { .. }
             | ChunkError::ActionOutOfRange { .. }
             | ChunkError::NotAFlag { .. }
-            | ChunkError::Invalid { .. } => "invalid",
+            | ChunkError::Invalid { .. } => DropReason::Invalid,
         }
+    }
+
+    /// The label of [`ChunkError::drop_reason`] for
+    /// `flotilla_chunks_dropped_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        self.drop_reason().as_str()
     }
 }
 

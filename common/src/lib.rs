@@ -4,7 +4,9 @@
 //! Nothing here links libtorch: the actor depends on this crate and stays small.
 
 pub mod auth;
+pub mod checkpoint;
 pub mod chunk;
+pub mod cli;
 pub mod codec;
 pub mod env;
 pub mod fastmath;
@@ -13,10 +15,14 @@ pub mod model;
 pub mod policy;
 pub mod proto;
 pub mod rollout;
+pub mod run_spec;
 pub mod space;
+pub mod testing;
 pub mod tls;
 pub mod vec_env;
 
 pub use env::{make_env, Env, EnvError, EnvSpec, Step};
+pub use policy::Snapshot;
+pub use run_spec::RunSpec;
 pub use space::{ActionRef, Space};
 pub use vec_env::VecEnv;

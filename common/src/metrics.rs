@@ -38,16 +38,62 @@ pub const ACTOR_POLICY_VERSION: &str = "flotilla_actor_policy_version";
 pub const ACTOR_RECONNECTS: &str = "flotilla_actor_reconnects_total";
 pub const ACTOR_POLICY_WAIT: &str = "flotilla_actor_policy_wait_seconds";
 
-/// Values of the `reason` label of [`CHUNKS_DROPPED`].
-pub const DROP_REASONS: &[&str] = &[
-    "invalid",
-    "stale",
-    "duplicate",
-    "future_version",
-    "too_large",
-    "wrong_run",
-    "incomplete_episode",
-];
+/// Why a chunk was not trained on: the `reason` label of [`CHUNKS_DROPPED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Failed validation, or not protobuf at all.
+    Invalid,
+    /// Acted with a policy older than `ingest.max_policy_lag` allows (or, in
+    /// sync mode, any older policy).
+    Stale,
+    /// A sequence number this actor already used.
+    Duplicate,
+    /// Acted with a policy version the learner has not published.
+    FutureVersion,
+    /// Over `ingest.max_chunk_bytes`.
+    TooLarge,
+    /// Another run's chunk.
+    WrongRun,
+    /// REINFORCE: part of an episode that can no longer be completed.
+    IncompleteEpisode,
+}
+
+impl DropReason {
+    /// Every reason, in the order the docs list them.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Invalid,
+        DropReason::Stale,
+        DropReason::Duplicate,
+        DropReason::FutureVersion,
+        DropReason::TooLarge,
+        DropReason::WrongRun,
+        DropReason::IncompleteEpisode,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Invalid => "invalid",
+            DropReason::Stale => "stale",
+            DropReason::Duplicate => "duplicate",
+            DropReason::FutureVersion => "future_version",
+            DropReason::TooLarge => "too_large",
+            DropReason::WrongRun => "wrong_run",
+            DropReason::IncompleteEpisode => "incomplete_episode",
+        }
+    }
+
+    /// Counts `chunks` dropped chunks under this reason.
+    pub fn count(self, chunks: u64) {
+        metrics::counter!(CHUNKS_DROPPED, "reason" => self.as_str()).increment(chunks);
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Buckets of [`UPDATE_DURATION`], seconds.
 pub const UPDATE_DURATION_BUCKETS: &[f64] = &[
@@ -144,8 +190,8 @@ pub fn describe_learner() {
         KL_COEF,
         "KL penalty coefficient of the last batch (KL penalty runs)"
     );
-    for reason in DROP_REASONS {
-        metrics::counter!(CHUNKS_DROPPED, "reason" => *reason).increment(0);
+    for reason in DropReason::ALL {
+        reason.count(0);
     }
     for name in [
         LEARNER_SAMPLES_RECEIVED,

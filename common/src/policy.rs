@@ -325,6 +325,37 @@ pub fn gaussian_log_prob(x: f32, mean: f32, log_std: f32) -> f32 {
     -0.5 * z * z - log_std - 0.5 * (2.0 * std::f32::consts::PI).ln()
 }
 
+/// A published policy: its version and its safetensors bytes, serialized once
+/// by the learner and shared by every subscriber (and every actor thread).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: u64,
+    pub safetensors: bytes::Bytes,
+}
+
+/// Host tensors: `(name, shape, values)`.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Parses the f32 tensors of safetensors bytes, sorted by name.
+pub fn read_safetensors(bytes: &[u8]) -> Result<NamedTensors, PolicyError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| PolicyError::Format(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(PolicyError::Dtype(name));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.push((name, view.shape().to_vec(), data));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Serializes f32 tensors `(name, shape, data)` as safetensors, with optional metadata.
 pub fn write_safetensors<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>,

@@ -2,7 +2,7 @@
 //! whose client certificates it requires (mutual TLS), and the CA actors
 //! trust. Files are PEM; every problem names the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -10,11 +10,30 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+/// A TLS file that cannot be used; names the file and its role.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {}: {source}", .path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {} is not a PEM file", .path.display())]
+    NotPem { what: &'static str, path: PathBuf },
+}
+
+fn read_pem(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(format!("{what} {} is not a PEM file", path.display()));
+        return Err(TlsError::NotPem {
+            what,
+            path: path.to_owned(),
+        });
     }
     Ok(bytes)
 }
@@ -25,7 +44,7 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<ServerTlsConfig, String> {
+) -> Result<ServerTlsConfig, TlsError> {
     let identity = Identity::from_pem(
         read_pem(cert, "TLS certificate")?,
         read_pem(key, "TLS key")?,
@@ -46,7 +65,7 @@ pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
     domain: Option<&str>,
-) -> Result<ClientTlsConfig, String> {
+) -> Result<ClientTlsConfig, TlsError> {
     let mut config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read_pem(ca, "TLS CA")?))
         .timeout(HANDSHAKE_TIMEOUT);
@@ -68,19 +87,19 @@ mod tests {
 
     #[test]
     fn missing_and_non_pem_files_are_named() {
-        let dir = std::env::temp_dir().join(format!("flotilla-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("tls");
         let junk = dir.join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
-        let e = server_config(&dir.join("none.pem"), &junk, None).unwrap_err();
+        let e = server_config(&dir.join("none.pem"), &junk, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("cannot read TLS certificate") && e.contains("none.pem"),
             "{e}"
         );
-        let e = server_config(&junk, &junk, None).unwrap_err();
+        let e = server_config(&junk, &junk, None).unwrap_err().to_string();
         assert!(e.contains("junk.pem is not a PEM file"), "{e}");
-        let e = client_config(&junk, None, None).unwrap_err();
+        let e = client_config(&junk, None, None).unwrap_err().to_string();
         assert!(e.contains("TLS CA"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

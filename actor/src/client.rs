@@ -128,11 +128,9 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
     let spec = WorkerSpec {
         num_envs: opts.num_envs.unwrap_or(rs.default_num_envs) as usize,
         max_steps_per_second: opts.max_steps_per_second,
-        // Distinct streams per actor (per connection, for now).
-        seed: rs
-            .seed
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add(u64::from(rs.actor_id)),
+        // One seed per actor name within a run: a reconnecting actor keeps
+        // its streams (and its environment thread).
+        seed: rs.actor_seed(&opts.name),
         env: rs.env,
         model: rs.model,
         chunk_len: rs.chunk_len as usize,

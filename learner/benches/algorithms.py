@@ -77,7 +77,8 @@ def summarize(rows, target):
         "seconds": hit["wall_seconds"] if hit else None,
         "final": last.get("episode_return_mean"),
         "lag": statistics.median([l for r in rows for l in r.get("policy_lags", [])] or [0]),
-        "stale": stale / (received + stale) if received + stale else 0.0,
+        # received counts every valid chunk, the stale ones too
+        "stale": stale / received if received else 0.0,
         "kl": last["update"].get("kl_reference") if last["update"].get("kl_coef") else None,
     }
 

@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use flotilla_common::model::ModelSpec;
 use flotilla_common::Space;
-use flotilla_learner::adam::Adam;
+use flotilla_learner::algo::adam::Adam;
+use flotilla_learner::algo::gae::gae;
 use flotilla_learner::config::PpoSection;
-use flotilla_learner::gae::gae;
 use flotilla_learner::model::Policy;
-use flotilla_learner::trainer::{ppo_update, Batch};
+use flotilla_learner::train::{ppo_update, Batch};
 use tch::{Device, Kind, Tensor};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -54,7 +54,7 @@ fn main() {
         Device::Cpu,
         0,
     );
-    let params: Vec<Tensor> = policy.trainable();
+    let params = policy.trainable();
     let mut adam = Adam::new(&params, 1e-5);
     let batch = Batch {
         obs: Tensor::randn([b, 4], (Kind::Float, Device::Cpu)),

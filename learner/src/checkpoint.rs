@@ -1,9 +1,10 @@
 //! Checkpoints: the model, the optimizer state, counters and the run config in
 //! one safetensors file, written atomically and loaded without trusting it.
 //!
-//! Layout: `<run_dir>/checkpoints/ckpt-<version, 10 digits>.safetensors` with
-//! tensors `model/<param>`, `adam.m/<param>`, `adam.v/<param>` (f32) and string
-//! metadata (see [`CheckpointMeta`]). A write goes to a temporary file that is
+//! The file format (names, tensor sections, metadata keys) is
+//! [`flotilla_common::checkpoint`]'s; this module adds what the learner needs:
+//! `<run_dir>/checkpoints/`, atomic writes, pruning, and checks against the
+//! model being trained (see [`CheckpointMeta`]). A write goes to a temporary file that is
 //! fsynced, renamed over the final name and followed by an fsync of the folder,
 //! so a crash leaves either the old set of checkpoints or the new one, never a
 //! half-written file under a checkpoint name. Loading checks the file size
@@ -15,13 +16,10 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use flotilla_common::checkpoint::{self as format, key, CheckpointFile, FormatError};
 use tracing::warn;
 
-use crate::model::{read_safetensors, write_safetensors, NamedTensors};
-
-const FORMAT: &str = "flotilla-checkpoint-v1";
-const PREFIX: &str = "ckpt-";
-const SUFFIX: &str = ".safetensors";
+use crate::model::NamedTensors;
 
 /// Counters and identity stored with a checkpoint.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -59,6 +57,8 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path} is invalid: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("checkpoint {path} is invalid: {source}")]
+    Format { path: PathBuf, source: FormatError },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -75,7 +75,7 @@ pub fn dir(run_dir: &Path) -> PathBuf {
 
 /// Path of the checkpoint of `version`.
 pub fn path_for(run_dir: &Path, version: u64) -> PathBuf {
-    dir(run_dir).join(format!("{PREFIX}{version:010}{SUFFIX}"))
+    dir(run_dir).join(format::file_name(version))
 }
 
 /// Writes a checkpoint atomically and keeps only the newest `keep`.
@@ -88,42 +88,28 @@ pub fn save(
     fs::create_dir_all(&folder).map_err(io(&folder))?;
     let m = &data.meta;
     let metadata: HashMap<String, String> = [
-        ("format", FORMAT.to_owned()),
-        ("run_id", m.run_id.clone()),
-        ("version", m.version.to_string()),
-        ("adam_step", m.adam_step.to_string()),
-        ("env_steps", m.env_steps.to_string()),
-        ("samples_received", m.samples_received.to_string()),
-        ("episodes", m.episodes.to_string()),
-        ("config", m.config_toml.clone()),
+        (key::RUN_ID, m.run_id.clone()),
+        (key::VERSION, m.version.to_string()),
+        (key::ADAM_STEP, m.adam_step.to_string()),
+        (key::ENV_STEPS, m.env_steps.to_string()),
+        (key::SAMPLES_RECEIVED, m.samples_received.to_string()),
+        (key::EPISODES, m.episodes.to_string()),
+        (key::CONFIG, m.config_toml.clone()),
     ]
     .into_iter()
-    .chain(m.kl_coef.map(|c| ("kl_coef", c.to_string())))
+    .chain(m.kl_coef.map(|c| (key::KL_COEF, c.to_string())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let named: Vec<(String, &Vec<usize>, &Vec<f32>)> = [
-        ("model", &data.model),
-        ("adam.m", &data.adam_m),
-        ("adam.v", &data.adam_v),
-    ]
-    .into_iter()
-    .flat_map(|(prefix, list)| {
-        list.iter()
-            .map(move |(n, s, d)| (format!("{prefix}/{n}"), s, d))
-    })
-    .collect();
-    let bytes = write_safetensors(
-        named
-            .iter()
-            .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
-        Some(metadata),
+    let bytes = CheckpointFile::encode(
+        metadata,
+        &[
+            (format::MODEL, &data.model),
+            (format::ADAM_M, &data.adam_m),
+            (format::ADAM_V, &data.adam_v),
+        ],
     );
     let final_path = path_for(run_dir, m.version);
-    let tmp = folder.join(format!(
-        ".{PREFIX}{:010}.{}.tmp",
-        m.version,
-        std::process::id()
-    ));
+    let tmp = folder.join(format::temp_file_name(m.version));
     {
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(&bytes).map_err(io(&tmp))?;
@@ -145,12 +131,7 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut found: Vec<(u64, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let v = name
-                .strip_prefix(PREFIX)?
-                .strip_suffix(SUFFIX)?
-                .parse()
-                .ok()?;
+            let v = format::parse_file_name(e.file_name().to_str()?)?;
             Some((v, e.path()))
         })
         .collect();
@@ -181,71 +162,60 @@ pub fn load(
     // Three f32 copies of the parameters plus a generous allowance for the
     // JSON header (names, shapes, and the run config in the metadata).
     let max_len = (params * 3 * 4 + (1 << 20)) as u64;
-    let len = fs::metadata(path).map_err(io(path))?.len();
-    if len > max_len {
-        return Err(invalid(format!(
-            "{len} bytes, more than the {max_len} this model can need"
-        )));
-    }
-    let bytes = fs::read(path).map_err(io(path))?;
-    let (_, st_meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let md = st_meta.metadata().clone().unwrap_or_default();
-    let get = |k: &str| {
-        md.get(k)
-            .cloned()
-            .ok_or_else(|| invalid(format!("metadata `{k}` missing")))
+    let file = CheckpointFile::read(path, max_len).map_err(|source| match source {
+        FormatError::Io(source) => CheckpointError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        source => CheckpointError::Format {
+            path: path.to_owned(),
+            source,
+        },
+    })?;
+    let format_err = |source| CheckpointError::Format {
+        path: path.to_owned(),
+        source,
     };
-    let num = |k: &str| -> Result<u64, CheckpointError> {
-        get(k)?
-            .parse()
-            .map_err(|_| invalid(format!("metadata `{k}` is not a number")))
-    };
-    if get("format")? != FORMAT {
-        return Err(invalid(format!("format is not {FORMAT}")));
-    }
     let meta = CheckpointMeta {
-        run_id: get("run_id")?,
-        version: num("version")?,
-        adam_step: num("adam_step")?,
-        env_steps: num("env_steps")?,
-        samples_received: num("samples_received")?,
-        episodes: num("episodes")?,
-        config_toml: get("config")?,
-        kl_coef: match get("kl_coef") {
-            Ok(c) => Some(
-                c.parse()
-                    .map_err(|_| invalid("metadata `kl_coef` is not a number".into()))?,
-            ),
-            Err(_) => None,
+        run_id: file.get(key::RUN_ID).map_err(format_err)?.to_owned(),
+        version: file.number(key::VERSION).map_err(format_err)?,
+        adam_step: file.number(key::ADAM_STEP).map_err(format_err)?,
+        env_steps: file.number(key::ENV_STEPS).map_err(format_err)?,
+        samples_received: file.number(key::SAMPLES_RECEIVED).map_err(format_err)?,
+        episodes: file.number(key::EPISODES).map_err(format_err)?,
+        config_toml: file.get(key::CONFIG).map_err(format_err)?.to_owned(),
+        kl_coef: match file.number(key::KL_COEF) {
+            Ok(c) => Some(c),
+            Err(FormatError::Missing(_)) => None,
+            Err(e) => return Err(format_err(e)),
         },
     };
-    let all = read_safetensors(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let pick = |prefix: &str| -> Result<NamedTensors, CheckpointError> {
+    let pick = |section: &str| -> Result<NamedTensors, CheckpointError> {
         expected
             .iter()
             .map(|(name, shape)| {
-                let full = format!("{prefix}/{name}");
-                let (_, s, d) = all
-                    .iter()
-                    .find(|(n, _, _)| *n == full)
-                    .ok_or_else(|| invalid(format!("tensor `{full}` missing")))?;
-                if s != shape {
+                let (_, s, d) = file
+                    .section(section)
+                    .find(|(n, _, _)| *n == name.as_str())
+                    .ok_or_else(|| invalid(format!("tensor `{section}/{name}` missing")))?;
+                if s != shape.as_slice() {
                     return Err(invalid(format!(
-                        "tensor `{full}` has shape {s:?}, expected {shape:?}"
+                        "tensor `{section}/{name}` has shape {s:?}, expected {shape:?}"
                     )));
                 }
                 if d.iter().any(|x| !x.is_finite()) {
-                    return Err(invalid(format!("tensor `{full}` holds non-finite values")));
+                    return Err(invalid(format!(
+                        "tensor `{section}/{name}` holds non-finite values"
+                    )));
                 }
-                Ok((name.clone(), s.clone(), d.clone()))
+                Ok((name.clone(), s.to_vec(), d.to_vec()))
             })
             .collect()
     };
     Ok(CheckpointData {
-        model: pick("model")?,
-        adam_m: pick("adam.m")?,
-        adam_v: pick("adam.v")?,
+        model: pick(format::MODEL)?,
+        adam_m: pick(format::ADAM_M)?,
+        adam_v: pick(format::ADAM_V)?,
         meta,
     })
 }
@@ -268,13 +238,7 @@ pub fn load_latest(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tmpdir(tag: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("flotilla-ckpt-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        p
-    }
+    use flotilla_common::testing::TempDir;
 
     fn sample(version: u64) -> CheckpointData {
         let t = |x: f32| {
@@ -310,7 +274,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_pruning() {
-        let d = tmpdir("rt");
+        let tmp = TempDir::new("ckpt-rt");
+        let d = tmp.path().to_owned();
         for v in 1..=5 {
             save(&d, &sample(v), 3).unwrap();
         }
@@ -319,12 +284,12 @@ mod tests {
         let (path, got) = load_latest(&d, &shapes()).unwrap();
         assert_eq!(path, path_for(&d, 5));
         assert_eq!(got, sample(5));
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn torn_newest_file_falls_back_to_the_previous_one() {
-        let d = tmpdir("torn");
+        let tmp = TempDir::new("ckpt-torn");
+        let d = tmp.path().to_owned();
         save(&d, &sample(1), 3).unwrap();
         let p2 = save(&d, &sample(2), 3).unwrap();
         let bytes = fs::read(&p2).unwrap();
@@ -336,12 +301,12 @@ mod tests {
         fs::write(path_for(&d, 3), b"garbage").unwrap();
         fs::write(dir(&d).join(".ckpt-0000000004.1.tmp"), b"partial").unwrap();
         assert_eq!(load_latest(&d, &shapes()).unwrap().1.meta.version, 1);
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn wrong_shapes_or_oversized_files_are_rejected() {
-        let d = tmpdir("shape");
+        let tmp = TempDir::new("ckpt-shape");
+        let d = tmp.path().to_owned();
         let p = save(&d, &sample(1), 3).unwrap();
         let other = vec![("a.weight".into(), vec![3, 2]), ("a.bias".into(), vec![2])];
         let e = load(&p, &other).unwrap_err().to_string();
@@ -350,13 +315,12 @@ mod tests {
         fs::write(&big, vec![0u8; 3 << 20]).unwrap();
         let e = load(&big, &shapes()).unwrap_err().to_string();
         assert!(e.contains("more than"), "{e}");
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn empty_run_dir_has_nothing_to_resume() {
-        let d = tmpdir("empty");
+        let tmp = TempDir::new("ckpt-empty");
+        let d = tmp.path().to_owned();
         assert!(load_latest(&d, &shapes()).is_none());
-        fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -64,8 +64,6 @@ pub enum ModelError {
     },
     #[error("parameter `{0}` holds non-finite values")]
     NonFinite(String),
-    #[error("safetensors: {0}")]
-    Format(String),
 }
 
 impl Policy {
@@ -133,8 +131,8 @@ impl Policy {
     }
 
     /// The trainable leaf (all parameters, flattened): what the optimizer updates.
-    pub fn trainable(&self) -> Vec<Tensor> {
-        vec![self.flat.shallow_clone()]
+    pub fn trainable(&self) -> Tensor {
+        self.flat.shallow_clone()
     }
 
     /// Splits a tensor laid out like the flat parameters (e.g. an Adam moment)
@@ -363,9 +361,6 @@ fn orthogonal(rows: usize, cols: usize, gain: f64, rng: &mut Pcg64Mcg) -> Tensor
     (q * gain).to_kind(Kind::Float).contiguous()
 }
 
-/// Host tensors: `(name, shape, values)`.
-pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
 /// Copies a tensor to a host `Vec<f32>` (any device, any float kind).
 pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
     let flat = t
@@ -378,31 +373,8 @@ pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&flat).expect("contiguous f32 CPU tensor converts to Vec<f32>")
 }
 
-/// Serializes f32 tensors as safetensors (shared with the actor side).
-pub use flotilla_common::policy::write_safetensors;
-
-/// Parses f32 tensors from safetensors bytes, checking sizes before copying.
-pub fn read_safetensors(bytes: &[u8]) -> Result<NamedTensors, ModelError> {
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| ModelError::Format(e.to_string()))?;
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(ModelError::Format(format!(
-                "tensor `{name}` is {:?}, expected F32",
-                view.dtype()
-            )));
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.push((name, view.shape().to_vec(), data));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
+/// Safetensors reading and writing, shared with the actor side.
+pub use flotilla_common::policy::{read_safetensors, write_safetensors, NamedTensors};
 
 #[cfg(test)]
 mod tests {

@@ -178,11 +178,12 @@ pub fn plot_run(run_dir: &Path, title: &str) -> Result<std::path::PathBuf, PlotE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_common::testing::TempDir;
 
     #[test]
     fn draws_a_png_from_a_metrics_log_skipping_bad_lines() {
-        let dir = std::env::temp_dir().join(format!("flotilla-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new("plot");
+        let dir = tmp.path();
         let mut log = String::new();
         for i in 0..50 {
             log.push_str(&format!(
@@ -197,11 +198,10 @@ mod tests {
         );
         std::fs::write(dir.join("metrics.jsonl"), log).unwrap();
         assert_eq!(read_points(&dir.join("metrics.jsonl")).unwrap().len(), 50);
-        let png = plot_run(&dir, "test").unwrap();
+        let png = plot_run(dir, "test").unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 5_000);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -216,10 +216,11 @@ mod tests {
 
     #[test]
     fn an_empty_log_is_an_error() {
-        let dir = std::env::temp_dir().join(format!("flotilla-plot-empty-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("plot-empty");
         std::fs::write(dir.join("metrics.jsonl"), "").unwrap();
-        assert!(matches!(plot_run(&dir, "x"), Err(PlotError::Empty(_))));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            plot_run(dir.path(), "x"),
+            Err(PlotError::Empty(_))
+        ));
     }
 }

@@ -1,36 +1,42 @@
-//! One training run: state (fresh or resumed), the trainer thread, the gRPC
-//! server, progress lines, and an orderly end.
+//! One training run, composed from its stages: the state (fresh or resumed),
+//! the trainer thread, the gRPC server and the progress line — and an orderly
+//! end.
+//!
+//! The learner knows nothing of actors beyond the wire: in-process actors (the
+//! local cluster) are composed outside this crate and connect over loopback
+//! like any other. The caller installs the Prometheus exporter and passes the
+//! shutdown signal.
 
 use std::fmt;
 use std::fs::OpenOptions;
-use std::io::BufWriter;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_common::auth::{AuthToken, RequireToken};
+use flotilla_common::auth::AuthToken;
+use flotilla_common::chunk::ChunkExpectations;
 use flotilla_common::metrics as m;
-use flotilla_common::proto::learner_server::LearnerServer;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use flotilla_common::{EnvError, RunSpec, Space};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
-use crate::adam::Adam;
-use crate::algo::{KlController, UpdatePlan};
-use crate::checkpoint;
-use crate::config::{Algo, RunConfig};
-use crate::device::DeviceChoice;
-use crate::episodes::EpisodeStitcher;
-use crate::model::Policy;
-use crate::service::{LearnerService, RunInfo, Snapshot};
-use crate::trainer::{device_name, Progress, TrainError, TrainSummary, Trainer};
+use crate::algo::episodes::EpisodeStitcher;
+use crate::algo::KlController;
+use crate::checkpoint::{self, CheckpointData};
+use crate::config::{Algo, ConfigError, RunConfig};
+use crate::device::{DeviceChoice, DeviceError};
+use crate::model::{ModelError, Policy};
+use crate::server::{self, Admitted, IngestGate, LearnerService, ServerOptions, ServerTask};
+use crate::train::batcher::{Batcher, StalenessRule};
+use crate::train::learn::{KlPenalty, Learning};
+use crate::train::publisher::Publisher;
+use crate::train::recorder::{self, Counters, Recorder};
+use crate::train::{self, Checkpoints, TrainError, TrainSummary, Trainer};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -38,36 +44,45 @@ pub struct RunOptions {
     pub config: RunConfig,
     pub run_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Where to serve Prometheus metrics; `None` installs no exporter.
-    pub metrics_listen: Option<SocketAddr>,
     pub device: DeviceChoice,
     pub resume: bool,
-    /// Stop on SIGTERM/SIGINT (the binary); tests stop through [`Learner::stop`].
-    pub install_signal_handlers: bool,
-    /// Actors to run inside this process, connected over loopback gRPC
-    /// exactly as remote actors are (the local cluster).
-    pub local_actors: usize,
-    /// Environments per local actor (`None`: the run's `rollout.num_envs`).
-    pub local_num_envs: Option<u32>,
-    /// Pace each local actor to at most this many env steps per second
-    /// (`None`: as fast as it can), e.g. to study policy lag.
-    pub local_max_steps_per_second: Option<f64>,
     /// Shared token every gRPC call must carry (`None`: no authentication).
     pub auth_token: Option<AuthToken>,
     /// Serve gRPC over TLS (`None`: plaintext).
     pub tls: Option<ServerTlsConfig>,
-    /// libtorch intra-op threads of the trainer (`None`: with local actors and
-    /// a CPU learner, the CPUs left after one per local actor, at least 1;
-    /// else libtorch's default, one per physical core).
+    /// libtorch intra-op threads of the trainer (`None`: libtorch's default,
+    /// one per physical core).
     pub torch_threads: Option<usize>,
 }
 
 /// Errors that end a run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// A problem with how the learner was invoked (exit code 64).
-    #[error("{0}")]
-    Usage(String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("run directory {0} already holds checkpoints; pass --resume to continue it or choose another --run-dir")]
+    RunDirInUse(PathBuf),
+    #[error("checkpoint's config: {0}")]
+    CheckpointConfig(ConfigError),
+    #[error(
+        "the checkpoint was trained with a different [env] or [model]; resume with the same config"
+    )]
+    ConfigMismatch,
+    #[error("kl.reference: {0}")]
+    KlReference(checkpoint::CheckpointError),
+    #[error("kl.reference {path}: {source}")]
+    KlReferenceModel { path: String, source: ModelError },
+    #[error("checkpoint {path}: {source}")]
+    Restore { path: PathBuf, source: ModelError },
+    #[error("TLS: {0}")]
+    Tls(tonic::transport::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -76,9 +91,32 @@ pub enum RunError {
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error("gRPC server: {0}")]
-    Server(#[from] tonic::transport::Error),
+    Server(tonic::transport::Error),
     #[error("the trainer thread panicked")]
     TrainerPanicked,
+}
+
+impl RunError {
+    /// Whether the run could not start because of how it was invoked: its
+    /// config, flags or files (exit code 64) rather than the machine or a bug.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            RunError::Device(_)
+            | RunError::Env(_)
+            | RunError::RunDirInUse(_)
+            | RunError::CheckpointConfig(_)
+            | RunError::ConfigMismatch
+            | RunError::KlReference(_)
+            | RunError::KlReferenceModel { .. }
+            | RunError::Restore { .. }
+            | RunError::Tls(_) => true,
+            RunError::Listen { .. }
+            | RunError::Io { .. }
+            | RunError::Train(_)
+            | RunError::Server(_)
+            | RunError::TrainerPanicked => false,
+        }
+    }
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -96,6 +134,25 @@ pub struct RunSummary {
     pub mean_return: Option<f64>,
     /// `learning_curve.png` in the run directory, when there was a curve to draw.
     pub learning_curve: Option<PathBuf>,
+}
+
+impl RunSummary {
+    /// The summary as one JSON object (`--summary-json`): the same facts as
+    /// the text, for scripts and tests.
+    pub fn to_json(&self) -> serde_json::Value {
+        let t = &self.train;
+        serde_json::json!({
+            "finished": t.reached_total,
+            "env_steps": t.env_steps,
+            "policy_version": t.version,
+            "wall_seconds": self.wall_seconds,
+            "episodes": self.episodes,
+            "mean_return": self.mean_return,
+            "run_dir": self.run_dir,
+            "learning_curve": self.learning_curve,
+            "final_checkpoint": t.final_checkpoint,
+        })
+    }
 }
 
 impl fmt::Display for RunSummary {
@@ -130,22 +187,20 @@ impl fmt::Display for RunSummary {
     }
 }
 
+type TrainerResult = std::thread::Result<Result<TrainSummary, TrainError>>;
+
 /// A learner that is serving and training.
 pub struct Learner {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    progress: Arc<Progress>,
+    counters: Arc<Counters>,
     run_dir: PathBuf,
     title: String,
     started: Instant,
-    trainer_done: oneshot::Receiver<std::thread::Result<Result<TrainSummary, TrainError>>>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    trainer_done: oneshot::Receiver<TrainerResult>,
+    server: ServerTask,
     server_stop: watch::Sender<bool>,
     printer: tokio::task::JoinHandle<()>,
-    actors_stop: watch::Sender<bool>,
-    actors: Vec<
-        tokio::task::JoinHandle<Result<flotilla_actor::ActorSummary, flotilla_actor::ActorError>>,
-    >,
 }
 
 impl Learner {
@@ -154,43 +209,32 @@ impl Learner {
         self.addr
     }
 
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-
-    pub fn run_dir(&self) -> &PathBuf {
-        &self.run_dir
-    }
-
     /// Asks the trainer to stop after its current update (it then checkpoints).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// A handle that can stop the run from elsewhere.
-    pub fn stop_handle(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
-    }
-
     /// Waits for the trainer to finish (budget spent or stopped), then drains
     /// the server for at most a few seconds.
     pub async fn wait(self) -> Result<RunSummary, RunError> {
+        self.wait_then(async {}).await
+    }
+
+    /// Like [`Learner::wait`], but runs `before_drain` between the end of
+    /// training and the server's drain: the place to stop in-process actors,
+    /// whose streams would otherwise hold the drain open.
+    pub async fn wait_then(
+        self,
+        before_drain: impl Future<Output = ()>,
+    ) -> Result<RunSummary, RunError> {
         let result = self
             .trainer_done
             .await
             .map_err(|_| RunError::TrainerPanicked)?;
-        let _ = self.actors_stop.send(true);
-        for a in self.actors {
-            match tokio::time::timeout(Duration::from_secs(10), a).await {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(e))) => warn!(error = %e, "local actor failed"),
-                Ok(Err(e)) => warn!(error = %e, "local actor task failed"),
-                Err(_) => warn!("local actor did not stop within 10s"),
-            }
-        }
+        before_drain.await;
         let _ = self.server_stop.send(true);
         match tokio::time::timeout(Duration::from_secs(5), self.server).await {
-            Ok(Ok(r)) => r?,
+            Ok(Ok(r)) => r.map_err(RunError::Server)?,
             Ok(Err(_)) => warn!("server task ended abnormally"),
             Err(_) => warn!("open streams did not close within 5s; leaving them"),
         }
@@ -203,31 +247,14 @@ impl Learner {
                 None
             }
         };
-        let recent = self.progress.recent.lock().ok();
         Ok(RunSummary {
             learning_curve,
             run_dir: self.run_dir,
             train,
             wall_seconds: self.started.elapsed().as_secs_f64(),
-            episodes: self.progress.episodes.load(Ordering::Relaxed),
-            mean_return: recent.and_then(|r| r.mean_return()),
+            episodes: self.counters.episodes.load(Ordering::Relaxed),
+            mean_return: self.counters.mean_return(),
         })
-    }
-}
-
-fn install_metrics(addr: SocketAddr) {
-    let builder = PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            Matcher::Full(m::UPDATE_DURATION.into()),
-            m::UPDATE_DURATION_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(m::POLICY_LAG.into()), m::POLICY_LAG_BUCKETS)
-        });
-    match builder.and_then(|b| b.install()) {
-        Ok(()) => info!(%addr, "serving prometheus metrics"),
-        Err(e) => warn!(error = %e, "prometheus exporter not installed"),
     }
 }
 
@@ -243,184 +270,169 @@ fn new_run_id(seed: u64) -> String {
     format!("{:016x}", x ^ (x >> 31))
 }
 
-/// Starts a learner: binds the listener, restores or creates the state,
-/// starts the trainer thread and the server.
-pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
-    if opts.tls.is_some() && opts.local_actors > 0 {
-        return Err(RunError::Usage(
-            "local actors connect over plaintext loopback: use them without TLS, or run remote actors against a TLS learner".into(),
-        ));
-    }
-    let cfg = opts.config.clone();
-    let device = opts
-        .device
-        .resolve()
-        .map_err(|e| RunError::Usage(e.to_string()))?;
-    if let Some(addr) = opts.metrics_listen {
-        install_metrics(addr);
-    }
-    m::describe_learner();
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let addr = listener.local_addr().map_err(io_err("listener address"))?;
+/// What a run starts from: its spaces, a fresh or restored learning state and
+/// its identity.
+struct Prepared {
+    observation_space: Space,
+    action_space: Space,
+    run_id: String,
+    learning: Learning,
+    counters: Counters,
+    /// The version to publish first (the checkpoint's, or 0).
+    version: u64,
+}
 
-    let env = cfg.env.make().map_err(|e| RunError::Usage(e.to_string()))?;
+/// Creates the run directory and the learning state, resuming from the
+/// newest usable checkpoint when asked to.
+fn prepare(opts: &RunOptions, device: tch::Device) -> Result<Prepared, RunError> {
+    let cfg = &opts.config;
+    let env = cfg.env.make()?;
     let observation_space = env.observation_space().clone();
     let action_space = env.action_space().clone();
     let obs_dim = observation_space.flat_dim();
     let expected = cfg.model.parameter_shapes(obs_dim, &action_space);
-
     std::fs::create_dir_all(&opts.run_dir)
         .map_err(io_err(format!("creating {}", opts.run_dir.display())))?;
-    let existing = checkpoint::list(&opts.run_dir);
-    if !opts.resume && !existing.is_empty() {
-        return Err(RunError::Usage(format!(
-            "run directory {} already holds checkpoints; pass --resume to continue it or choose another --run-dir",
-            opts.run_dir.display()
-        )));
-    }
-    let resumed = if opts.resume {
-        let found = checkpoint::load_latest(&opts.run_dir, &expected);
-        if found.is_none() {
-            info!(run_dir = %opts.run_dir.display(), "no usable checkpoint; starting a new run");
-        }
-        found
-    } else {
-        None
-    };
-    if let Some((_, data)) = &resumed {
-        let old = RunConfig::from_toml(&data.meta.config_toml, "checkpoint", &[])
-            .map_err(|e| RunError::Usage(format!("checkpoint's config: {e}")))?;
-        if old.env != cfg.env || old.model != cfg.model {
-            return Err(RunError::Usage(
-                "the checkpoint was trained with a different [env] or [model]; resume with the same config".into(),
-            ));
-        }
-    }
+    let resumed = find_resume_point(opts, &expected)?;
     let run_id = resumed
         .as_ref()
         .map(|(_, d)| d.meta.run_id.clone())
         .unwrap_or_else(|| new_run_id(cfg.run.seed));
     std::fs::write(opts.run_dir.join("config.toml"), cfg.to_toml())
         .map_err(io_err("writing config.toml"))?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(opts.run_dir.join("metrics.jsonl"))
-        .map_err(io_err("opening metrics.jsonl"))?;
-
     tch::manual_seed(cfg.run.seed as i64);
     let policy = Policy::new(&cfg.model, obs_dim, &action_space, device, cfg.run.seed);
-    let params: Vec<tch::Tensor> = policy.trainable();
-    let adam = Adam::new(&params, cfg.ppo.adam_eps);
-    let kl = if cfg.kl.enabled() {
-        // The reference: a checkpoint's policy, or the initial policy rebuilt
-        // from the seed (the same after a resume).
-        let mut reference = Policy::new(&cfg.model, obs_dim, &action_space, device, cfg.run.seed);
-        if let Some(path) = &cfg.kl.reference {
-            let data = checkpoint::load(std::path::Path::new(path), &expected)
-                .map_err(|e| RunError::Usage(format!("kl.reference: {e}")))?;
-            reference
-                .load_parameters(&data.model)
-                .map_err(|e| RunError::Usage(format!("kl.reference {path}: {e}")))?;
-        }
-        // An adaptive coefficient continues where it was; a fixed one is
-        // the config's (which may have been changed for the resumed run).
-        let coef = resumed
-            .as_ref()
-            .and_then(|(_, d)| d.meta.kl_coef)
-            .filter(|_| cfg.kl.target.is_some())
-            .unwrap_or(cfg.kl.coef);
-        Some((
-            reference,
-            KlController {
-                coef,
-                target: cfg.kl.target,
-                horizon: cfg.kl.horizon,
-            },
-        ))
-    } else {
-        None
-    };
-    if cfg.sync && opts.local_actors > 0 {
-        let envs = opts.local_num_envs.unwrap_or(cfg.rollout.num_envs) as usize;
-        let per_version = opts.local_actors * envs * cfg.rollout.chunk_len as usize;
-        if cfg.ppo.batch_size != per_version {
-            return Err(RunError::Usage(format!(
-                "ppo.batch_size: with sync = true it must equal local actors × envs × rollout.chunk_len = {} × {envs} × {} = {per_version}, got {}",
-                opts.local_actors, cfg.rollout.chunk_len, cfg.ppo.batch_size
-            )));
-        }
-    }
-    let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot {
-        version: 0,
-        safetensors: bytes::Bytes::new(),
-    }));
-    let version = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Progress {
-        version: version.clone(),
-        ..Default::default()
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut trainer = Trainer {
-        cfg: cfg.clone(),
-        run_id: run_id.clone(),
-        run_dir: opts.run_dir.clone(),
-        policy,
-        adam,
-        rx,
-        snapshots: snap_tx,
-        progress: progress.clone(),
-        stop: stop.clone(),
-        started,
-        log: Some(BufWriter::new(log)),
-        plan: UpdatePlan::from_config(&cfg),
-        kl,
-        stitcher: (cfg.algo == Algo::Reinforce)
-            .then(|| EpisodeStitcher::new(cfg.ppo.gamma, cfg.reinforce.max_held_chunks)),
-    };
+    let kl = kl_penalty(
+        cfg,
+        obs_dim,
+        &action_space,
+        device,
+        &expected,
+        resumed.as_ref(),
+    )?;
+    let mut learning = Learning::new(policy, kl, cfg);
+    let counters = Counters::default();
+    let mut version = 0;
     if let Some((path, data)) = &resumed {
-        trainer
-            .restore(data)
-            .map_err(|e| RunError::Usage(format!("checkpoint {}: {e}", path.display())))?;
+        train::restore(&mut learning, &counters, &run_id, data).map_err(|source| {
+            RunError::Restore {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        version = data.meta.version;
         info!(
             path = %path.display(),
-            version = data.meta.version,
+            version,
             env_steps = data.meta.env_steps,
             "resumed from checkpoint"
         );
     }
-    // Local actors each keep a core busy; the trainer takes the rest. On two
-    // cores that is one thread, which also suits minibatches of a few
-    // hundred samples best (docs/benchmarks.md).
-    let torch_threads = opts.torch_threads.or_else(|| {
-        (opts.local_actors > 0 && device == tch::Device::Cpu).then(|| {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cpus.saturating_sub(opts.local_actors).max(1)
-        })
-    });
-    trainer.publish(version.load(Ordering::Acquire));
-    info!(
-        run_id = %run_id,
-        env = %cfg.env.id,
-        device = %device_name(device),
-        torch_threads = torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
-        %addr,
-        run_dir = %opts.run_dir.display(),
-        "learner ready"
-    );
-    if opts.auth_token.is_some() {
-        info!("every gRPC call must carry the shared token");
-    } else if !addr.ip().is_loopback() {
-        warn!(
-            %addr,
-            "no shared token: any client that reaches this address can join the run (set FLOTILLA_AUTH_TOKEN or --auth-token-file)"
-        );
-    }
+    Ok(Prepared {
+        observation_space,
+        action_space,
+        run_id,
+        learning,
+        counters,
+        version,
+    })
+}
 
+/// The checkpoint to resume from: `None` for a new run. A run directory with
+/// checkpoints is only reused with `--resume`, and only with the same
+/// `[env]` and `[model]`.
+fn find_resume_point(
+    opts: &RunOptions,
+    expected: &[(String, Vec<usize>)],
+) -> Result<Option<(PathBuf, CheckpointData)>, RunError> {
+    if !opts.resume {
+        if !checkpoint::list(&opts.run_dir).is_empty() {
+            return Err(RunError::RunDirInUse(opts.run_dir.clone()));
+        }
+        return Ok(None);
+    }
+    let Some((path, data)) = checkpoint::load_latest(&opts.run_dir, expected) else {
+        info!(run_dir = %opts.run_dir.display(), "no usable checkpoint; starting a new run");
+        return Ok(None);
+    };
+    let old = RunConfig::from_toml(&data.meta.config_toml, "checkpoint", &[])
+        .map_err(RunError::CheckpointConfig)?;
+    if old.env != opts.config.env || old.model != opts.config.model {
+        return Err(RunError::ConfigMismatch);
+    }
+    Ok(Some((path, data)))
+}
+
+/// The KL penalty's frozen reference (a checkpoint's policy, or the initial
+/// policy rebuilt from the seed, the same after a resume) and controller.
+fn kl_penalty(
+    cfg: &RunConfig,
+    obs_dim: usize,
+    action_space: &Space,
+    device: tch::Device,
+    expected: &[(String, Vec<usize>)],
+    resumed: Option<&(PathBuf, CheckpointData)>,
+) -> Result<Option<KlPenalty>, RunError> {
+    if !cfg.kl.enabled() {
+        return Ok(None);
+    }
+    let mut reference = Policy::new(&cfg.model, obs_dim, action_space, device, cfg.run.seed);
+    if let Some(path) = &cfg.kl.reference {
+        let data = checkpoint::load(Path::new(path), expected).map_err(RunError::KlReference)?;
+        reference
+            .load_parameters(&data.model)
+            .map_err(|source| RunError::KlReferenceModel {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    // An adaptive coefficient continues where it was; a fixed one is the
+    // config's (which may have been changed for the resumed run).
+    let coef = resumed
+        .and_then(|(_, d)| d.meta.kl_coef)
+        .filter(|_| cfg.kl.target.is_some())
+        .unwrap_or(cfg.kl.coef);
+    Ok(Some(KlPenalty {
+        reference,
+        controller: KlController {
+            coef,
+            target: cfg.kl.target,
+            horizon: cfg.kl.horizon,
+        },
+    }))
+}
+
+/// The run as actors are told it at `Hello`.
+fn run_spec(cfg: &RunConfig, p: &Prepared) -> RunSpec {
+    RunSpec {
+        run_id: p.run_id.clone(),
+        env: cfg.env.clone(),
+        model: cfg.model.clone(),
+        chunk_len: cfg.rollout.chunk_len,
+        observation_space: p.observation_space.clone(),
+        action_space: p.action_space.clone(),
+        policy_version: p.version,
+        actor_id: 0,
+        behavior_values: cfg.rollout.behavior_values,
+        seed: cfg.run.seed,
+        max_chunk_bytes: cfg.ingest.max_chunk_bytes,
+        default_num_envs: cfg.rollout.num_envs,
+        sync: cfg.sync,
+        // REINFORCE holds an actor's chunks until its episodes end, and may
+        // need more chunks of one version than a batch holds.
+        batch_samples: if cfg.algo == Algo::Reinforce {
+            0
+        } else {
+            cfg.ppo.batch_size as u64
+        },
+    }
+}
+
+/// Starts the trainer thread; the receiver yields its result (or its panic).
+fn spawn_trainer(
+    trainer: Trainer,
+    torch_threads: Option<usize>,
+) -> Result<oneshot::Receiver<TrainerResult>, RunError> {
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("trainer".into())
@@ -433,184 +445,199 @@ pub async fn start(opts: RunOptions) -> Result<Learner, RunError> {
             let _ = done_tx.send(r);
         })
         .map_err(io_err("spawning the trainer thread"))?;
+    Ok(done_rx)
+}
 
-    let service = LearnerService::new(
-        RunInfo {
-            run_id,
-            env: cfg.env.clone(),
-            model: cfg.model.clone(),
-            chunk_len: cfg.rollout.chunk_len,
-            observation_space,
-            action_space,
-            behavior_values: cfg.rollout.behavior_values,
-            sync: cfg.sync,
-            // REINFORCE holds an actor's chunks until its episodes end, and
-            // may need more chunks of one version than a batch holds.
-            batch_samples: if cfg.algo == Algo::Reinforce {
-                0
-            } else {
-                cfg.ppo.batch_size as u64
-            },
-            seed: cfg.run.seed,
-            max_chunk_bytes: cfg.ingest.max_chunk_bytes,
-            max_envs_per_actor: cfg.ingest.max_envs_per_actor,
-            max_policy_lag: cfg.ingest.max_policy_lag,
-            default_num_envs: cfg.rollout.num_envs,
-            stream_idle_timeout: Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds),
-            stale_samples: progress.stale_samples.clone(),
-        },
+/// The trainer with its stages, and what the server and the progress line
+/// read from them.
+fn build_trainer(
+    opts: &RunOptions,
+    prepared: Prepared,
+    rx: crossbeam_channel::Receiver<Box<Admitted>>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Result<Trainer, RunError> {
+    let cfg = &opts.config;
+    let Prepared {
+        learning,
+        counters,
         version,
-        tx,
-        snap_rx,
-    );
-    // Room for protobuf framing around the largest accepted payload.
-    let max_message = (cfg.ingest.max_chunk_bytes as usize).saturating_add(64 << 10);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = opts.tls.clone() {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| RunError::Usage(format!("TLS: {e}")))?;
+        run_id,
+        ..
+    } = prepared;
+    let counters = Arc::new(counters);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.run_dir.join("metrics.jsonl"))
+        .map_err(io_err("opening metrics.jsonl"))?;
+    let stitcher = (cfg.algo == Algo::Reinforce)
+        .then(|| EpisodeStitcher::new(cfg.ppo.gamma, cfg.reinforce.max_held_chunks));
+    Ok(Trainer {
+        rx,
+        stop,
+        batcher: Batcher::new(
+            staleness(cfg),
+            cfg.ppo.batch_size,
+            stitcher,
+            counters.clone(),
+        ),
+        publisher: Publisher::new(&learning.policy, version),
+        learning,
+        recorder: Recorder::new(counters.clone(), log, started, cfg.kl.enabled()),
+        counters,
+        checkpoints: Checkpoints {
+            run_dir: opts.run_dir.clone(),
+            run_id,
+            config_toml: cfg.to_toml(),
+            every: cfg.run.checkpoint_every,
+            keep: cfg.run.keep_checkpoints,
+        },
+        total_env_steps: cfg.run.total_env_steps,
+    })
+}
+
+fn staleness(cfg: &RunConfig) -> StalenessRule {
+    StalenessRule {
+        max_lag: cfg.ingest.max_policy_lag,
+        sync: cfg.sync,
     }
-    let (server_stop, mut server_stop_rx) = watch::channel(false);
-    // Without TCP_NODELAY a small frame (a chunk's end, a snapshot) can wait
-    // for the peer's delayed ACK (~40 ms): visible in synchronous mode, where
-    // every version is a round trip.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            if let Err(e) = c.set_nodelay(true) {
-                warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-        }
-        conn
-    });
-    let server = tokio::spawn(
-        builder
-            .http2_keepalive_interval(Some(Duration::from_secs_f64(
-                cfg.ingest.keepalive_interval_seconds,
-            )))
-            .http2_keepalive_timeout(Some(Duration::from_secs_f64(
-                cfg.ingest.keepalive_timeout_seconds,
-            )))
-            .max_concurrent_streams(cfg.ingest.max_concurrent_streams)
-            .add_service(InterceptedService::new(
-                LearnerServer::new(service)
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-                RequireToken(opts.auth_token.clone()),
-            ))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop_rx.wait_for(|&s| s).await;
-            }),
+}
+
+/// Starts the gRPC server in front of the trainer's queue.
+fn serve(
+    opts: &RunOptions,
+    listener: TcpListener,
+    spec: RunSpec,
+    tx: crossbeam_channel::Sender<Box<Admitted>>,
+    trainer: &Trainer,
+) -> Result<(ServerTask, watch::Sender<bool>), RunError> {
+    let cfg = &opts.config;
+    let snapshots = trainer.publisher.subscribe();
+    let gate = IngestGate::new(
+        chunk_expectations(cfg, &spec),
+        staleness(cfg),
+        snapshots.clone(),
+        trainer.counters.clone(),
     );
-    let printer = tokio::spawn(print_progress(
-        progress.clone(),
+    let service = LearnerService::new(
+        spec,
+        cfg.ingest.max_envs_per_actor,
+        Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds),
+        gate,
+        tx,
+        snapshots,
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let task =
+        server::spawn(listener, service, server_options(opts), stop_rx).map_err(RunError::Tls)?;
+    Ok((task, stop))
+}
+
+/// Starts a learner: binds the listener, restores or creates the state,
+/// starts the trainer thread and the server. `shutdown` resolving (e.g. on
+/// SIGTERM) stops the run as [`Learner::stop`] does.
+pub async fn start(
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Learner, RunError> {
+    let cfg = &opts.config;
+    let device = opts.device.resolve()?;
+    m::describe_learner();
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(io_err("listener address"))?;
+    let prepared = prepare(&opts, device)?;
+    let spec = run_spec(cfg, &prepared);
+    let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started)?;
+    let (server, server_stop) = serve(&opts, listener, spec, tx, &trainer)?;
+    let counters = trainer.counters.clone();
+    let printer = tokio::spawn(recorder::print_progress(
+        counters.clone(),
+        trainer.publisher.subscribe(),
         Duration::from_secs_f64(cfg.run.progress_every_seconds),
         cfg.run.total_env_steps,
     ));
-    let (actors_stop, actors_stop_rx) = watch::channel(false);
-    let loopback = SocketAddr::new(
-        if addr.ip().is_unspecified() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            addr.ip()
-        },
-        addr.port(),
+    info!(
+        run_id = %trainer.checkpoints.run_id,
+        env = %cfg.env.id,
+        device = %device_name(device),
+        torch_threads = opts.torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
+        %addr,
+        run_dir = %opts.run_dir.display(),
+        "learner ready"
     );
-    let actors = (0..opts.local_actors)
-        .map(|i| {
-            let actor = flotilla_actor::ActorOptions {
-                learner: format!("http://{loopback}"),
-                num_envs: opts.local_num_envs,
-                name: format!("local-{i}"),
-                max_steps_per_second: opts.local_max_steps_per_second,
-                auth_token: opts.auth_token.clone(),
-                tls: None,
-            };
-            tokio::spawn(flotilla_actor::run(actor, actors_stop_rx.clone()))
-        })
-        .collect();
-    if opts.local_actors > 0 {
-        info!(actors = opts.local_actors, learner = %loopback, "started local actors");
-    }
-    let learner = Learner {
-        actors_stop,
-        actors,
+    warn_if_open(&opts, addr);
+    let trainer_done = spawn_trainer(trainer, opts.torch_threads)?;
+    let stop_on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("stopping: finishing the current update and writing a checkpoint");
+        stop_on_signal.store(true, Ordering::Relaxed);
+    });
+    Ok(Learner {
         addr,
         stop,
-        progress,
+        counters,
         run_dir: opts.run_dir,
         title: format!("{} — {}", cfg.env.id, cfg.algo_name()),
         started,
-        trainer_done: done_rx,
+        trainer_done,
         server,
         server_stop,
         printer,
-    };
-    if opts.install_signal_handlers {
-        let stop = learner.stop_handle();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            info!("stopping: finishing the current update and writing a checkpoint");
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
-    Ok(learner)
+    })
 }
 
-/// Starts a learner and waits for the end of the run.
-pub async fn run(opts: RunOptions) -> Result<RunSummary, RunError> {
-    start(opts).await?.wait().await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+fn chunk_expectations(cfg: &RunConfig, spec: &RunSpec) -> ChunkExpectations {
+    ChunkExpectations {
+        run_id: spec.run_id.clone(),
+        env_id: spec.env.id.clone(),
+        obs_dim: spec.observation_space.flat_dim(),
+        action_space: spec.action_space.clone(),
+        chunk_len: spec.chunk_len as usize,
+        max_envs: cfg.ingest.max_envs_per_actor as usize,
+        max_bytes: cfg.ingest.max_chunk_bytes,
+        newest_version: 0,
+        require_behavior_value: spec.behavior_values,
     }
 }
 
-async fn print_progress(progress: Arc<Progress>, every: Duration, total: u64) {
-    let start = Instant::now();
-    let mut last = (Instant::now(), 0u64, 0u64);
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let steps = progress.samples_received.load(Ordering::Relaxed);
-        let trained = progress.env_steps.load(Ordering::Relaxed);
-        let dt = now.duration_since(last.0).as_secs_f64().max(1e-9);
-        let (ret, lag) = progress
-            .recent
-            .lock()
-            .map(|r| (r.mean_return(), r.median_lag()))
-            .unwrap_or((None, None));
-        println!(
-            "[{:>7.1}s] env steps {:>10} ({:>7.0}/s) | trained {:>7.0}/s | return {} | version {:>5} | lag p50 {} | {:.0}% of budget",
-            start.elapsed().as_secs_f64(),
-            steps,
-            (steps - last.1) as f64 / dt,
-            (trained - last.2) as f64 / dt,
-            ret.map(|r| format!("{r:>8.2}")).unwrap_or_else(|| "       -".into()),
-            progress.version.load(Ordering::Relaxed),
-            lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-            100.0 * trained as f64 / total.max(1) as f64,
+fn server_options(opts: &RunOptions) -> ServerOptions {
+    let ingest = &opts.config.ingest;
+    ServerOptions {
+        tls: opts.tls.clone(),
+        auth_token: opts.auth_token.clone(),
+        max_chunk_bytes: ingest.max_chunk_bytes,
+        keepalive_interval: Duration::from_secs_f64(ingest.keepalive_interval_seconds),
+        keepalive_timeout: Duration::from_secs_f64(ingest.keepalive_timeout_seconds),
+        max_concurrent_streams: ingest.max_concurrent_streams,
+    }
+}
+
+fn warn_if_open(opts: &RunOptions, addr: SocketAddr) {
+    if opts.auth_token.is_some() {
+        info!("every gRPC call must carry the shared token");
+    } else if !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "no shared token: any client that reaches this address can join the run (set FLOTILLA_AUTH_TOKEN or --auth-token-file)"
         );
-        last = (now, steps, trained);
+    }
+}
+
+/// A device's name as logs and docs write it.
+pub fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
     }
 }

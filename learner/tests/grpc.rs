@@ -10,62 +10,16 @@ use flotilla_common::env::EnvSpec;
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
+use flotilla_common::testing::eventually;
 use flotilla_common::{Space, VecEnv};
-use flotilla_learner::config::RunConfig;
-use flotilla_learner::device::DeviceChoice;
-use flotilla_learner::run::{start, Learner, RunOptions};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-const T: usize = 8;
-const N: usize = 4;
+use flotilla_learner::testing::{TestLearner, N, T};
 
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("flotilla-grpc-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-async fn learner(tag: &str, extra: &[&str]) -> Learner {
-    learner_with(tag, extra, None, None).await
-}
-
-/// A learner on loopback with a small CartPole run, optionally requiring a
-/// token and serving TLS.
-async fn learner_with(
-    tag: &str,
-    extra: &[&str],
-    token: Option<AuthToken>,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Learner {
-    let mut set: Vec<String> = vec![
-        "ppo.batch_size=64".into(),
-        "ppo.num_minibatches=2".into(),
-        format!("rollout.chunk_len={T}"),
-        format!("rollout.num_envs={N}"),
-        "run.total_env_steps=100000".into(),
-        "run.progress_every_seconds=60".into(),
-    ];
-    set.extend(extra.iter().map(|s| s.to_string()));
-    let config = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &set).unwrap();
-    start(RunOptions {
-        config,
-        run_dir: temp_dir(tag),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: None,
-        device: DeviceChoice::Cpu,
-        resume: false,
-        install_signal_handlers: false,
-        local_actors: 0,
-        local_max_steps_per_second: None,
-        local_num_envs: None,
-        auth_token: token,
-        tls,
-        torch_threads: None,
-    })
-    .await
-    .unwrap()
+async fn learner(tag: &str, extra: &[&str]) -> TestLearner {
+    TestLearner::start(tag, extra, None, None).await
 }
 
 async fn client(addr: SocketAddr) -> LearnerClient<Channel> {
@@ -281,13 +235,11 @@ async fn stale_and_duplicate_chunks_are_dropped_not_trained_on() {
     )
     .await
     .unwrap();
-    // wait for version 1
-    for _ in 0..300 {
-        if hello(&mut c).await.policy_version >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("version 1", 30, || {
+        let mut c = c.clone();
+        async move { (hello(&mut c).await.policy_version >= 1).then_some(()) }
+    })
+    .await;
     assert_eq!(hello(&mut c).await.policy_version, 1);
     // acted with version 0 while the learner is at 1, lag 1 > 0: dropped, not an error
     let s = send(&mut c, vec![good_chunk(&spec, 3, 0)]).await.unwrap();
@@ -308,7 +260,7 @@ async fn stale_and_duplicate_chunks_are_dropped_not_trained_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_every_call_without_it_is_unauthenticated() {
     let token = AuthToken::new("a-shared-token-of-flotilla", "test").unwrap();
-    let l = learner_with("auth", &[], Some(token.clone()), None).await;
+    let l = TestLearner::start("auth", &[], Some(token.clone()), None).await;
     let addr = l.local_addr();
 
     let mut anonymous = client(addr).await;
@@ -516,167 +468,4 @@ async fn random_bytes_on_the_wire_are_invalid_argument_every_time() {
     assert_eq!(s.chunks_accepted, 1);
     l.stop();
     l.wait().await.unwrap();
-}
-
-/// PEM files of a test PKI: a CA, the learner's certificate for `localhost`,
-/// a client certificate from the same CA, and one from a stranger's CA.
-struct TestPki {
-    dir: std::path::PathBuf,
-}
-
-impl TestPki {
-    fn new(tag: &str) -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-            KeyPair, KeyUsagePurpose,
-        };
-        let dir = temp_dir(&format!("pki-{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = |name: &str| {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.distinguished_name
-                .push(rcgen::DnType::CommonName, format!("{name} CA"));
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-        };
-        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, purpose, file: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-            p.extended_key_usages = vec![purpose];
-            let cert = p.signed_by(&key, issuer).unwrap();
-            std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-        };
-        let ours = ca("Flotilla");
-        let theirs = ca("Stranger");
-        std::fs::write(dir.join("ca.pem"), ours.pem()).unwrap();
-        leaf(&ours, ExtendedKeyUsagePurpose::ServerAuth, "server");
-        leaf(&ours, ExtendedKeyUsagePurpose::ClientAuth, "client");
-        leaf(&theirs, ExtendedKeyUsagePurpose::ClientAuth, "stranger");
-        TestPki { dir }
-    }
-
-    fn path(&self, file: &str) -> std::path::PathBuf {
-        self.dir.join(file)
-    }
-
-    fn client(&self, identity: Option<&str>) -> tonic::transport::ClientTlsConfig {
-        let id = identity.map(|n| {
-            (
-                self.path(&format!("{n}.pem")),
-                self.path(&format!("{n}.key")),
-            )
-        });
-        flotilla_common::tls::client_config(
-            &self.path("ca.pem"),
-            id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-            Some("localhost"),
-        )
-        .unwrap()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
-    let pki = TestPki::new("mtls");
-    let tls = flotilla_common::tls::server_config(
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-        Some(&pki.path("ca.pem")),
-    )
-    .unwrap();
-    let l = learner_with("mtls", &[], None, Some(tls)).await;
-    let port = l.local_addr().port();
-    let hello_req = proto::HelloRequest {
-        actor_name: "tls".into(),
-        num_envs: N as u32,
-        protocol_version: proto::PROTOCOL_VERSION,
-    };
-    let try_hello = |url: String, tls: Option<tonic::transport::ClientTlsConfig>| {
-        let req = hello_req.clone();
-        async move {
-            let mut ep = tonic::transport::Endpoint::from_shared(url)
-                .unwrap()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(5));
-            if let Some(t) = tls {
-                ep = ep.tls_config(t).unwrap();
-            }
-            let channel = ep.connect().await.map_err(|e| e.to_string())?;
-            LearnerClient::new(channel)
-                .hello(req)
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.to_string())
-        }
-    };
-    let https = format!("https://127.0.0.1:{port}");
-    assert!(
-        try_hello(format!("http://127.0.0.1:{port}"), None)
-            .await
-            .is_err(),
-        "plaintext"
-    );
-    assert!(
-        try_hello(https.clone(), Some(pki.client(None)))
-            .await
-            .is_err(),
-        "no client certificate"
-    );
-    assert!(
-        try_hello(https.clone(), Some(pki.client(Some("stranger"))))
-            .await
-            .is_err(),
-        "a certificate from another CA"
-    );
-    let spec = try_hello(https.clone(), Some(pki.client(Some("client"))))
-        .await
-        .expect("a client certificate from the learner's CA gets in");
-    assert_eq!(spec.env_id, "CartPole-v1");
-
-    // A real actor over mutual TLS trains the policy.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let actor = tokio::spawn(flotilla_actor::run(
-        flotilla_actor::ActorOptions {
-            learner: https,
-            num_envs: Some(N as u32),
-            name: "tls-actor".into(),
-            max_steps_per_second: None,
-            auth_token: None,
-            tls: Some(pki.client(Some("client"))),
-        },
-        stop_rx,
-    ));
-    let mut c = LearnerClient::new(
-        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-            .unwrap()
-            .tls_config(pki.client(Some("client")))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let mut version = 0;
-    for _ in 0..300 {
-        version = c
-            .hello(hello_req.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .policy_version;
-        if version >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(version >= 2, "the TLS actor's chunks train the policy");
-    stop_tx.send(true).unwrap();
-    actor.await.unwrap().unwrap();
-    l.stop();
-    l.wait().await.unwrap();
-    let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -4,7 +4,7 @@
 use flotilla_common::model::{Activation, ModelSpec};
 use flotilla_common::policy::CpuPolicy;
 use flotilla_common::Space;
-use flotilla_learner::distributions::{Categorical, DiagGaussian};
+use flotilla_learner::algo::distributions::{Categorical, DiagGaussian};
 use flotilla_learner::model::{tensor_to_vec, Policy};
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};

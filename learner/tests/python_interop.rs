@@ -6,6 +6,7 @@
 use std::process::Command;
 
 use flotilla_common::model::ModelSpec;
+use flotilla_common::testing::TempDir;
 use flotilla_common::Space;
 use flotilla_learner::model::{tensor_to_vec, Policy};
 use tch::Device;
@@ -24,10 +25,8 @@ fn python_safetensors_reads_a_snapshot() {
         Device::Cpu,
         3,
     );
-    let path = std::env::temp_dir().join(format!(
-        "flotilla-snapshot-{}.safetensors",
-        std::process::id()
-    ));
+    let dir = TempDir::new("snapshot");
+    let path = dir.join("policy.safetensors");
     std::fs::write(&path, p.to_safetensors()).unwrap();
     let script = r#"
 import sys
@@ -42,7 +41,6 @@ for name in sorted(t):
         .arg(&path)
         .output()
         .expect("python runs");
-    let _ = std::fs::remove_file(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -6,88 +6,75 @@
 
 use tch::{Kind, Tensor};
 
-/// Adam state for a fixed list of parameters.
+/// Adam state for one parameter tensor (the policy keeps all its parameters
+/// in one flat tensor; see [`crate::model::Policy::trainable`]).
 pub struct Adam {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     /// Number of steps taken.
     pub step: u64,
-    /// First and second moments, one pair per parameter.
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    /// First and second moments, shaped like the parameter.
+    pub m: Tensor,
+    pub v: Tensor,
 }
 
 impl Adam {
-    pub fn new(params: &[Tensor], eps: f64) -> Self {
+    pub fn new(param: &Tensor, eps: f64) -> Self {
         Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps,
             step: 0,
-            m: params.iter().map(|p| p.zeros_like()).collect(),
-            v: params.iter().map(|p| p.zeros_like()).collect(),
+            m: param.zeros_like(),
+            v: param.zeros_like(),
         }
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm`;
-    /// returns the norm before clipping.
-    pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+    /// Scales the gradient so its L2 norm is at most `max_norm`; returns the
+    /// norm before clipping.
+    pub fn clip_grad_norm(param: &Tensor, max_norm: f64) -> f64 {
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = params
-                .iter()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
-                .collect();
-            if grads.is_empty() {
+            let mut g = param.grad();
+            if !g.defined() {
                 return 0.0;
             }
-            let sq: Vec<Tensor> = grads
-                .iter()
-                .map(|g| g.pow_tensor_scalar(2).sum(Kind::Float))
-                .collect();
-            let total = Tensor::stack(&sq, 0).sum(Kind::Float).sqrt();
-            let norm = total.double_value(&[]);
+            let norm = g.square().sum(Kind::Float).sqrt().double_value(&[]);
             let scale = max_norm / (norm + 1e-6);
             if scale < 1.0 {
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(scale);
-                }
+                let _ = g.g_mul_scalar_(scale);
             }
             norm
         })
     }
 
-    /// One Adam step with learning rate `lr` over `params` (same order as at construction).
-    pub fn step(&mut self, params: &[Tensor], lr: f64) {
+    /// One Adam step with learning rate `lr` on `param` (the one given at construction).
+    pub fn step(&mut self, param: &Tensor, lr: f64) {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         tch::no_grad(|| {
-            for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = m.g_mul_scalar_(self.beta1);
-                let _ = m.g_add_(&(&g * (1.0 - self.beta1)));
-                let _ = v.g_mul_scalar_(self.beta2);
-                let _ = v.g_add_(&(g.square() * (1.0 - self.beta2)));
-                let denom = (v.sqrt() / bc2.sqrt()) + self.eps;
-                let update = m.divide(&denom) * (lr / bc1);
-                let mut p = p.shallow_clone();
-                let _ = p.g_sub_(&update);
+            let g = param.grad();
+            if !g.defined() {
+                return;
             }
+            let (m, v) = (&mut self.m, &mut self.v);
+            let _ = m.g_mul_scalar_(self.beta1);
+            let _ = m.g_add_(&(&g * (1.0 - self.beta1)));
+            let _ = v.g_mul_scalar_(self.beta2);
+            let _ = v.g_add_(&(g.square() * (1.0 - self.beta2)));
+            let denom = (v.sqrt() / bc2.sqrt()) + self.eps;
+            let update = m.divide(&denom) * (lr / bc1);
+            let mut p = param.shallow_clone();
+            let _ = p.g_sub_(&update);
         });
     }
 
-    pub fn zero_grad(params: &[Tensor]) {
-        for p in params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
+    pub fn zero_grad(param: &Tensor) {
+        let mut g = param.grad();
+        if g.defined() {
+            let _ = g.zero_();
         }
     }
 }
@@ -107,7 +94,7 @@ mod tests {
             |p: &Tensor| (p - &target).square().sum(Kind::Float) + p.sin().sum(Kind::Float);
 
         let ours = Tensor::from_slice(&[0.5f32, 0.5, -0.5]).set_requires_grad(true);
-        let mut adam = Adam::new(std::slice::from_ref(&ours), 1e-5);
+        let mut adam = Adam::new(&ours, 1e-5);
 
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let theirs = vs
@@ -123,9 +110,9 @@ mod tests {
         .build(&vs, 0.05)
         .unwrap();
         for _ in 0..50 {
-            Adam::zero_grad(std::slice::from_ref(&ours));
+            Adam::zero_grad(&ours);
             loss_of(&ours).backward();
-            adam.step(std::slice::from_ref(&ours), 0.05);
+            adam.step(&ours, 0.05);
             opt.zero_grad();
             loss_of(&theirs).backward();
             opt.step();
@@ -139,11 +126,11 @@ mod tests {
     fn first_step_moves_each_parameter_by_lr() {
         // m̂ = g, v̂ = g² on the first step, so the update is lr·g/(|g|+eps).
         let p = Tensor::from_slice(&[1.0f32, 1.0]).set_requires_grad(true);
-        let mut adam = Adam::new(std::slice::from_ref(&p), 1e-8);
+        let mut adam = Adam::new(&p, 1e-8);
         (&p * Tensor::from_slice(&[3.0f32, -0.5]))
             .sum(Kind::Float)
             .backward();
-        adam.step(std::slice::from_ref(&p), 0.1);
+        adam.step(&p, 0.1);
         let got = Vec::<f32>::try_from(&p.detach()).unwrap();
         assert!(
             (got[0] - 0.9).abs() < 1e-6 && (got[1] - 1.1).abs() < 1e-6,
@@ -157,7 +144,7 @@ mod tests {
         (&p * Tensor::from_slice(&[3.0f32, 4.0]))
             .sum(Kind::Float)
             .backward();
-        let norm = Adam::clip_grad_norm(std::slice::from_ref(&p), 1.0);
+        let norm = Adam::clip_grad_norm(&p, 1.0);
         assert!((norm - 5.0).abs() < 1e-6);
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();
         assert!(
@@ -165,7 +152,7 @@ mod tests {
             "{g:?}"
         );
         // under the limit: untouched
-        let norm = Adam::clip_grad_norm(std::slice::from_ref(&p), 10.0);
+        let norm = Adam::clip_grad_norm(&p, 10.0);
         assert!((norm - 1.0).abs() < 1e-5);
     }
 }

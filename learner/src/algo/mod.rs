@@ -1,5 +1,5 @@
 //! What distinguishes the algorithms of the policy-gradient family inside the
-//! one training loop of [`crate::trainer`]: an advantage estimator, a policy
+//! one training loop of [`crate::train`]: an advantage estimator, a policy
 //! loss and an update schedule.
 //!
 //! | `algo`      | advantages                          | policy loss                  | schedule                      |
@@ -14,6 +14,13 @@
 //! penalty against a frozen reference policy is subtracted from the rewards
 //! before any estimator runs ([`kl_penalty`], [`KlController`]).
 
+pub mod adam;
+pub mod distributions;
+pub mod episodes;
+pub mod gae;
+pub mod ppo;
+pub mod vtrace;
+
 use tch::{Kind, Tensor};
 
 use crate::config::{AdvantageEstimator, Algo, PpoSection, RunConfig};
@@ -21,13 +28,13 @@ use crate::config::{AdvantageEstimator, Algo, PpoSection, RunConfig};
 /// How advantages and value targets are computed from a batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Estimator {
-    /// GAE(γ, λ) ([`crate::gae::gae`]).
+    /// GAE(γ, λ) ([`gae::gae`]).
     Gae,
     /// Discounted returns over complete episodes
-    /// ([`crate::episodes::EpisodeStitcher`]); with `baseline` the advantage
+    /// ([`episodes::EpisodeStitcher`]); with `baseline` the advantage
     /// is G_t − V(s_t), without it G_t itself and no critic is used.
     MonteCarlo { baseline: bool },
-    /// V-trace ([`crate::vtrace::vtrace`]); `weighted` multiplies the
+    /// V-trace ([`vtrace::vtrace`]); `weighted` multiplies the
     /// advantages by the truncated importance weights ρ_t (IMPALA's policy
     /// gradient) — on for IMPALA and A2C, off inside PPO, whose ratio
     /// already corrects for the behavior policy.
@@ -37,7 +44,7 @@ pub enum Estimator {
 /// The policy term of the loss.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PolicyLoss {
-    /// PPO's clipped surrogate ([`crate::ppo::policy_loss`]).
+    /// PPO's clipped surrogate ([`ppo::policy_loss`]).
     Clipped { eps: f64 },
     /// The score-function estimator −mean(log π(a|s) · A).
     Vanilla,
@@ -55,6 +62,10 @@ pub struct UpdatePlan {
     pub vf_coef: f64,
     pub vf_clip: Option<f64>,
     pub target_kl: Option<f64>,
+    /// Weight of the entropy bonus.
+    pub ent_coef: f64,
+    /// Global gradient-norm limit.
+    pub max_grad_norm: f64,
 }
 
 impl UpdatePlan {
@@ -69,6 +80,8 @@ impl UpdatePlan {
             vf_coef: p.vf_coef,
             vf_clip: (p.vf_clip > 0.0).then_some(p.vf_clip),
             target_kl: p.target_kl,
+            ent_coef: p.ent_coef,
+            max_grad_norm: p.max_grad_norm,
         }
     }
 
@@ -89,6 +102,8 @@ impl UpdatePlan {
             vf_coef,
             vf_clip: None,
             target_kl: None,
+            ent_coef: p.ent_coef,
+            max_grad_norm: p.max_grad_norm,
         };
         match cfg.algo {
             Algo::Ppo => UpdatePlan {

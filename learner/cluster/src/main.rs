@@ -1,18 +1,23 @@
 //! `learner`: the Flotilla learner binary.
 //!
-//! tracing → config → metrics → state (fresh or resumed) → trainer thread →
-//! gRPC server → drain on SIGTERM/SIGINT or when the step budget is spent.
+//! tracing → flags → options → Prometheus exporter → run (the learner, plus
+//! local actors when asked) until the step budget is spent or SIGTERM/SIGINT
+//! → summary. Exit codes: 0 done, 64 usage (flags, config, files), 1 other.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flotilla_cluster::LocalActors;
 use flotilla_common::auth::AuthToken;
+use flotilla_common::cli::{self, EXIT_USAGE};
+use flotilla_common::metrics as m;
 use flotilla_learner::config::RunConfig;
 use flotilla_learner::device::DeviceChoice;
-use flotilla_learner::run::{self, RunOptions};
+use flotilla_learner::run::{RunOptions, RunSummary};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tracing::{info, warn};
 
 /// Flotilla learner: trains a policy from the trajectories actors stream to it.
 #[derive(Debug, Parser)]
@@ -82,6 +87,9 @@ struct Cli {
         value_delimiter = ','
     )]
     set: Vec<String>,
+    /// Also write the end-of-run summary as one JSON object to this file.
+    #[arg(long, env = "FLOTILLA_SUMMARY_JSON")]
+    summary_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,111 +132,141 @@ fn compare(out: &std::path::Path, title: &str, runs: &[String]) -> Result<(), St
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    cli::init_tracing();
+    let args = Cli::parse();
+    match &args.command {
+        Some(Command::Compare { out, title, runs }) => compare_main(out, title, runs),
+        Some(Command::Plot { run_dir }) => plot_main(run_dir),
+        None => match Options::try_from(args) {
+            Ok(options) => train_main(options),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+    }
+}
+
+fn compare_main(out: &std::path::Path, title: &str, runs: &[String]) -> ExitCode {
+    match compare(out, title, runs) {
+        Ok(()) => {
+            println!("comparison: {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plot_main(run_dir: &std::path::Path) -> ExitCode {
+    let title = run_dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match flotilla_learner::plot::plot_run(run_dir, &title) {
+        Ok(p) => {
+            println!("learning curve: {}", p.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything a training invocation needs, checked.
+struct Options {
+    run: RunOptions,
+    local: LocalActors,
+    metrics_listen: SocketAddr,
+    summary_json: Option<PathBuf>,
+}
+
+impl TryFrom<Cli> for Options {
+    type Error = anyhow::Error;
+
+    fn try_from(cli: Cli) -> anyhow::Result<Self> {
+        let config_path = cli
+            .config
+            .ok_or_else(|| anyhow::anyhow!("--config is required"))?;
+        // An empty FLOTILLA_SET (as a compose file may pass) means no overrides.
+        let mut overrides: Vec<String> = cli
+            .set
+            .into_iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        if let Some(seed) = cli.seed {
+            overrides.push(format!("run.seed={seed}"));
+        }
+        if let Some(steps) = cli.total_env_steps {
+            overrides.push(format!("run.total_env_steps={steps}"));
+        }
+        let config = RunConfig::load(&config_path, &overrides)?;
+        let auth_token = AuthToken::load(cli.auth_token_file.as_deref())?;
+        let tls = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some(flotilla_common::tls::server_config(
+                cert,
+                key,
+                cli.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        let run_dir = cli.run_dir.unwrap_or_else(|| default_run_dir(&config_path));
+        Ok(Options {
+            run: RunOptions {
+                config,
+                run_dir,
+                listen: cli.listen,
+                device: cli.device,
+                resume: cli.resume,
+                auth_token,
+                tls,
+                torch_threads: cli.torch_threads.map(usize::from),
+            },
+            local: LocalActors {
+                count: cli.local_actors,
+                num_envs: cli.local_num_envs,
+                max_steps_per_second: cli.local_max_steps_per_second,
+            },
+            metrics_listen: cli.metrics_listen,
+            summary_json: cli.summary_json,
+        })
+    }
+}
+
+/// `runs/<config name>-<unix time>`.
+fn default_run_dir(config_path: &std::path::Path) -> PathBuf {
+    let stem = config_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs").join(format!("{stem}-{now}"))
+}
+
+fn install_metrics(addr: SocketAddr) {
+    let builder = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full(m::UPDATE_DURATION.into()),
+            m::UPDATE_DURATION_BUCKETS,
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let cli = Cli::parse();
-    if let Some(Command::Compare { out, title, runs }) = &cli.command {
-        return match compare(out, title, runs) {
-            Ok(()) => {
-                println!("comparison: {}", out.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(m::POLICY_LAG.into()), m::POLICY_LAG_BUCKETS)
+        });
+    match builder.and_then(|b| b.install()) {
+        Ok(()) => info!(%addr, "serving prometheus metrics"),
+        Err(e) => warn!(error = %e, "prometheus exporter not installed"),
     }
-    if let Some(Command::Plot { run_dir }) = &cli.command {
-        let title = run_dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        return match flotilla_learner::plot::plot_run(run_dir, &title) {
-            Ok(p) => {
-                println!("learning curve: {}", p.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let Some(config_path) = cli.config.clone() else {
-        eprintln!("error: --config is required");
-        return ExitCode::from(64);
-    };
-    // An empty FLOTILLA_SET (as a compose file may pass) means no overrides.
-    let mut overrides: Vec<String> = cli
-        .set
-        .iter()
-        .filter(|s| !s.trim().is_empty())
-        .cloned()
-        .collect();
-    if let Some(seed) = cli.seed {
-        overrides.push(format!("run.seed={seed}"));
-    }
-    if let Some(steps) = cli.total_env_steps {
-        overrides.push(format!("run.total_env_steps={steps}"));
-    }
-    let config = match RunConfig::load(&config_path, &overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let auth_token = match AuthToken::load(cli.auth_token_file.as_deref()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let tls = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => {
-            match flotilla_common::tls::server_config(cert, key, cli.tls_client_ca.as_deref()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(64);
-                }
-            }
-        }
-        _ => None,
-    };
-    let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
-        let stem = config_path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        PathBuf::from("runs").join(format!("{stem}-{now}"))
-    });
-    let options = RunOptions {
-        config,
-        run_dir,
-        listen: cli.listen,
-        metrics_listen: Some(cli.metrics_listen),
-        device: cli.device,
-        resume: cli.resume,
-        install_signal_handlers: true,
-        local_actors: cli.local_actors,
-        local_num_envs: cli.local_num_envs,
-        local_max_steps_per_second: cli.local_max_steps_per_second,
-        auth_token,
-        tls,
-        torch_threads: cli.torch_threads.map(usize::from),
-    };
+}
+
+fn train_main(options: Options) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -239,17 +277,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run::run(options)) {
+    let Options {
+        run,
+        local,
+        metrics_listen,
+        summary_json,
+    } = options;
+    let result = runtime.block_on(async move {
+        install_metrics(metrics_listen);
+        flotilla_cluster::run(run, local, cli::shutdown_signal()).await
+    });
+    match result {
         Ok(summary) => {
             println!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(run::RunError::Usage(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(64)
+            write_summary_json(summary_json.as_deref(), &summary)
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if e.is_usage() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn write_summary_json(path: Option<&std::path::Path>, summary: &RunSummary) -> ExitCode {
+    let Some(path) = path else {
+        return ExitCode::SUCCESS;
+    };
+    match std::fs::write(path, format!("{}\n", summary.to_json())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the summary to {}: {e}", path.display());
             ExitCode::FAILURE
         }
     }

@@ -16,15 +16,15 @@
 //! `ρ_s·(r_s + γ·v_{s+1} − V(x_s))`. With π = μ and ρ̄, c̄ ≥ 1 every weight is
 //! 1 and `v_s` is the Monte-Carlo return bootstrapped at the end of the
 //! rollout, i.e. the GAE(λ = 1) return (the paper's on-policy remark; tested
-//! below against [`crate::gae::gae`]).
+//! below against [`super::gae::gae`]).
 //!
-//! Episode boundaries follow [`crate::gae`] exactly: at a terminated step the
+//! Episode boundaries follow [`super::gae`] exactly: at a terminated step the
 //! next value is 0, at a truncated step it is V of the true final observation,
 //! and the recursion does not carry across either.
 
 use tch::{Kind, Tensor};
 
-use crate::gae::{backward_scan, check_shapes, Rollout};
+use super::gae::{backward_scan, check_shapes, Rollout};
 
 /// V-trace outputs for a `[T, N]` rollout, all float32 on the inputs' device.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub struct Vtrace {
 
 /// V-trace targets of a rollout of `T` steps in `N` environments.
 ///
-/// Inputs as in [`crate::gae::gae`] (`rewards`, `terminated`, `truncated`,
+/// Inputs as in [`super::gae::gae`] (`rewards`, `terminated`, `truncated`,
 /// `final_values` `[T, N]`, `values` `[T+1, N]` with the tail bootstrap in row
 /// T) plus `log_rhos` `[T, N]` = log π(a_t|x_t) − log μ(a_t|x_t). `rho_bar`
 /// and `c_bar` are the truncation levels ρ̄ and c̄ (the paper uses 1). No
@@ -98,7 +98,7 @@ pub fn vtrace(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gae::gae;
+    use crate::algo::gae::gae;
     use rand::{Rng, SeedableRng};
 
     use crate::test_util::host;

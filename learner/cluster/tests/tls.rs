@@ -1,0 +1,164 @@
+//! The local cluster's parts over mutual TLS: a learner that admits only
+//! clients with a certificate from its CA, and a real actor that trains it.
+
+use std::time::Duration;
+
+use flotilla_common::proto::{self, learner_client::LearnerClient};
+use flotilla_common::testing::{eventually, TempDir};
+use flotilla_learner::testing::{TestLearner, N};
+
+/// PEM files of a test PKI: a CA, the learner's certificate for `localhost`,
+/// a client certificate from the same CA, and one from a stranger's CA.
+struct TestPki {
+    dir: TempDir,
+}
+
+impl TestPki {
+    fn new(tag: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = TempDir::new(&format!("pki-{tag}"));
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, format!("{name} CA"));
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, purpose, file: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            p.extended_key_usages = vec![purpose];
+            let cert = p.signed_by(&key, issuer).unwrap();
+            std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        };
+        let ours = ca("Flotilla");
+        let theirs = ca("Stranger");
+        std::fs::write(dir.join("ca.pem"), ours.pem()).unwrap();
+        leaf(&ours, ExtendedKeyUsagePurpose::ServerAuth, "server");
+        leaf(&ours, ExtendedKeyUsagePurpose::ClientAuth, "client");
+        leaf(&theirs, ExtendedKeyUsagePurpose::ClientAuth, "stranger");
+        TestPki { dir }
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.join(file)
+    }
+
+    fn client(&self, identity: Option<&str>) -> tonic::transport::ClientTlsConfig {
+        let id = identity.map(|n| {
+            (
+                self.path(&format!("{n}.pem")),
+                self.path(&format!("{n}.key")),
+            )
+        });
+        flotilla_common::tls::client_config(
+            &self.path("ca.pem"),
+            id.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            Some("localhost"),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
+    let pki = TestPki::new("mtls");
+    let tls = flotilla_common::tls::server_config(
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        Some(&pki.path("ca.pem")),
+    )
+    .unwrap();
+    let l = TestLearner::start("mtls", &[], None, Some(tls)).await;
+    let port = l.local_addr().port();
+    let hello_req = proto::HelloRequest {
+        actor_name: "tls".into(),
+        num_envs: N as u32,
+        protocol_version: proto::PROTOCOL_VERSION,
+    };
+    let try_hello = |url: String, tls: Option<tonic::transport::ClientTlsConfig>| {
+        let req = hello_req.clone();
+        async move {
+            let mut ep = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(5));
+            if let Some(t) = tls {
+                ep = ep.tls_config(t).unwrap();
+            }
+            let channel = ep.connect().await.map_err(|e| e.to_string())?;
+            LearnerClient::new(channel)
+                .hello(req)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.to_string())
+        }
+    };
+    let https = format!("https://127.0.0.1:{port}");
+    assert!(
+        try_hello(format!("http://127.0.0.1:{port}"), None)
+            .await
+            .is_err(),
+        "plaintext"
+    );
+    assert!(
+        try_hello(https.clone(), Some(pki.client(None)))
+            .await
+            .is_err(),
+        "no client certificate"
+    );
+    assert!(
+        try_hello(https.clone(), Some(pki.client(Some("stranger"))))
+            .await
+            .is_err(),
+        "a certificate from another CA"
+    );
+    let spec = try_hello(https.clone(), Some(pki.client(Some("client"))))
+        .await
+        .expect("a client certificate from the learner's CA gets in");
+    assert_eq!(spec.env_id, "CartPole-v1");
+
+    // A real actor over mutual TLS trains the policy.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let actor = tokio::spawn(flotilla_actor::run(
+        flotilla_actor::ActorOptions {
+            learner: https,
+            num_envs: Some(N as u32),
+            name: "tls-actor".into(),
+            max_steps_per_second: None,
+            auth_token: None,
+            tls: Some(pki.client(Some("client"))),
+        },
+        stop_rx,
+    ));
+    let c = LearnerClient::new(
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(pki.client(Some("client")))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let version = eventually("version 2 from the TLS actor's chunks", 30, || {
+        let (mut c, req) = (c.clone(), hello_req.clone());
+        async move {
+            let v = c.hello(req).await.ok()?.into_inner().policy_version;
+            (v >= 2).then_some(v)
+        }
+    })
+    .await;
+    assert!(version >= 2, "the TLS actor's chunks train the policy");
+    stop_tx.send(true).unwrap();
+    actor.await.unwrap().unwrap();
+    l.stop();
+    l.wait().await.unwrap();
+}

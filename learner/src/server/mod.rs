@@ -1,0 +1,277 @@
+//! The `flotilla.v1.Learner` gRPC service: the network edge of the learner.
+//!
+//! tokio handles the network only. Chunks are decoded here and pass the
+//! [`gate::IngestGate`] (cheap, proportional to the payload), then cross a
+//! bounded crossbeam channel to the trainer thread; when that channel is full
+//! the stream waits, which is back-pressure all the way to the actors'
+//! sockets. Policy snapshots flow the other way through a `tokio::sync::watch`
+//! owned by the trainer's publisher: every subscriber sees the newest version
+//! and never a backlog.
+
+pub mod gate;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use flotilla_common::auth::{AuthToken, RequireToken};
+use flotilla_common::metrics as m;
+use flotilla_common::proto::{self, learner_server::LearnerServer};
+use flotilla_common::{RunSpec, Snapshot};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+pub use gate::{Admitted, IngestGate, LearnerError};
+
+/// Longest `actor_name` accepted at `Hello`.
+const MAX_ACTOR_NAME: usize = 256;
+
+/// State shared by all connections.
+pub struct LearnerService {
+    /// What every actor is told at `Hello` (actor id and version filled in per call).
+    spec: RunSpec,
+    max_envs_per_actor: u32,
+    /// A trajectory stream silent this long is ended.
+    stream_idle_timeout: Duration,
+    next_actor_id: AtomicU32,
+    gate: IngestGate,
+    tx: Sender<Box<Admitted>>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl LearnerService {
+    pub fn new(
+        spec: RunSpec,
+        max_envs_per_actor: u32,
+        stream_idle_timeout: Duration,
+        gate: IngestGate,
+        tx: Sender<Box<Admitted>>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> Self {
+        LearnerService {
+            spec,
+            max_envs_per_actor,
+            stream_idle_timeout,
+            next_actor_id: AtomicU32::new(1),
+            gate,
+            tx,
+            snapshots,
+        }
+    }
+
+    /// Hands a chunk to the trainer, waiting (off the async workers) while the
+    /// queue is full.
+    async fn enqueue(&self, chunk: Box<Admitted>) -> Result<(), LearnerError> {
+        match self.tx.try_send(chunk) {
+            Ok(()) => {}
+            Err(TrySendError::Full(chunk)) => {
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(chunk))
+                    .await
+                    .map_err(|_| LearnerError::ShuttingDown)?
+                    .map_err(|_| LearnerError::ShuttingDown)?;
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(LearnerError::ShuttingDown),
+        }
+        metrics::gauge!(m::INGEST_QUEUE_DEPTH).set(self.tx.len() as f64);
+        Ok(())
+    }
+
+    fn check_hello(&self, req: &proto::HelloRequest) -> Result<(), LearnerError> {
+        if req.protocol_version != proto::PROTOCOL_VERSION {
+            return Err(LearnerError::ProtocolVersion {
+                expected: proto::PROTOCOL_VERSION,
+                actual: req.protocol_version,
+            });
+        }
+        if req.num_envs > self.max_envs_per_actor {
+            return Err(LearnerError::NumEnvs {
+                max: self.max_envs_per_actor,
+                actual: req.num_envs,
+            });
+        }
+        if req.actor_name.len() > MAX_ACTOR_NAME {
+            return Err(LearnerError::ActorName {
+                max: MAX_ACTOR_NAME,
+                actual: req.actor_name.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads one stream until the actor closes it: `Ok` with what was accepted.
+    async fn ingest(
+        &self,
+        stream: &mut Streaming<proto::Chunk>,
+    ) -> Result<proto::IngestSummary, LearnerError> {
+        let mut summary = proto::IngestSummary::default();
+        loop {
+            let next = tokio::time::timeout(self.stream_idle_timeout, stream.message()).await;
+            let msg = match next {
+                Ok(Ok(Some(msg))) => msg,
+                Ok(Ok(None)) => return Ok(summary),
+                Ok(Err(status)) => return Err(LearnerError::inbound(status)),
+                Err(_) => return Err(LearnerError::Idle(self.stream_idle_timeout.as_secs_f64())),
+            };
+            if let Some(admitted) = self.gate.admit(msg)? {
+                let samples = admitted.chunk.num_samples() as u64;
+                self.enqueue(Box::new(admitted)).await?;
+                summary.chunks_accepted += 1;
+                summary.samples_accepted += samples;
+            }
+        }
+    }
+}
+
+/// Decrements the connected-actors gauge when a stream ends, however it ends.
+struct Connected;
+
+impl Connected {
+    fn new() -> Self {
+        metrics::gauge!(m::ACTORS_CONNECTED).increment(1.0);
+        Connected
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        metrics::gauge!(m::ACTORS_CONNECTED).decrement(1.0);
+    }
+}
+
+type SnapshotStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<proto::PolicySnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::learner_server::Learner for LearnerService {
+    #[tracing::instrument(skip_all, fields(actor = %request.get_ref().actor_name))]
+    async fn hello(
+        &self,
+        request: Request<proto::HelloRequest>,
+    ) -> Result<Response<proto::RunSpec>, Status> {
+        let req = request.into_inner();
+        self.check_hello(&req)?;
+        let actor_id = self.next_actor_id.fetch_add(1, Ordering::Relaxed);
+        self.gate.register(actor_id, &req.actor_name)?;
+        info!(actor_id, num_envs = req.num_envs, "actor joined");
+        let spec = RunSpec {
+            actor_id,
+            policy_version: self.gate.newest_version(),
+            ..self.spec.clone()
+        };
+        Ok(Response::new(spec.into()))
+    }
+
+    async fn stream_trajectories(
+        &self,
+        request: Request<Streaming<proto::Chunk>>,
+    ) -> Result<Response<proto::IngestSummary>, Status> {
+        let mut stream = request.into_inner();
+        let _connected = Connected::new();
+        match self.ingest(&mut stream).await {
+            Ok(summary) => Ok(Response::new(summary)),
+            Err(e) => {
+                if let Some(reason) = e.drop_reason() {
+                    reason.count(1);
+                    warn!(error = %e, %reason, "rejected a chunk");
+                } else if let LearnerError::Idle(seconds) = e {
+                    warn!(idle_seconds = seconds, "ending a silent trajectory stream");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    type SubscribePolicyStream = SnapshotStream;
+
+    async fn subscribe_policy(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribePolicyStream>, Status> {
+        let have = request.into_inner().have_version;
+        // WatchStream yields the current value at once, then the newest value
+        // after each change: a slow reader skips versions instead of queuing them.
+        let stream = WatchStream::new(self.snapshots.clone()).filter_map(move |s| {
+            (have == 0 || s.version > have).then(|| {
+                Ok(proto::PolicySnapshot {
+                    version: s.version,
+                    safetensors: s.safetensors.clone(),
+                })
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Transport settings of the gRPC server.
+pub struct ServerOptions {
+    pub tls: Option<ServerTlsConfig>,
+    pub auth_token: Option<AuthToken>,
+    /// Largest chunk payload (`ingest.max_chunk_bytes`).
+    pub max_chunk_bytes: u64,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+/// The server task: serves `service` on `listener` until `stop` turns true.
+pub type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Starts serving; fails only on a TLS configuration tonic refuses.
+pub fn spawn(
+    listener: TcpListener,
+    service: LearnerService,
+    opts: ServerOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<ServerTask, tonic::transport::Error> {
+    // Room for protobuf framing around the largest accepted payload.
+    let max_message = (opts.max_chunk_bytes as usize).saturating_add(64 << 10);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = opts.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    // Without TCP_NODELAY a small frame (a chunk's end, a snapshot) can wait
+    // for the peer's delayed ACK (~40 ms): visible in synchronous mode, where
+    // every version is a round trip.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            if let Err(e) = c.set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        conn
+    });
+    Ok(tokio::spawn(
+        builder
+            .http2_keepalive_interval(Some(opts.keepalive_interval))
+            .http2_keepalive_timeout(Some(opts.keepalive_timeout))
+            .max_concurrent_streams(opts.max_concurrent_streams)
+            .add_service(InterceptedService::new(
+                LearnerServer::new(service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+                RequireToken(opts.auth_token),
+            ))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|&s| s).await;
+            }),
+    ))
+}
+
+/// The loopback address of a server listening on `addr` (which may be the
+/// unspecified address): where a client on this host connects.
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}

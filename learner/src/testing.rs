@@ -1,0 +1,77 @@
+//! A learner for tests in this crate and the crates above it: a small
+//! CartPole run on the CPU, on an ephemeral loopback port, in a temporary run
+//! directory that is removed with it.
+
+use flotilla_common::auth::AuthToken;
+use flotilla_common::testing::TempDir;
+use tonic::transport::ServerTlsConfig;
+
+use crate::config::RunConfig;
+use crate::device::DeviceChoice;
+use crate::run::{start, Learner, RunError, RunOptions, RunSummary};
+
+/// T of [`TestLearner`]'s run.
+pub const T: usize = 8;
+/// Default N of [`TestLearner`]'s run.
+pub const N: usize = 4;
+
+/// A running learner and its run directory.
+pub struct TestLearner {
+    learner: Learner,
+    dir: TempDir,
+}
+
+impl TestLearner {
+    /// CartPole-v1, batches of 64 in 2 minibatches, chunks of [`T`] steps of
+    /// [`N`] envs, `extra` config overrides, optionally a token and TLS.
+    pub async fn start(
+        tag: &str,
+        extra: &[&str],
+        token: Option<AuthToken>,
+        tls: Option<ServerTlsConfig>,
+    ) -> Self {
+        let mut set: Vec<String> = vec![
+            "ppo.batch_size=64".into(),
+            "ppo.num_minibatches=2".into(),
+            format!("rollout.chunk_len={T}"),
+            format!("rollout.num_envs={N}"),
+            "run.total_env_steps=100000".into(),
+            "run.progress_every_seconds=60".into(),
+        ];
+        set.extend(extra.iter().map(|s| s.to_string()));
+        let config = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &set)
+            .expect("test config is valid");
+        let dir = TempDir::new(tag);
+        let learner = start(
+            RunOptions {
+                config,
+                run_dir: dir.join("run"),
+                listen: "127.0.0.1:0".parse().expect("loopback address"),
+                device: DeviceChoice::Cpu,
+                resume: false,
+                auth_token: token,
+                tls,
+                torch_threads: None,
+            },
+            std::future::pending(),
+        )
+        .await
+        .expect("test learner starts");
+        TestLearner { learner, dir }
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.learner.local_addr()
+    }
+
+    pub fn stop(&self) {
+        self.learner.stop();
+    }
+
+    /// Waits for the end of the run; the run directory goes afterwards.
+    pub async fn wait(self) -> Result<RunSummary, RunError> {
+        let summary = self.learner.wait().await;
+        drop(self.dir);
+        summary
+    }
+}

@@ -1,0 +1,224 @@
+//! The run's counters and what reads them: Prometheus, `metrics.jsonl` and
+//! the progress line all see the same numbers, because every event is counted
+//! once, here, where both the atomic and the Prometheus series are bumped.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_common::chunk::Chunk;
+use flotilla_common::metrics::{self as m, DropReason};
+use flotilla_common::Snapshot;
+use tokio::sync::watch;
+
+use super::update::UpdateStats;
+
+/// Counters of one run, shared by the ingest gate, the trainer and the
+/// progress printer. Restored from a checkpoint on resume.
+#[derive(Default)]
+pub struct Counters {
+    /// Transitions trained on: the run's env-step clock.
+    pub env_steps: AtomicU64,
+    /// Episodes finished (reported by actors in accepted chunks).
+    pub episodes: AtomicU64,
+    /// Transitions of every valid, non-duplicate chunk that reached the
+    /// learner, counted at ingest (`flotilla_learner_samples_received_total`).
+    pub samples_received: AtomicU64,
+    /// The part of them dropped as stale, at ingest or before training:
+    /// received = trained + pending + stale.
+    pub stale_samples: AtomicU64,
+    /// Seconds spent training (f64 bits), for the learner-idle fraction.
+    busy_seconds_bits: AtomicU64,
+    /// Windows over recent events.
+    pub recent: Mutex<Recent>,
+}
+
+/// Windows over recent events.
+#[derive(Default)]
+pub struct Recent {
+    /// (return, length) of the last 100 finished episodes.
+    pub episodes: VecDeque<(f32, u32)>,
+    /// Policy lag of the chunks in the last batch.
+    pub lags: Vec<u64>,
+}
+
+impl Recent {
+    pub fn mean_return(&self) -> Option<f64> {
+        self.mean(|&(r, _)| f64::from(r))
+    }
+
+    pub fn mean_length(&self) -> Option<f64> {
+        self.mean(|&(_, l)| f64::from(l))
+    }
+
+    fn mean(&self, f: impl Fn(&(f32, u32)) -> f64) -> Option<f64> {
+        (!self.episodes.is_empty())
+            .then(|| self.episodes.iter().map(f).sum::<f64>() / self.episodes.len() as f64)
+    }
+
+    pub fn median_lag(&self) -> Option<u64> {
+        let mut l = self.lags.clone();
+        l.sort_unstable();
+        l.get(l.len() / 2).copied()
+    }
+}
+
+impl Counters {
+    /// A valid, new chunk of `samples` transitions and `bytes` payload bytes at ingest.
+    pub fn received(&self, samples: u64, bytes: u64) {
+        self.samples_received.fetch_add(samples, Ordering::Relaxed);
+        metrics::counter!(m::CHUNKS_RECEIVED).increment(1);
+        metrics::counter!(m::LEARNER_SAMPLES_RECEIVED).increment(samples);
+        metrics::counter!(m::BYTES_RECEIVED).increment(bytes);
+    }
+
+    /// A chunk of `samples` transitions dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason, samples: u64) {
+        reason.count(1);
+        if reason == DropReason::Stale {
+            self.stale_samples.fetch_add(samples, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a chunk's finished episodes to the counters and the recent window.
+    pub fn record_episodes(&self, c: &Chunk) {
+        let n_eps = c.episode_returns.len();
+        if n_eps == 0 {
+            return;
+        }
+        self.episodes.fetch_add(n_eps as u64, Ordering::Relaxed);
+        metrics::counter!(m::EPISODES).increment(n_eps as u64);
+        if let Ok(mut r) = self.recent.lock() {
+            for (&ret, &len) in c.episode_returns.iter().zip(&c.episode_lengths) {
+                if r.episodes.len() == 100 {
+                    r.episodes.pop_front();
+                }
+                r.episodes.push_back((ret, len));
+            }
+            metrics::gauge!(m::EPISODE_RETURN_MEAN).set(r.mean_return().unwrap_or(0.0));
+            metrics::gauge!(m::EPISODE_LENGTH_MEAN).set(r.mean_length().unwrap_or(0.0));
+        }
+    }
+
+    pub fn busy_seconds(&self) -> f64 {
+        f64::from_bits(self.busy_seconds_bits.load(Ordering::Relaxed))
+    }
+
+    fn add_busy(&self, s: f64) {
+        // One writer (the trainer thread): load + store cannot lose an update.
+        let v = self.busy_seconds() + s;
+        self.busy_seconds_bits.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Mean return of the last 100 episodes, if any finished.
+    pub fn mean_return(&self) -> Option<f64> {
+        self.recent.lock().ok().and_then(|r| r.mean_return())
+    }
+}
+
+/// Writes what each update did: Prometheus gauges and one `metrics.jsonl` line.
+pub struct Recorder {
+    counters: Arc<Counters>,
+    log: BufWriter<File>,
+    started: Instant,
+    kl_penalty: bool,
+}
+
+impl Recorder {
+    pub fn new(counters: Arc<Counters>, log: File, started: Instant, kl_penalty: bool) -> Self {
+        Recorder {
+            counters,
+            log: BufWriter::new(log),
+            started,
+            kl_penalty,
+        }
+    }
+
+    /// Records an update that trained on `s.samples` transitions and produced `version`.
+    pub fn update(&mut self, s: &UpdateStats, lags: Vec<u64>, version: u64) -> std::io::Result<()> {
+        let c = &self.counters;
+        c.env_steps.fetch_add(s.samples as u64, Ordering::Relaxed);
+        c.add_busy(s.seconds);
+        metrics::counter!(m::LEARNER_UPDATES).increment(1);
+        metrics::counter!(m::LEARNER_SAMPLES_TRAINED).increment(s.samples as u64);
+        metrics::histogram!(m::UPDATE_DURATION).record(s.seconds);
+        metrics::gauge!(m::LOSS, "term" => "policy").set(s.policy_loss);
+        metrics::gauge!(m::LOSS, "term" => "value").set(s.value_loss);
+        metrics::gauge!(m::LOSS, "term" => "entropy").set(s.entropy);
+        metrics::gauge!(m::APPROX_KL).set(s.approx_kl);
+        metrics::gauge!(m::CLIP_FRACTION).set(s.clip_fraction);
+        metrics::gauge!(m::EXPLAINED_VARIANCE).set(s.explained_variance);
+        metrics::gauge!(m::GRAD_NORM).set(s.grad_norm);
+        metrics::gauge!(m::LEARNING_RATE).set(s.learning_rate);
+        if self.kl_penalty {
+            metrics::gauge!(m::KL_REFERENCE).set(s.kl_reference);
+            metrics::gauge!(m::KL_COEF).set(s.kl_coef);
+        }
+        let lag_list = serde_json::json!(lags);
+        let (ret, len) = match c.recent.lock() {
+            Ok(mut r) => {
+                r.lags = lags;
+                (r.mean_return(), r.mean_length())
+            }
+            Err(_) => (None, None),
+        };
+        let line = serde_json::json!({
+            "version": version,
+            "env_steps": c.env_steps.load(Ordering::Relaxed),
+            "wall_seconds": self.started.elapsed().as_secs_f64(),
+            "episodes": c.episodes.load(Ordering::Relaxed),
+            "samples_received": c.samples_received.load(Ordering::Relaxed),
+            "stale_samples": c.stale_samples.load(Ordering::Relaxed),
+            "episode_return_mean": ret,
+            "episode_length_mean": len,
+            "policy_lags": lag_list,
+            "busy_seconds": c.busy_seconds(),
+            "update": s,
+        });
+        writeln!(self.log, "{line}")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.log.flush()
+    }
+}
+
+/// Prints a progress line every `every` until the task is aborted.
+pub async fn print_progress(
+    counters: Arc<Counters>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    every: Duration,
+    total: u64,
+) {
+    let start = Instant::now();
+    let mut last = (Instant::now(), 0u64, 0u64);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let steps = counters.samples_received.load(Ordering::Relaxed);
+        let trained = counters.env_steps.load(Ordering::Relaxed);
+        let dt = now.duration_since(last.0).as_secs_f64().max(1e-9);
+        let (ret, lag) = counters
+            .recent
+            .lock()
+            .map(|r| (r.mean_return(), r.median_lag()))
+            .unwrap_or((None, None));
+        println!(
+            "[{:>7.1}s] env steps {:>10} ({:>7.0}/s) | trained {:>7.0}/s | return {} | version {:>5} | lag p50 {} | {:.0}% of budget",
+            start.elapsed().as_secs_f64(),
+            steps,
+            steps.saturating_sub(last.1) as f64 / dt,
+            trained.saturating_sub(last.2) as f64 / dt,
+            ret.map(|r| format!("{r:>8.2}")).unwrap_or_else(|| "       -".into()),
+            snapshots.borrow().version,
+            lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            100.0 * trained as f64 / total.max(1) as f64,
+        );
+        last = (now, steps, trained);
+    }
+}

@@ -11,6 +11,11 @@ seed and reads each run's metrics.jsonl. Prints a Markdown table:
 
     deploy/local.sh cargo build --release --bin learner
     python3 learner/benches/local_cluster.py [--seeds 1 2 3] [--config configs/cartpole.toml]
+
+Before/after a change, side by side in one run (seed by seed, alternating):
+
+    cp target/release/learner /tmp/learner-before   # built from the old commit
+    python3 learner/benches/local_cluster.py --baseline /tmp/learner-before
 """
 import argparse
 import json
@@ -30,10 +35,10 @@ def pct(values, q):
     return v[min(len(v) - 1, int(round((len(v) - 1) * q)))]
 
 
-def run(config, seed, actors, target):
+def run(config, seed, actors, target, learner):
     run_dir = tempfile.mkdtemp(prefix=f"flotilla-bench-{seed}-")
     cmd = [
-        os.path.join(ROOT, "target", "release", "learner"),
+        learner,
         "--config", config, "--run-dir", run_dir, "--seed", str(seed),
         "--local-actors", str(actors), "--device", "cpu",
         "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
@@ -60,14 +65,7 @@ def run(config, seed, actors, target):
     }
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "cartpole.toml"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--actors", type=int, default=2)
-    ap.add_argument("--target", type=float, default=475.0)
-    args = ap.parse_args()
-    results = [run(args.config, s, args.actors, args.target) for s in args.seeds]
+def table(results):
     print("| seed | s to 475 | env steps to 475 | env steps/s (= trained/s) | final return | lag p50 | lag p99 | learner idle |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
@@ -80,6 +78,30 @@ def main():
               f"{statistics.median(r['solved_steps'] for r in solved):.0f} env steps to 475 "
               f"({len(solved)}/{len(results)} solved); "
               f"{statistics.median(r['steps_per_s'] for r in results):.0f} env steps/s")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "cartpole.toml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--target", type=float, default=475.0)
+    ap.add_argument("--learner", default=os.path.join(ROOT, "target", "release", "learner"))
+    ap.add_argument("--baseline", help="another learner binary, run seed by seed alternating with --learner")
+    args = ap.parse_args()
+    if not args.baseline:
+        table([run(args.config, s, args.actors, args.target, args.learner) for s in args.seeds])
+        return
+    before, after = [], []
+    for s in args.seeds:
+        before.append(run(args.config, s, args.actors, args.target, args.baseline))
+        after.append(run(args.config, s, args.actors, args.target, args.learner))
+    print(f"### before: {args.baseline}\n")
+    table(before)
+    print(f"\n### after: {args.learner}\n")
+    table(after)
+    med = lambda rs, k: statistics.median(r[k] for r in rs)
+    print(f"\nafter / before, median env steps/s: {med(after, 'steps_per_s') / med(before, 'steps_per_s'):.3f}")
 
 
 if __name__ == "__main__":

@@ -21,33 +21,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A fresh temporary directory for one test, removed when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "flotilla-{tag}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use flotilla_common::testing::{wait_until, TempDir};
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -87,38 +61,47 @@ pub fn configs() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
 }
 
-/// Parses "mean return of the last 100 episodes: X" from a learner's summary.
-pub fn summary_mean_return(stdout: &str) -> Option<f64> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("mean return of the last 100 episodes: "))
-        .and_then(|v| v.trim().parse().ok())
+/// Where [`learner_command`] asks the learner to write its JSON summary
+/// (`--summary-json`): next to the run directory, not in it.
+pub fn summary_path(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.with_extension("summary.json")
 }
 
-/// Parses the version and env steps from "run ...: N env steps trained in ..., policy version V".
-pub fn summary_version_and_steps(stdout: &str) -> Option<(u64, u64)> {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("run finished") || l.starts_with("run stopped"))?;
-    let steps = line.split(": ").nth(1)?.split(' ').next()?.parse().ok()?;
-    let version = line
-        .split("policy version ")
-        .nth(1)?
-        .split(',')
-        .next()?
-        .parse()
-        .ok()?;
-    Some((version, steps))
+/// The JSON summary of the last run in `run_dir` (see [`summary_path`]).
+pub fn summary(run_dir: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(summary_path(run_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The mean return of the last 100 episodes from a run's JSON summary.
+pub fn summary_mean_return(run_dir: &std::path::Path) -> Option<f64> {
+    summary(run_dir)?["mean_return"].as_f64()
+}
+
+/// The policy version and env steps trained from a run's JSON summary.
+pub fn summary_version_and_steps(run_dir: &std::path::Path) -> Option<(u64, u64)> {
+    let s = summary(run_dir)?;
+    Some((s["policy_version"].as_u64()?, s["env_steps"].as_u64()?))
+}
+
+/// The final checkpoint named by a run's JSON summary.
+pub fn summary_final_checkpoint(run_dir: &std::path::Path) -> Option<PathBuf> {
+    summary(run_dir)?["final_checkpoint"]
+        .as_str()
+        .map(PathBuf::from)
 }
 
 /// The `learner` binary on `configs/<config>`, writing to `run_dir`, on the CPU,
-/// with gRPC and metrics on ephemeral loopback ports.
+/// with gRPC and metrics on ephemeral loopback ports, and its JSON summary at
+/// [`summary_path`].
 pub fn learner_command(config: &str, run_dir: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(bin("learner"));
     cmd.arg("--config")
         .arg(configs().join(config))
         .arg("--run-dir")
         .arg(run_dir)
+        .arg("--summary-json")
+        .arg(summary_path(run_dir))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -158,21 +141,6 @@ pub fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
         }
     }
     out
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, at most `secs` seconds.
-pub fn wait_until<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// What `/proc` says about a process: resident memory, open files, threads.

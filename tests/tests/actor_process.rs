@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use flotilla_tests::{
-    bin, configs, free_port, signal, summary_version_and_steps, wait_for_exit, TempDir,
+    bin, configs, free_port, signal, summary_path, summary_version_and_steps, wait_for_exit,
+    TempDir,
 };
 
 fn learner(run: &std::path::Path, port: u16, total: u64, resume: bool) -> Child {
@@ -15,6 +16,8 @@ fn learner(run: &std::path::Path, port: u16, total: u64, resume: bool) -> Child 
         .arg(configs().join("cartpole.toml"))
         .arg("--run-dir")
         .arg(run)
+        .arg("--summary-json")
+        .arg(summary_path(run))
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -91,7 +94,7 @@ fn actors_reconnect_to_a_restarted_learner_and_stop_on_sigterm() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
-    let (version, steps) = summary_version_and_steps(&stdout).expect("summary");
+    let (version, steps) = summary_version_and_steps(&run).expect("summary");
     assert!(steps >= 60_000 && version > 2, "{stdout}");
 
     for mut a in actors {

@@ -4,8 +4,9 @@
 
 use flotilla_tests::{learner_command, summary_mean_return, TempDir};
 
-/// Runs the learner on CartPole with `sets`; returns (stdout, metrics log rows).
-fn train(tag: &str, actors: &str, sets: &[&str]) -> (String, Vec<serde_json::Value>) {
+/// Runs the learner on CartPole with `sets`; returns (stdout, metrics log
+/// rows, mean return from the JSON summary).
+fn train(tag: &str, actors: &str, sets: &[&str]) -> (String, Vec<serde_json::Value>, Option<f64>) {
     let dir = TempDir::new(tag);
     let run = dir.path().join("run");
     let mut cmd = learner_command("cartpole.toml", &run);
@@ -25,7 +26,7 @@ fn train(tag: &str, actors: &str, sets: &[&str]) -> (String, Vec<serde_json::Val
         .lines()
         .map(|l| serde_json::from_str(l).expect("metrics line is JSON"))
         .collect();
-    (stdout, rows)
+    (stdout, rows, summary_mean_return(&run))
 }
 
 /// Each non-default algorithm must beat a random policy (mean return ≈ 22)
@@ -34,7 +35,7 @@ fn train(tag: &str, actors: &str, sets: &[&str]) -> (String, Vec<serde_json::Val
 #[test]
 fn reinforce_a2c_and_vtrace_learn_cartpole() {
     for (algo, floor) in [("reinforce", 70.0), ("a2c", 100.0), ("vtrace", 100.0)] {
-        let (stdout, rows) = train(
+        let (stdout, rows, mean_return) = train(
             algo,
             "2",
             &[
@@ -46,7 +47,7 @@ fn reinforce_a2c_and_vtrace_learn_cartpole() {
                 "ppo.learning_rate=1e-3",
             ],
         );
-        let ret = summary_mean_return(&stdout).unwrap_or_else(|| panic!("no summary\n{stdout}"));
+        let ret = mean_return.unwrap_or_else(|| panic!("no summary\n{stdout}"));
         assert!(
             ret >= floor,
             "{algo}: mean return {ret} < {floor} after 300k steps\n{stdout}"
@@ -85,8 +86,8 @@ fn sync_mode_repeats_a_seeded_run() {
             })
             .collect()
     };
-    let (_, a) = train("sync-a", "2", &sets);
-    let (_, b) = train("sync-b", "2", &sets);
+    let (_, a, _) = train("sync-a", "2", &sets);
+    let (_, b, _) = train("sync-b", "2", &sets);
     assert_eq!(a.len(), 30, "15360 steps / 512 per version");
     for r in &a {
         assert_eq!(r["policy_lags"], serde_json::json!([0, 0]), "{r}");

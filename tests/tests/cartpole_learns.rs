@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use flotilla_tests::{bin, learner_command, summary_mean_return as mean_return, TempDir};
+use flotilla_tests::{
+    bin, learner_command, summary_final_checkpoint, summary_mean_return as mean_return, TempDir,
+};
 
 #[test]
 fn cartpole_is_solved_by_the_local_cluster() {
@@ -16,31 +18,26 @@ fn cartpole_is_solved_by_the_local_cluster() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "learner failed\n{stdout}\n{stderr}");
-    let ret = mean_return(&stdout).unwrap_or_else(|| panic!("no summary in\n{stdout}"));
+    let run = dir.path().join("run");
+    let ret = mean_return(&run).unwrap_or_else(|| panic!("no summary in\n{stdout}"));
     assert!(
         ret >= 475.0,
         "CartPole not solved: mean return {ret}\n{stdout}"
     );
     assert!(stdout.contains("final checkpoint: "), "{stdout}");
     // the run directory holds the metrics log and a checkpoint
-    let run = dir.path().join("run");
     assert!(run.join("metrics.jsonl").exists());
     assert!(std::fs::read_dir(run.join("checkpoints")).unwrap().count() >= 1);
     assert!(run.join("learning_curve.png").exists());
 
     // The final checkpoint plays greedily at the top of the scale.
-    let ckpt = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("final checkpoint: "))
-        .expect("final checkpoint path")
-        .trim()
-        .to_owned();
+    let ckpt = summary_final_checkpoint(&run).expect("final checkpoint path");
     let trace = dir.path().join("greedy.jsonl");
     let out = Command::new(bin("actor"))
         .args([
             "rollout",
             "--checkpoint",
-            &ckpt,
+            ckpt.to_str().expect("UTF-8 path"),
             "--greedy",
             "--episodes",
             "5",

@@ -33,7 +33,7 @@ fn resume_continues_counters_and_skips_a_torn_checkpoint() {
     let dir = TempDir::new("resume");
     let run = dir.path().join("run");
     let (first, _) = train(&run, 20_480, false);
-    let (v1, s1) = summary_version_and_steps(&first).expect("summary");
+    let (v1, s1) = summary_version_and_steps(&run).expect("summary");
     assert!(v1 >= 10 && s1 >= 20_480, "{first}");
 
     // Without --resume the run directory is refused, and nothing is touched.
@@ -63,10 +63,10 @@ fn resume_continues_counters_and_skips_a_torn_checkpoint() {
     )
     .unwrap();
 
-    let (second, log) = train(&run, 40_960, true);
+    let (_, log) = train(&run, 40_960, true);
     assert!(log.contains("skipping unusable checkpoint"), "{log}");
     assert!(log.contains("resumed from checkpoint"), "{log}");
-    let (v2, s2) = summary_version_and_steps(&second).expect("summary");
+    let (v2, s2) = summary_version_and_steps(&run).expect("summary");
     assert!(v2 > v1, "version went from {v1} to {v2}");
     assert!(
         (40_960..40_960 + 20_480).contains(&s2),

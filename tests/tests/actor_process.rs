@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flotilla_tests::{
     bin, configs, free_port, signal, summary_path, summary_version_and_steps, wait_for_exit,
-    TempDir,
+    wait_until, TempDir,
 };
 
 fn learner(run: &std::path::Path, port: u16, total: u64, resume: bool) -> Child {
@@ -69,14 +69,9 @@ fn actors_reconnect_to_a_restarted_learner_and_stop_on_sigterm() {
     let mut actors = vec![actor(port, "a"), actor(port, "b")];
 
     // Wait until training produced checkpoints, then kill the learner hard.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while checkpoints(&run) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint within 120s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("two checkpoints", 120, || {
+        (checkpoints(&run) >= 2).then_some(())
+    });
     signal(&l1, "KILL");
     let _ = l1.wait();
     std::thread::sleep(Duration::from_secs(1));

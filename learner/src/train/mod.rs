@@ -68,15 +68,15 @@ pub struct Checkpoints {
 
 /// The trainer thread's state, one owner per stage.
 pub struct Trainer {
-    pub rx: Receiver<Box<Admitted>>,
-    pub stop: Arc<AtomicBool>,
-    pub batcher: Batcher,
-    pub learning: Learning,
-    pub publisher: Publisher,
-    pub counters: Arc<Counters>,
-    pub recorder: Recorder,
-    pub checkpoints: Checkpoints,
-    pub total_env_steps: u64,
+    pub(crate) rx: Receiver<Box<Admitted>>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) batcher: Batcher,
+    pub(crate) learning: Learning,
+    pub(crate) publisher: Publisher,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) recorder: Recorder,
+    pub(crate) checkpoints: Checkpoints,
+    pub(crate) total_env_steps: u64,
 }
 
 impl Trainer {

@@ -38,7 +38,8 @@ struct RunArgs {
     /// Environments to step in this actor [default: the run's rollout.num_envs].
     #[arg(long, env = "FLOTILLA_NUM_ENVS")]
     num_envs: Option<u32>,
-    /// Name reported to the learner [default: the host name].
+    /// Name reported to the learner; the actor's seeds derive from it, so
+    /// two actors of one run need different names [default: <host name>-<pid>].
     #[arg(long, env = "FLOTILLA_NAME")]
     name: Option<String>,
     /// Prometheus metrics listen address (none: no metrics endpoint).
@@ -81,12 +82,15 @@ enum Command {
     Rollout(rollout::RolloutArgs),
 }
 
-fn host_name() -> String {
+/// `<host name>-<pid>`: unique per process on a host, so actors started
+/// side by side without `--name` get different seeds.
+fn default_name() -> String {
+    let pid = std::process::id();
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("actor-{}", std::process::id()))
+        .map_or_else(|| format!("actor-{pid}"), |h| format!("{h}-{pid}"))
 }
 
 fn main() -> ExitCode {
@@ -142,7 +146,7 @@ impl TryFrom<RunArgs> for ActorOptions {
         Ok(ActorOptions {
             learner: args.learner,
             num_envs: args.num_envs,
-            name: args.name.unwrap_or_else(host_name),
+            name: args.name.unwrap_or_else(default_name),
             max_steps_per_second: args.max_steps_per_second,
             auth_token,
             tls,
@@ -171,16 +175,9 @@ fn act_main(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli::runtime(Some(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         if let Some(addr) = metrics_listen {

@@ -66,15 +66,17 @@ pub fn temp_file_name(version: u64) -> String {
 /// Why a file is not a usable checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{0}")]
-    Tensors(#[from] PolicyError),
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(String),
+    #[error("tensor `{0}` is not f32")]
+    NotF32(String),
     #[error("metadata `{0}` missing")]
     Missing(&'static str),
     #[error("metadata `{key}` is not a number: {value:?}")]
     NotANumber { key: &'static str, value: String },
     #[error("format is {found:?}, expected {FORMAT}")]
     WrongFormat { found: String },
-    #[error("{len} bytes, more than the {max} this model can need")]
+    #[error("{len} bytes, more than the {max} a checkpoint may have here")]
     TooLarge { len: u64, max: u64 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -101,22 +103,23 @@ impl CheckpointFile {
         Self::decode(&std::fs::read(path)?)
     }
 
-    /// Decodes safetensors bytes, requiring the `format` key to be [`FORMAT`].
+    /// Decodes safetensors bytes, requiring the `format` key to be
+    /// [`FORMAT`] (checked from the header, before any tensor is copied).
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| PolicyError::Format(e.to_string()))?;
+            .map_err(|e| FormatError::Safetensors(e.to_string()))?;
         let metadata = header.metadata().clone().unwrap_or_default();
-        let file = CheckpointFile {
-            tensors: read_safetensors(bytes)?,
-            metadata,
-        };
-        let format = file.get(key::FORMAT)?;
-        if format != FORMAT {
-            return Err(FormatError::WrongFormat {
-                found: format.to_owned(),
-            });
+        match metadata.get(key::FORMAT) {
+            None => return Err(FormatError::Missing(key::FORMAT)),
+            Some(f) if f != FORMAT => return Err(FormatError::WrongFormat { found: f.clone() }),
+            Some(_) => {}
         }
-        Ok(file)
+        let tensors = read_safetensors(bytes).map_err(|e| match e {
+            PolicyError::Dtype(name) => FormatError::NotF32(name),
+            PolicyError::Format(message) => FormatError::Safetensors(message),
+            other => FormatError::Safetensors(other.to_string()),
+        })?;
+        Ok(CheckpointFile { metadata, tensors })
     }
 
     /// Encodes metadata (the `format` key is added) and tensor sections.

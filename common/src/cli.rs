@@ -1,6 +1,7 @@
 //! Plumbing both binaries share: logging, the shutdown signal, exit codes.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 /// Exit code for a usage error: bad flags, config or input files (sysexits' `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -15,6 +16,20 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// A multi-threaded tokio runtime with every driver enabled; `worker_threads`
+/// `None` takes tokio's default (one per core). On failure the error has
+/// been printed and the exit code to return is given.
+pub fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

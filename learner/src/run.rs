@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use flotilla_common::auth::AuthToken;
 use flotilla_common::chunk::ChunkExpectations;
 use flotilla_common::metrics as m;
-use flotilla_common::{EnvError, RunSpec, Space};
+use flotilla_common::{EnvError, RunSpec, Snapshot, Space};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::ServerTlsConfig;
@@ -141,6 +141,7 @@ impl RunSummary {
     /// the text, for scripts and tests.
     pub fn to_json(&self) -> serde_json::Value {
         let t = &self.train;
+        let path = |p: &Path| p.display().to_string();
         serde_json::json!({
             "finished": t.reached_total,
             "env_steps": t.env_steps,
@@ -148,9 +149,9 @@ impl RunSummary {
             "wall_seconds": self.wall_seconds,
             "episodes": self.episodes,
             "mean_return": self.mean_return,
-            "run_dir": self.run_dir,
-            "learning_curve": self.learning_curve,
-            "final_checkpoint": t.final_checkpoint,
+            "run_dir": path(&self.run_dir),
+            "learning_curve": self.learning_curve.as_deref().map(path),
+            "final_checkpoint": t.final_checkpoint.as_deref().map(path),
         })
     }
 }
@@ -510,15 +511,15 @@ fn serve(
     listener: TcpListener,
     spec: RunSpec,
     tx: crossbeam_channel::Sender<Box<Admitted>>,
-    trainer: &Trainer,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    counters: Arc<Counters>,
 ) -> Result<(ServerTask, watch::Sender<bool>), RunError> {
     let cfg = &opts.config;
-    let snapshots = trainer.publisher.subscribe();
     let gate = IngestGate::new(
         chunk_expectations(cfg, &spec),
         staleness(cfg),
         snapshots.clone(),
-        trainer.counters.clone(),
+        counters,
     );
     let service = LearnerService::new(
         spec,
@@ -557,14 +558,8 @@ pub async fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started)?;
-    let (server, server_stop) = serve(&opts, listener, spec, tx, &trainer)?;
     let counters = trainer.counters.clone();
-    let printer = tokio::spawn(recorder::print_progress(
-        counters.clone(),
-        trainer.publisher.subscribe(),
-        Duration::from_secs_f64(cfg.run.progress_every_seconds),
-        cfg.run.total_env_steps,
-    ));
+    let snapshots = trainer.publisher.subscribe();
     info!(
         run_id = %trainer.checkpoints.run_id,
         env = %cfg.env.id,
@@ -576,6 +571,27 @@ pub async fn start(
     );
     warn_if_open(&opts, addr);
     let trainer_done = spawn_trainer(trainer, opts.torch_threads)?;
+    let (server, server_stop) = match serve(
+        &opts,
+        listener,
+        spec,
+        tx,
+        snapshots.clone(),
+        counters.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            // The trainer thread ends on its next look at the flag.
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let printer = tokio::spawn(recorder::print_progress(
+        counters.clone(),
+        snapshots,
+        Duration::from_secs_f64(cfg.run.progress_every_seconds),
+        cfg.run.total_env_steps,
+    ));
     let stop_on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -639,5 +655,60 @@ pub fn device_name(d: tch::Device) -> String {
         tch::Device::Cpu => "cpu".into(),
         tch::Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_the_same_in_text_and_json() {
+        let summary = RunSummary {
+            run_dir: "runs/cp".into(),
+            train: TrainSummary {
+                version: 12,
+                env_steps: 4096,
+                final_checkpoint: Some("runs/cp/checkpoints/ckpt-0000000012.safetensors".into()),
+                reached_total: true,
+            },
+            wall_seconds: 2.0,
+            episodes: 30,
+            mean_return: Some(475.5),
+            learning_curve: None,
+        };
+        let text = summary.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "run finished: 4096 env steps trained in 2.0s (2048/s), policy version 12, 30 episodes",
+                "mean return of the last 100 episodes: 475.50",
+                "run directory: runs/cp",
+                "final checkpoint: runs/cp/checkpoints/ckpt-0000000012.safetensors",
+            ]
+        );
+        let json = summary.to_json();
+        assert_eq!(json["finished"], true);
+        assert_eq!(json["env_steps"], 4096);
+        assert_eq!(json["policy_version"], 12);
+        assert_eq!(json["mean_return"], 475.5);
+        assert_eq!(json["learning_curve"], serde_json::Value::Null);
+        assert_eq!(
+            json["final_checkpoint"],
+            "runs/cp/checkpoints/ckpt-0000000012.safetensors"
+        );
+        let stopped = RunSummary {
+            train: TrainSummary {
+                reached_total: false,
+                final_checkpoint: None,
+                ..summary.train.clone()
+            },
+            mean_return: None,
+            ..summary
+        };
+        let text = stopped.to_string();
+        assert!(text.starts_with("run stopped: "), "{text}");
+        assert!(text.contains("no episode finished") && text.ends_with("no checkpoint written"));
     }
 }

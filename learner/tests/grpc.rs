@@ -469,3 +469,36 @@ async fn random_bytes_on_the_wire_are_invalid_argument_every_time() {
     l.stop();
     l.wait().await.unwrap();
 }
+
+/// A port in use is the machine's state, not a usage error (exit 1, not 64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_not_a_usage_error() {
+    use flotilla_common::testing::TempDir;
+    use flotilla_learner::config::RunConfig;
+    use flotilla_learner::device::DeviceChoice;
+    use flotilla_learner::run::{start, RunError, RunOptions};
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new("port-in-use");
+    let config = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &[]).unwrap();
+    let result = start(
+        RunOptions {
+            config,
+            run_dir: dir.join("run"),
+            listen: taken.local_addr().unwrap(),
+            device: DeviceChoice::Cpu,
+            resume: false,
+            auth_token: None,
+            tls: None,
+            torch_threads: None,
+        },
+        std::future::pending(),
+    )
+    .await;
+    let Err(e) = result else {
+        panic!("a second learner bound the same port")
+    };
+    assert!(matches!(e, RunError::Listen { .. }), "{e}");
+    assert!(!e.is_usage());
+    assert!(e.to_string().contains("cannot listen on"), "{e}");
+}

@@ -60,16 +60,16 @@ impl ClusterError {
 impl LocalActors {
     /// Checks the actors against the run before anything starts.
     pub fn check(&self, opts: &RunOptions) -> Result<(), ClusterError> {
+        if let Some(p) = self.max_steps_per_second {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(ClusterError::Pace(p));
+            }
+        }
         if self.count == 0 {
             return Ok(());
         }
         if opts.tls.is_some() {
             return Err(ClusterError::TlsWithLocalActors);
-        }
-        if let Some(p) = self.max_steps_per_second {
-            if !(p.is_finite() && p > 0.0) {
-                return Err(ClusterError::Pace(p));
-            }
         }
         let cfg = &opts.config;
         if cfg.sync {
@@ -149,13 +149,100 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, ClusterError> {
     local.check(&opts)?;
-    if opts.torch_threads.is_none() {
+    if opts.torch_threads.is_none() && local.count > 0 {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        opts.torch_threads =
-            local.torch_threads(opts.device.resolve().map_err(RunError::from)?, cpus);
+        let device = opts.device.resolve().map_err(RunError::from)?;
+        opts.torch_threads = local.torch_threads(device, cpus);
     }
     let token = opts.auth_token.clone();
     let learner = run::start(opts, shutdown).await?;
     let actors = local.spawn(learner.local_addr(), token);
     Ok(learner.wait_then(actors.stop()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_learner::config::RunConfig;
+    use flotilla_learner::device::DeviceChoice;
+
+    use super::*;
+
+    fn options(sets: &[&str]) -> RunOptions {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        RunOptions {
+            config: RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &sets).unwrap(),
+            run_dir: "unused".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            device: DeviceChoice::Cpu,
+            resume: false,
+            auth_token: None,
+            tls: None,
+            torch_threads: None,
+        }
+    }
+
+    fn actors(count: usize) -> LocalActors {
+        LocalActors {
+            count,
+            ..LocalActors::default()
+        }
+    }
+
+    #[test]
+    fn sync_needs_one_chunk_per_actor_per_batch() {
+        let sets = [
+            "sync=true",
+            "rollout.num_envs=4",
+            "rollout.chunk_len=64",
+            "ppo.batch_size=512",
+        ];
+        assert!(actors(2).check(&options(&sets)).is_ok());
+        let e = actors(3).check(&options(&sets)).unwrap_err();
+        assert!(e.is_usage());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ppo.batch_size") && msg.contains("= 768, got 512"),
+            "{msg}"
+        );
+        // Without local actors the learner cannot know how many will come.
+        assert!(actors(0).check(&options(&sets)).is_ok());
+    }
+
+    #[test]
+    fn a_pace_must_be_positive_with_or_without_actors() {
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+            for count in [0, 2] {
+                let local = LocalActors {
+                    max_steps_per_second: Some(bad),
+                    ..actors(count)
+                };
+                let e = local.check(&options(&[])).unwrap_err();
+                assert!(matches!(e, ClusterError::Pace(_)) && e.is_usage(), "{e}");
+            }
+        }
+        let paced = LocalActors {
+            max_steps_per_second: Some(70_000.0),
+            ..actors(2)
+        };
+        assert!(paced.check(&options(&[])).is_ok());
+    }
+
+    #[test]
+    fn local_actors_cannot_use_tls() {
+        let mut opts = options(&[]);
+        opts.tls = Some(tonic::transport::ServerTlsConfig::new());
+        assert!(matches!(
+            actors(1).check(&opts),
+            Err(ClusterError::TlsWithLocalActors)
+        ));
+        assert!(actors(0).check(&opts).is_ok());
+    }
+
+    #[test]
+    fn the_trainer_gets_the_cpus_the_actors_leave() {
+        assert_eq!(actors(2).torch_threads(tch::Device::Cpu, 2), Some(1));
+        assert_eq!(actors(2).torch_threads(tch::Device::Cpu, 16), Some(14));
+        assert_eq!(actors(0).torch_threads(tch::Device::Cpu, 16), None);
+        assert_eq!(actors(2).torch_threads(tch::Device::Cuda(0), 16), None);
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! tracing → flags → options → Prometheus exporter → run (the learner, plus
 //! local actors when asked) until the step budget is spent or SIGTERM/SIGINT
-//! → summary. Exit codes: 0 done, 64 usage (flags, config, files), 1 other.
+//! → summary. Exit codes: 0 done, 2 unparsable command line (clap), 64 usage
+//! (config, files, options that do not fit together), 1 other.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -267,15 +268,9 @@ fn install_metrics(addr: SocketAddr) {
 }
 
 fn train_main(options: Options) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli::runtime(None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let Options {
         run,

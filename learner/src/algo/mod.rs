@@ -23,7 +23,7 @@ pub mod vtrace;
 
 use tch::{Kind, Tensor};
 
-use crate::config::{AdvantageEstimator, Algo, PpoSection, RunConfig};
+use crate::config::{AdvantageEstimator, Algo, PpoSection, RunConfig, VtraceSection};
 
 /// How advantages and value targets are computed from a batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +66,17 @@ pub struct UpdatePlan {
     pub ent_coef: f64,
     /// Global gradient-norm limit.
     pub max_grad_norm: f64,
+    /// Discount γ of every estimator.
+    pub gamma: f64,
+    /// GAE's λ (Monte-Carlo returns use 1).
+    pub gae_lambda: f64,
+    /// V-trace's ρ̄ and c̄.
+    pub rho_bar: f64,
+    pub c_bar: f64,
+    /// Adam's learning rate at the start of the run.
+    pub learning_rate: f64,
+    /// Anneal the learning rate linearly to 0 over this many env steps.
+    pub anneal_over: Option<u64>,
 }
 
 impl UpdatePlan {
@@ -82,6 +93,12 @@ impl UpdatePlan {
             target_kl: p.target_kl,
             ent_coef: p.ent_coef,
             max_grad_norm: p.max_grad_norm,
+            gamma: p.gamma,
+            gae_lambda: p.gae_lambda,
+            rho_bar: VtraceSection::default().rho_bar,
+            c_bar: VtraceSection::default().c_bar,
+            learning_rate: p.learning_rate,
+            anneal_over: None,
         }
     }
 
@@ -102,10 +119,9 @@ impl UpdatePlan {
             vf_coef,
             vf_clip: None,
             target_kl: None,
-            ent_coef: p.ent_coef,
-            max_grad_norm: p.max_grad_norm,
+            ..Self::ppo(p)
         };
-        match cfg.algo {
+        let plan = match cfg.algo {
             Algo::Ppo => UpdatePlan {
                 estimator: chosen,
                 ..Self::ppo(p)
@@ -130,6 +146,23 @@ impl UpdatePlan {
                     if baseline { p.vf_coef } else { 0.0 },
                 )
             }
+        };
+        UpdatePlan {
+            rho_bar: cfg.vtrace.rho_bar,
+            c_bar: cfg.vtrace.c_bar,
+            anneal_over: p.anneal_lr.then_some(cfg.run.total_env_steps),
+            ..plan
+        }
+    }
+
+    /// The learning rate after `env_steps` steps of the run.
+    pub fn learning_rate_at(&self, env_steps: u64) -> f64 {
+        match self.anneal_over {
+            Some(total) => {
+                let frac = 1.0 - env_steps as f64 / total as f64;
+                self.learning_rate * frac.max(0.0)
+            }
+            None => self.learning_rate,
         }
     }
 

@@ -175,3 +175,151 @@ impl IngestGate {
         Ok(Some(Admitted { chunk, actor_name }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use flotilla_common::chunk::ChunkBuilder;
+    use flotilla_common::{EnvSpec, Space, VecEnv};
+
+    use super::*;
+
+    const T: usize = 4;
+    const N: usize = 2;
+
+    fn gate(newest: u64, sync: bool) -> (IngestGate, watch::Sender<Arc<Snapshot>>, Arc<Counters>) {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot {
+            version: newest,
+            safetensors: bytes::Bytes::new(),
+        }));
+        let counters = Arc::new(Counters::default());
+        let expected = ChunkExpectations {
+            run_id: "run".into(),
+            env_id: "CartPole-v1".into(),
+            obs_dim: 4,
+            action_space: Space::Discrete { n: 2 },
+            chunk_len: T,
+            max_envs: 8,
+            max_bytes: 1 << 20,
+            newest_version: 0,
+            require_behavior_value: false,
+        };
+        let rule = StalenessRule { max_lag: 1, sync };
+        (
+            IngestGate::new(expected, rule, rx, counters.clone()),
+            tx,
+            counters,
+        )
+    }
+
+    fn chunk(actor_id: u32, sequence: u64, version: u64) -> proto::Chunk {
+        let mut envs = VecEnv::new(&EnvSpec::new("CartPole-v1"), N, 7).unwrap();
+        let mut b = ChunkBuilder::new(T, N, 4, Space::Discrete { n: 2 });
+        b.begin(envs.observations());
+        for _ in 0..T {
+            envs.step_discrete(&[0, 1]);
+            b.push_discrete(&[0, 1], &[0.5f32.ln(); N], None, &envs);
+        }
+        b.finish("run", "CartPole-v1", actor_id, sequence, version)
+    }
+
+    fn count(x: &std::sync::atomic::AtomicU64) -> u64 {
+        x.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_chunk_passes_with_its_actors_name_and_counts_as_received_once() {
+        let (gate, _tx, counters) = gate(3, false);
+        gate.register(1, "alpha").unwrap();
+        let a = gate.admit(chunk(1, 1, 3)).unwrap().expect("admitted");
+        assert_eq!(&*a.actor_name, "alpha");
+        assert_eq!(a.chunk.num_samples(), T * N);
+        assert_eq!(count(&counters.samples_received), (T * N) as u64);
+        assert_eq!(count(&counters.stale_samples), 0);
+    }
+
+    #[test]
+    fn stale_chunks_are_received_and_dropped_as_stale() {
+        let (gate, tx, counters) = gate(5, false);
+        // Lag 1 is allowed (max_lag 1), lag 2 is not.
+        assert!(gate.admit(chunk(1, 1, 4)).unwrap().is_some());
+        assert!(gate.admit(chunk(1, 2, 3)).unwrap().is_none());
+        let samples = (T * N) as u64;
+        assert_eq!(count(&counters.samples_received), 2 * samples);
+        assert_eq!(count(&counters.stale_samples), samples);
+        // The newest version is read from the publisher's watch.
+        tx.send_replace(Arc::new(Snapshot {
+            version: 9,
+            safetensors: bytes::Bytes::new(),
+        }));
+        assert!(gate.admit(chunk(1, 3, 5)).unwrap().is_none());
+        assert_eq!(count(&counters.stale_samples), 2 * samples);
+    }
+
+    #[test]
+    fn sync_mode_admits_only_the_newest_version() {
+        let (gate, _tx, counters) = gate(5, true);
+        assert!(gate.admit(chunk(1, 1, 4)).unwrap().is_none());
+        assert!(gate.admit(chunk(1, 2, 5)).unwrap().is_some());
+        assert_eq!(count(&counters.stale_samples), (T * N) as u64);
+    }
+
+    #[test]
+    fn a_repeated_sequence_is_a_duplicate_and_not_received() {
+        let (gate, _tx, counters) = gate(0, false);
+        assert!(gate.admit(chunk(1, 2, 0)).unwrap().is_some());
+        assert!(gate.admit(chunk(1, 2, 0)).unwrap().is_none());
+        assert!(gate.admit(chunk(1, 1, 0)).unwrap().is_none());
+        // Another actor's sequence numbers are its own.
+        assert!(gate.admit(chunk(2, 1, 0)).unwrap().is_some());
+        assert_eq!(count(&counters.samples_received), 2 * (T * N) as u64);
+    }
+
+    #[test]
+    fn an_invalid_chunk_is_an_error_with_its_drop_reason_and_status() {
+        let (gate, _tx, counters) = gate(0, false);
+        let mut bad = chunk(1, 1, 0);
+        bad.rewards.truncate(3);
+        let e = gate.admit(bad).unwrap_err();
+        assert_eq!(e.drop_reason(), Some(DropReason::Invalid));
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("rewards"), "{}", status.message());
+        let future = gate.admit(chunk(1, 2, 7)).unwrap_err();
+        assert_eq!(future.drop_reason(), Some(DropReason::FutureVersion));
+        assert_eq!(count(&counters.samples_received), 0);
+    }
+
+    #[test]
+    fn refusals_map_to_their_status_codes() {
+        let cases = [
+            (
+                LearnerError::ProtocolVersion {
+                    expected: 1,
+                    actual: 2,
+                },
+                Code::FailedPrecondition,
+            ),
+            (LearnerError::TooLarge("x".into()), Code::ResourceExhausted),
+            (LearnerError::Idle(5.0), Code::DeadlineExceeded),
+            (LearnerError::ShuttingDown, Code::Unavailable),
+            (
+                LearnerError::inbound(Status::out_of_range("message too large")),
+                Code::ResourceExhausted,
+            ),
+            (
+                LearnerError::inbound(Status::invalid_argument("not protobuf")),
+                Code::InvalidArgument,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+        assert_eq!(
+            LearnerError::inbound(Status::invalid_argument("x")).drop_reason(),
+            Some(DropReason::Invalid)
+        );
+        assert_eq!(LearnerError::Idle(1.0).drop_reason(), None);
+    }
+}

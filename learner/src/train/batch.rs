@@ -158,8 +158,7 @@ pub struct GroupTensors {
     pub terminated: Tensor,
     pub truncated: Tensor,
     pub behavior_logp: Tensor,
-    /// `[K]` flat positions and `[K, obs_dim]` observations (host side when
-    /// empty: nothing to evaluate).
+    /// `[K]` flat positions and `[K, obs_dim]` observations (K may be 0).
     pub final_index: Tensor,
     pub final_obs: Tensor,
     /// `[1, n]`.

@@ -76,8 +76,7 @@ impl Batcher {
         if !self.rule.sync {
             self.counters.record_episodes(&chunk);
         }
-        for mut item in self.stitch(chunk) {
-            item.actor_name = actor_name.clone();
+        for item in self.stitch(chunk, actor_name) {
             self.pending_samples += item.chunk.num_samples();
             self.pending.push(item);
         }
@@ -104,9 +103,13 @@ impl Batcher {
 
     /// Passes a chunk on, or (REINFORCE) holds it until its episodes end and
     /// passes on what became complete.
-    fn stitch(&mut self, c: Chunk) -> Vec<Item> {
+    fn stitch(&mut self, c: Chunk, actor_name: Arc<str>) -> Vec<Item> {
         let Some(stitcher) = self.stitcher.as_mut() else {
-            return vec![Item::new(c)];
+            return vec![Item {
+                chunk: c,
+                tail_returns: None,
+                actor_name,
+            }];
         };
         let (released, discarded) = stitcher.push(c);
         if discarded.chunks > 0 {
@@ -120,8 +123,9 @@ impl Batcher {
         released
             .into_iter()
             .map(|r| Item {
+                chunk: r.chunk,
                 tail_returns: Some(r.tail_returns),
-                ..Item::new(r.chunk)
+                actor_name: actor_name.clone(),
             })
             .collect()
     }

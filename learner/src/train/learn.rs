@@ -17,7 +17,7 @@ use crate::algo::adam::Adam;
 use crate::algo::gae::gae;
 use crate::algo::vtrace::vtrace;
 use crate::algo::{self, Estimator, KlController, UpdatePlan};
-use crate::config::{PpoSection, RunConfig, VtraceSection};
+use crate::config::RunConfig;
 use crate::model::Policy;
 
 /// Frozen reference policy and controller of the KL penalty.
@@ -32,9 +32,6 @@ pub struct Learning {
     pub adam: Adam,
     plan: UpdatePlan,
     kl: Option<KlPenalty>,
-    ppo: PpoSection,
-    vtrace: VtraceSection,
-    total_env_steps: u64,
 }
 
 impl Learning {
@@ -45,9 +42,6 @@ impl Learning {
             adam,
             plan: UpdatePlan::from_config(cfg),
             kl,
-            ppo: cfg.ppo.clone(),
-            vtrace: cfg.vtrace.clone(),
-            total_env_steps: cfg.run.total_env_steps,
         }
     }
 
@@ -57,16 +51,12 @@ impl Learning {
     }
 
     /// One update on `items`, `env_steps` transitions into the run.
-    pub fn update(&mut self, items: &[Item], env_steps: u64) -> UpdateStats {
+    pub fn update(&mut self, items: Vec<Item>, env_steps: u64) -> UpdateStats {
         let t0 = Instant::now();
-        let (batch, kl_mean) = self.batch(items);
-        let p = &self.ppo;
-        let lr = if p.anneal_lr {
-            let frac = 1.0 - env_steps as f64 / self.total_env_steps as f64;
-            p.learning_rate * frac.max(0.0)
-        } else {
-            p.learning_rate
-        };
+        let (batch, kl_mean) = self.batch(&items);
+        // The device batch holds everything now; free the host chunks.
+        drop(items);
+        let lr = self.plan.learning_rate_at(env_steps);
         let mut stats = policy_update(&self.policy, &mut self.adam, &batch, &self.plan, lr);
         if let Some(kl) = self.kl.as_mut() {
             stats.kl_reference = kl_mean;
@@ -162,7 +152,7 @@ impl Learning {
             rewards = &rewards - penalty;
             kl_mean = mean;
         }
-        let (gamma, lambda) = (self.ppo.gamma, self.ppo.gae_lambda);
+        let (gamma, lambda) = (self.plan.gamma, self.plan.gae_lambda);
         let (adv, ret) = match self.plan.estimator {
             Estimator::Gae => gae(
                 &rewards,
@@ -197,8 +187,8 @@ impl Learning {
                     &final_values,
                     &(logp_now.view([t, n]) - &g.behavior_logp),
                     gamma,
-                    self.vtrace.rho_bar,
-                    self.vtrace.c_bar,
+                    self.plan.rho_bar,
+                    self.plan.c_bar,
                 );
                 let adv = if weighted {
                     &out.advantages * &out.clipped_rhos
@@ -218,5 +208,116 @@ impl Learning {
             len: b,
         };
         (batch, kl_mean)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_common::chunk::{Actions, Chunk};
+    use flotilla_common::Space;
+    use tch::Device;
+
+    use super::*;
+    use crate::test_util::host;
+
+    const D: usize = 4;
+
+    /// A chunk of `t` steps of `n` envs with distinct observations and
+    /// rewards; `ends` are (step, env, terminated) with their final observation.
+    fn chunk(a: u32, t: usize, n: usize, ends: &[(usize, usize, bool)]) -> Chunk {
+        let val = |k: usize| ((a as usize * 97 + k * 31) % 17) as f32 / 17.0 - 0.5;
+        let mut terminated = vec![false; t * n];
+        let mut truncated = vec![false; t * n];
+        let (mut final_obs_index, mut final_obs) = (Vec::new(), Vec::new());
+        for &(s, e, term) in ends {
+            let flat = s * n + e;
+            if term {
+                terminated[flat] = true;
+            } else {
+                truncated[flat] = true;
+            }
+            final_obs_index.push(flat);
+            final_obs.extend((0..D).map(|k| val(1000 + flat * D + k)));
+        }
+        Chunk {
+            run_id: "r".into(),
+            env_id: "CartPole-v1".into(),
+            actor_id: a,
+            sequence: 1,
+            policy_version: 0,
+            t,
+            n,
+            obs: (0..(t + 1) * n * D).map(val).collect(),
+            actions: Actions::Discrete(vec![1; t * n]),
+            rewards: (0..t * n).map(|i| 1.0 + i as f32 / 10.0).collect(),
+            terminated,
+            truncated,
+            behavior_logp: vec![0.5f32.ln(); t * n],
+            behavior_value: None,
+            final_obs_index,
+            final_obs,
+            episode_returns: vec![],
+            episode_lengths: vec![],
+        }
+    }
+
+    /// With λ = 0 the value target of step t is the one-step TD target
+    /// r + γ·V(next)·(1 − terminated), where `next` is the true final
+    /// observation at a truncation: a direct check that the device side puts
+    /// each chunk's final values at the right place of the group.
+    #[test]
+    fn value_targets_bootstrap_from_the_right_observation_in_every_chunk() {
+        let gamma = 0.9;
+        let cfg = RunConfig::from_toml(
+            "[env]\nid = \"CartPole-v1\"\n",
+            "test",
+            &["ppo.gae_lambda=0".into(), format!("ppo.gamma={gamma}")],
+        )
+        .unwrap();
+        let space = Space::Discrete { n: 2 };
+        let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 3);
+        let learning = Learning::new(policy, None, &cfg);
+        let chunks = [
+            chunk(1, 2, 2, &[(0, 1, false), (1, 0, true)]),
+            chunk(2, 2, 1, &[(1, 0, false)]),
+        ];
+        let items: Vec<Item> = chunks.iter().cloned().map(Item::new).collect();
+        let (batch, _) = learning.batch(&items);
+        let returns = host(&batch.returns);
+        let v = |o: &[f32]| {
+            tch::no_grad(|| {
+                learning
+                    .policy
+                    .value(&Tensor::from_slice(o).view([1, D as i64]))
+                    .double_value(&[0])
+            })
+        };
+        let total_n = 3;
+        let mut col = 0;
+        for c in &chunks {
+            for e in 0..c.n {
+                for s in 0..c.t {
+                    let flat = s * c.n + e;
+                    let r = f64::from(c.rewards[flat]);
+                    let next_row = (s + 1) * c.n + e;
+                    let next = match c.final_obs_index.iter().position(|&i| i == flat) {
+                        Some(k) if c.truncated[flat] => &c.final_obs[k * D..(k + 1) * D],
+                        _ => &c.obs[next_row * D..(next_row + 1) * D],
+                    };
+                    let expected = if c.terminated[flat] {
+                        r
+                    } else {
+                        r + gamma * v(next)
+                    };
+                    let got = returns[s * total_n + col + e];
+                    assert!(
+                        (got - expected).abs() < 1e-5,
+                        "actor {} step {s} env {e}: {got} vs {expected}",
+                        c.actor_id
+                    );
+                }
+            }
+            col += c.n;
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! The trainer thread and its stages.
 //!
 //! ```text
-//! ingest channel ─► Batcher ─► Learning::update ─► Publisher ─► Recorder ─► checkpoint
-//!  (validated        admit,      batch assembly,     version+1,    Prometheus +   every K
-//!   chunks)          stitch,     values, advantages, safetensors   metrics.jsonl  updates
-//!                    order       epochs×minibatches  once
+//! ingest channel ─► Batcher ─► Learning::update ─► Recorder ─────► Publisher ─► checkpoint
+//!  (admitted         admit,      batch assembly,     Prometheus +    version+1,    every K
+//!   chunks)          stitch,     values, advantages, metrics.jsonl   safetensors   versions
+//!                    order       epochs×minibatches  (before actors  once
+//!                                                     see the version)
 //! ```
 //!
 //! Each stage owns its state: the [`batcher::Batcher`] the pending chunks,
@@ -122,8 +123,7 @@ impl Trainer {
             .iter()
             .map(|i| acting.saturating_sub(i.chunk.policy_version))
             .collect();
-        let mut stats = self.learning.update(&items, self.env_steps());
-        drop(items);
+        let mut stats = self.learning.update(items, self.env_steps());
         let t0 = std::time::Instant::now();
         let snapshot = self.publisher.next(&self.learning.policy);
         stats.seconds += t0.elapsed().as_secs_f64();

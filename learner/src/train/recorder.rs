@@ -1,6 +1,9 @@
 //! The run's counters and what reads them: Prometheus, `metrics.jsonl` and
-//! the progress line all see the same numbers, because every event is counted
-//! once, here, where both the atomic and the Prometheus series are bumped.
+//! the progress line all see the same numbers, because each count reported
+//! in more than one place (received, stale, episodes, env steps trained,
+//! busy time) is bumped once, here, together with its Prometheus series.
+//! Drops for other reasons are counted where they happen, through
+//! [`DropReason::count`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -28,7 +31,8 @@ pub struct Counters {
     /// learner, counted at ingest (`flotilla_learner_samples_received_total`).
     pub samples_received: AtomicU64,
     /// The part of them dropped as stale, at ingest or before training:
-    /// received = trained + pending + stale.
+    /// received = trained + pending + stale (+ REINFORCE's discarded
+    /// incomplete episodes, and what is still queued when a run ends).
     pub stale_samples: AtomicU64,
     /// Seconds spent training (f64 bits), for the learner-idle fraction.
     busy_seconds_bits: AtomicU64,

@@ -209,10 +209,13 @@ pub fn kl_penalty(logp: &Tensor, ref_logp: &Tensor, coef: f64) -> (Tensor, f64) 
 ///
 /// ```text
 /// e    = clip(KL / target − 1, −0.2, 0.2)
-/// coef ← coef · (1 + e · n / horizon)
+/// coef ← coef · (1 + e · min(n / horizon, 1))
 /// ```
 ///
 /// after each batch of `n` samples whose mean KL to the reference was `KL`.
+/// The `min(·, 1)` is ours: without it a batch larger than the horizon
+/// could move the coefficient by more than 20%, and one more than 5× the
+/// horizon with KL below target would turn it negative (a KL bonus).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KlController {
     pub coef: f64,
@@ -226,7 +229,7 @@ impl KlController {
         if let Some(target) = self.target {
             if kl.is_finite() {
                 let e = (kl / target - 1.0).clamp(-0.2, 0.2);
-                self.coef *= 1.0 + e * samples as f64 / self.horizon;
+                self.coef *= 1.0 + e * (samples as f64 / self.horizon).min(1.0);
             }
         }
     }
@@ -273,6 +276,21 @@ mod tests {
         let mut fixed = KlController { target: None, ..c };
         fixed.update(100.0, 1000);
         assert_eq!(fixed.coef, c.coef);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_horizon_moves_the_coefficient_at_most_20_percent() {
+        let mut c = KlController {
+            coef: 0.2,
+            target: Some(6.0),
+            horizon: 10_000.0,
+        };
+        // n = 6 horizons, KL far below target: uncapped, 1 − 0.2·6 = −0.2
+        // would flip the sign; capped, ×0.8.
+        c.update(0.1, 60_000);
+        assert!((c.coef - 0.16).abs() < 1e-12, "{}", c.coef);
+        c.update(600.0, 60_000);
+        assert!((c.coef - 0.16 * 1.2).abs() < 1e-12, "{}", c.coef);
     }
 
     #[test]

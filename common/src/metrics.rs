@@ -29,6 +29,7 @@ pub const CHECKPOINTS_WRITTEN: &str = "flotilla_checkpoints_written_total";
 pub const AUTH_FAILURES: &str = "flotilla_auth_failures_total";
 pub const KL_REFERENCE: &str = "flotilla_kl_reference";
 pub const KL_COEF: &str = "flotilla_kl_coef";
+pub const UPDATES_SKIPPED: &str = "flotilla_updates_skipped_total";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
 pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
@@ -190,6 +191,12 @@ pub fn describe_learner() {
         KL_COEF,
         "KL penalty coefficient of the last batch (KL penalty runs)"
     );
+    describe_counter!(
+        UPDATES_SKIPPED,
+        Unit::Count,
+        "updates undone because their loss, gradient or parameters were not finite (the policy stays as it was)"
+    );
+    metrics::counter!(UPDATES_SKIPPED, "reason" => "non_finite").increment(0);
     for reason in DropReason::ALL {
         reason.count(0);
     }

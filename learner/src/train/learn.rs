@@ -20,6 +20,13 @@ use crate::algo::{self, Estimator, KlController, UpdatePlan};
 use crate::config::RunConfig;
 use crate::model::Policy;
 
+/// An update that produced non-finite numbers and was undone.
+#[derive(Debug, Clone, Copy)]
+pub struct NonFinite {
+    /// What the undone update measured (where the non-finite values show).
+    pub stats: UpdateStats,
+}
+
 /// Frozen reference policy and controller of the KL penalty.
 pub struct KlPenalty {
     pub reference: Policy,
@@ -50,21 +57,60 @@ impl Learning {
         self.kl.as_ref().map(|k| k.controller.coef)
     }
 
-    /// One update on `items`, `env_steps` transitions into the run.
-    pub fn update(&mut self, items: Vec<Item>, env_steps: u64) -> UpdateStats {
+    /// One update on `items`, `env_steps` transitions into the run. An
+    /// update whose losses, gradient norm, parameters or optimizer moments
+    /// come out non-finite (one poisoned chunk is enough) is undone: the
+    /// policy and Adam are left exactly as they were, and `Err` says so.
+    pub fn update(&mut self, items: Vec<Item>, env_steps: u64) -> Result<UpdateStats, NonFinite> {
         let t0 = Instant::now();
         let (batch, kl_mean) = self.batch(&items);
         // The device batch holds everything now; free the host chunks.
         drop(items);
         let lr = self.plan.learning_rate_at(env_steps);
+        let saved = self.save();
         let mut stats = policy_update(&self.policy, &mut self.adam, &batch, &self.plan, lr);
+        stats.seconds = t0.elapsed().as_secs_f64();
+        if !self.all_finite(&stats) {
+            self.restore(saved);
+            return Err(NonFinite { stats });
+        }
         if let Some(kl) = self.kl.as_mut() {
             stats.kl_reference = kl_mean;
             stats.kl_coef = kl.controller.coef;
             kl.controller.update(kl_mean, batch.len as usize);
         }
-        stats.seconds = t0.elapsed().as_secs_f64();
-        stats
+        Ok(stats)
+    }
+
+    /// Copies of the parameters and Adam's state.
+    fn save(&self) -> (Tensor, Tensor, Tensor, u64) {
+        tch::no_grad(|| {
+            (
+                self.policy.trainable().detach().copy(),
+                self.adam.m.copy(),
+                self.adam.v.copy(),
+                self.adam.step,
+            )
+        })
+    }
+
+    fn restore(&mut self, (params, m, v, step): (Tensor, Tensor, Tensor, u64)) {
+        tch::no_grad(|| {
+            self.policy.trainable().copy_(&params);
+        });
+        self.adam.m = m;
+        self.adam.v = v;
+        self.adam.step = step;
+    }
+
+    fn all_finite(&self, s: &UpdateStats) -> bool {
+        let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) == 1;
+        [s.policy_loss, s.value_loss, s.entropy, s.grad_norm]
+            .iter()
+            .all(|x| x.is_finite())
+            && tch::no_grad(|| {
+                finite(&self.policy.trainable()) && finite(&self.adam.m) && finite(&self.adam.v)
+            })
     }
 
     /// Assembles `items` into one device batch with values, advantages and
@@ -259,6 +305,38 @@ mod tests {
             episode_returns: vec![],
             episode_lengths: vec![],
         }
+    }
+
+    /// One well-formed but poisoned chunk (a behavior log-probability no
+    /// policy gives) makes the ratio infinite: the update is undone and the
+    /// policy and Adam stay bit for bit as they were; honest data then trains.
+    #[test]
+    fn a_non_finite_update_is_undone() {
+        let cfg = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &[]).unwrap();
+        let space = Space::Discrete { n: 2 };
+        let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 3);
+        let mut learning = Learning::new(policy, None, &cfg);
+        let host_state = |l: &Learning| {
+            (
+                host(&l.policy.trainable()),
+                host(&l.adam.m),
+                host(&l.adam.v),
+                l.adam.step,
+            )
+        };
+        let before = host_state(&learning);
+        let mut poisoned = chunk(1, 4, 2, &[]);
+        poisoned.behavior_logp[3] = -1e30;
+        let undone = learning
+            .update(vec![Item::new(poisoned), Item::new(chunk(2, 4, 2, &[]))], 0)
+            .expect_err("an infinite ratio cannot train");
+        assert!(!undone.stats.policy_loss.is_finite(), "{:?}", undone.stats);
+        assert_eq!(host_state(&learning), before);
+        let stats = learning
+            .update(vec![Item::new(chunk(2, 4, 2, &[]))], 0)
+            .expect("honest data trains");
+        assert!(stats.policy_loss.is_finite());
+        assert_ne!(host_state(&learning).0, before.0);
     }
 
     /// With λ = 0 the value target of step t is the one-step TD target

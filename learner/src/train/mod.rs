@@ -96,9 +96,10 @@ impl Trainer {
             };
             metrics::gauge!(m::INGEST_QUEUE_DEPTH).set(self.rx.len() as f64);
             if let Some(batch) = self.batcher.push(*admitted, self.publisher.version()) {
-                let version = self.update(batch)?;
-                if version.is_multiple_of(self.checkpoints.every) {
-                    self.checkpoint()?;
+                if let Some(version) = self.update(batch)? {
+                    if version.is_multiple_of(self.checkpoints.every) {
+                        self.checkpoint()?;
+                    }
                 }
             }
         }
@@ -116,14 +117,22 @@ impl Trainer {
         self.counters.env_steps.load(Ordering::Relaxed)
     }
 
-    /// Trains on one batch, records and publishes the new version.
-    fn update(&mut self, items: Vec<Item>) -> Result<u64, TrainError> {
+    /// Trains on one batch, records and publishes the new version; `None`
+    /// when the update was undone for non-finite numbers (nothing is
+    /// published or counted as trained then).
+    fn update(&mut self, items: Vec<Item>) -> Result<Option<u64>, TrainError> {
         let acting = self.publisher.version();
         let lags: Vec<u64> = items
             .iter()
             .map(|i| acting.saturating_sub(i.chunk.policy_version))
             .collect();
-        let mut stats = self.learning.update(items, self.env_steps());
+        let mut stats = match self.learning.update(items, self.env_steps()) {
+            Ok(stats) => stats,
+            Err(undone) => {
+                self.recorder.skipped(&undone.stats);
+                return Ok(None);
+            }
+        };
         let t0 = std::time::Instant::now();
         let snapshot = self.publisher.next(&self.learning.policy);
         stats.seconds += t0.elapsed().as_secs_f64();
@@ -132,7 +141,7 @@ impl Trainer {
         // arrives between the two, so a seeded run's log repeats exactly.
         self.recorder.update(&stats, lags, version)?;
         self.publisher.publish(snapshot);
-        Ok(version)
+        Ok(Some(version))
     }
 
     /// Host copy of the full training state.

@@ -16,6 +16,7 @@ use flotilla_common::chunk::Chunk;
 use flotilla_common::metrics::{self as m, DropReason};
 use flotilla_common::Snapshot;
 use tokio::sync::watch;
+use tracing::warn;
 
 use super::update::UpdateStats;
 
@@ -129,6 +130,9 @@ pub struct Recorder {
     log: BufWriter<File>,
     started: Instant,
     kl_penalty: bool,
+    /// Updates undone for non-finite numbers, and when that was last logged.
+    skipped: u64,
+    skip_logged: Option<Instant>,
 }
 
 impl Recorder {
@@ -138,6 +142,28 @@ impl Recorder {
             log: BufWriter::new(log),
             started,
             kl_penalty,
+            skipped: 0,
+            skip_logged: None,
+        }
+    }
+
+    /// Records an update that was undone because its numbers were not
+    /// finite; logs at most every 10 s, with the count so far.
+    pub fn skipped(&mut self, s: &UpdateStats) {
+        self.skipped += 1;
+        metrics::counter!(m::UPDATES_SKIPPED, "reason" => "non_finite").increment(1);
+        if self
+            .skip_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            self.skip_logged = Some(Instant::now());
+            warn!(
+                skipped = self.skipped,
+                policy_loss = s.policy_loss,
+                value_loss = s.value_loss,
+                grad_norm = s.grad_norm,
+                "update undone: non-finite loss, gradient or parameters (a poisoned batch); the policy stays as it was"
+            );
         }
     }
 

@@ -5,6 +5,9 @@ Builds the images locally (deploy/build-images.sh), starts the learner, two
 actors and Prometheus with deploy/docker-compose.yml, and checks that:
 
 1. training progresses: the policy version advances and the mean return rises;
+   learner and actors run with no capabilities and no-new-privileges, the
+   learner requires the shared token (from the `secrets` volume), and an
+   actor without it is refused with exit code 64;
 2. scaling to four actors needs no config edit: Prometheus finds four actor
    targets up through Docker DNS and the summed env steps/s goes up;
 3. a network partition heals itself: an actor cut off from the network for a
@@ -180,6 +183,29 @@ def exported_names(text):
     return {m.group(1) for m in map(METRIC_LINE.match, text.splitlines()) if m}
 
 
+def check_hardening(cluster):
+    """Learner and actors run without capabilities or privilege escalation,
+    the learner requires the token, and a client without it is refused."""
+    for service in ("learner", "actor"):
+        for cid in cluster.containers(service):
+            host = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True,
+                                             text=True, check=True).stdout)[0]["HostConfig"]
+            if "ALL" not in (host.get("CapDrop") or []):
+                fail(f"{service} {cid[:12]} keeps capabilities: CapDrop={host.get('CapDrop')}")
+            if not any("no-new-privileges" in o for o in host.get("SecurityOpt") or []):
+                fail(f"{service} {cid[:12]} lacks no-new-privileges: {host.get('SecurityOpt')}")
+    if "every gRPC call must carry the shared token" not in cluster.logs("learner"):
+        fail("the learner does not require the shared token")
+    p = subprocess.run(["docker", "run", "--rm", "--network", f"{cluster.project}_default",
+                        f"flotilla/actor:{TAG}", "--learner", "http://learner:50051",
+                        "--name", "no-token"],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode != 64 or "token" not in p.stdout + p.stderr:
+        fail(f"an actor without the token was not refused (exit {p.returncode}): "
+             f"{(p.stdout + p.stderr)[-1000:]}")
+    log("learner and actors run hardened; an actor without the token is refused (exit 64)")
+
+
 def scenario(cluster):
     log("starting learner, 2 actors and Prometheus")
     cluster.up(2)
@@ -188,6 +214,7 @@ def scenario(cluster):
                          cluster.learner_metrics()), 180)
     log(f"training: version {first['flotilla_policy_version']:.0f}, "
         f"return {first['flotilla_episode_return_mean']:.1f}")
+    check_hardening(cluster)
     time.sleep(40)
     later = cluster.learner_metrics()
     log(f"40 s later: version {later['flotilla_policy_version']:.0f}, "

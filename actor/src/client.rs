@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
@@ -103,16 +104,26 @@ struct Session {
     client: LearnerClient<InterceptedService<Channel, AttachToken>>,
     run_id: String,
     actor_id: u32,
+    /// The credential this session's trajectory stream carries.
+    credential: String,
     /// The learner's policy version at the handshake.
     version: u64,
     spec: WorkerSpec,
 }
 
 async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Status> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("connecting to {}: {e}", opts.learner)))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let chain = error_chain(&e);
+        if is_certificate_error(&chain) {
+            // A certificate the other side refuses will be refused again.
+            Status::failed_precondition(format!(
+                "TLS handshake with {} failed: {chain} (check --tls-ca, --tls-cert and --tls-key)",
+                opts.learner
+            ))
+        } else {
+            Status::unavailable(format!("connecting to {}: {chain}", opts.learner))
+        }
+    })?;
     let mut client = LearnerClient::with_interceptor(channel, AttachToken(opts.auth_token.clone()))
         .max_decoding_message_size(usize::MAX);
     let rs = client
@@ -144,6 +155,7 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         client,
         run_id: rs.run_id,
         actor_id: rs.actor_id,
+        credential: rs.session,
         version: rs.policy_version,
         spec,
     })
@@ -217,12 +229,59 @@ fn endpoint(opts: &ActorOptions) -> Result<Endpoint, ActorError> {
     }
 }
 
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
+/// Whether a failed connection is a certificate problem (rustls's wording:
+/// an unknown issuer, a bad or missing certificate, a name mismatch) rather
+/// than a learner that is not there yet.
+fn is_certificate_error(chain: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "BadCertificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "NotValidForName",
+    ]
+    .iter()
+    .any(|needle| chain.contains(needle))
+}
+
+/// Whether a URL host names this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Runs an actor until `stop` turns true or the learner refuses it.
 pub async fn run(
     opts: ActorOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<ActorSummary, ActorError> {
     let endpoint = endpoint(&opts)?;
+    if opts.auth_token.is_some() && opts.tls.is_none() && !is_loopback_host(endpoint.uri().host()) {
+        warn!(
+            learner = %opts.learner,
+            "sending the shared token in plaintext to a learner off this host: anyone on the path can read it (use an https:// learner with --tls-ca)"
+        );
+    }
     let (snap_tx, snap_rx) = watch::channel::<Option<Snapshot>>(None);
     let mut worker: Option<Worker> = None;
     let mut backoff = Backoff::new();
@@ -310,6 +369,7 @@ async fn serve(
         mut client,
         run_id,
         actor_id,
+        credential,
         version,
         ..
     } = session;
@@ -325,9 +385,15 @@ async fn serve(
         .await?
         .into_inner();
     let (out_tx, out_rx) = mpsc::channel::<proto::Chunk>(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+    let credential = MetadataValue::try_from(credential.as_str())
+        .map_err(|_| Status::failed_precondition("the learner's session credential is not text"))?;
+    request
+        .metadata_mut()
+        .insert(proto::SESSION_METADATA, credential);
     let mut upload = {
         let mut c = client.clone();
-        tokio::spawn(async move { c.stream_trajectories(ReceiverStream::new(out_rx)).await })
+        tokio::spawn(async move { c.stream_trajectories(request).await })
     };
     let mut sequence = 0u64;
     let mut out_tx = Some(out_tx);
@@ -378,5 +444,41 @@ async fn serve(
                 summary.chunks_sent += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.3.2.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(is_loopback_host(Some(host)), "{host}");
+        }
+        for host in ["learner", "10.0.0.5", "0.0.0.0", "[::]", "example.com"] {
+            assert!(!is_loopback_host(Some(host)), "{host}");
+        }
+        assert!(!is_loopback_host(None));
+    }
+
+    #[test]
+    fn certificate_problems_are_told_apart_from_absence() {
+        assert!(is_certificate_error(
+            "transport error: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(is_certificate_error(
+            "received fatal alert: CertificateRequired"
+        ));
+        assert!(!is_certificate_error(
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        ));
     }
 }

@@ -82,6 +82,41 @@ pub enum FormatError {
     Io(#[from] std::io::Error),
 }
 
+/// Longest safetensors header [`read_metadata`] reads (names, shapes and the
+/// run config; far below this for any real policy).
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Reads only the string metadata of the checkpoint at `path`: the 8-byte
+/// header length and the JSON header, not the tensors. Cheap enough to
+/// identify every file of a folder (pruning matches run ids with it).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, FormatError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(FormatError::TooLarge {
+            len,
+            max: MAX_HEADER_BYTES,
+        });
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)?;
+    let bad = |m: String| FormatError::Safetensors(format!("header: {m}"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let metadata: HashMap<String, String> = match json.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| bad(e.to_string()))?,
+        None => HashMap::new(),
+    };
+    match metadata.get(key::FORMAT) {
+        None => Err(FormatError::Missing(key::FORMAT)),
+        Some(f) if f != FORMAT => Err(FormatError::WrongFormat { found: f.clone() }),
+        Some(_) => Ok(metadata),
+    }
+}
+
 /// A decoded checkpoint: metadata and every tensor, not yet checked against a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointFile {
@@ -194,6 +229,29 @@ mod tests {
         assert_eq!(parse_file_name(&temp_file_name(42)), None);
         assert_eq!(parse_file_name("ckpt-12.json"), None);
         assert_eq!(parse_file_name("notes.txt"), None);
+    }
+
+    #[test]
+    fn metadata_reads_from_the_header_alone() {
+        let dir = crate::testing::TempDir::new("ckpt-meta");
+        let meta = HashMap::from([(key::RUN_ID.to_owned(), "r7".to_owned())]);
+        let bytes = CheckpointFile::encode(meta, &[(MODEL, &tensors(1.0))]);
+        let path = dir.join("c.safetensors");
+        // Only the header is needed: a file cut after it still answers.
+        let header_len = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        std::fs::write(&path, &bytes[..header_len]).unwrap();
+        let m = read_metadata(&path).unwrap();
+        assert_eq!(m[key::RUN_ID], "r7");
+        assert_eq!(m[key::FORMAT], FORMAT);
+        std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+        assert!(matches!(
+            read_metadata(&path),
+            Err(FormatError::TooLarge { .. })
+        ));
+        std::fs::write(&path, b"\x02\0\0\0\0\0\0\0{}").unwrap();
+        assert!(matches!(read_metadata(&path), Err(FormatError::Missing(_))));
+        std::fs::write(&path, b"abc").unwrap();
+        assert!(read_metadata(&path).is_err());
     }
 
     #[test]

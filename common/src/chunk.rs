@@ -40,7 +40,70 @@ pub struct ChunkExpectations {
     pub newest_version: u64,
     /// Whether `behavior_value` must be present.
     pub require_behavior_value: bool,
+    /// Limits on the values themselves.
+    pub bounds: ValueBounds,
 }
+
+/// Values no sane actor produces, refused as `out_of_bounds`: finite but
+/// absurd numbers (a log-probability of -1e30, a reward of 3e38) pass every
+/// shape check and would turn the next update's loss into NaN or infinity.
+/// The learner builds these from `[ingest]` (docs/configuration.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueBounds {
+    /// Largest |x| of `obs` and `final_obs`.
+    pub max_abs_observation: f32,
+    /// Per-dimension bounds of the observation space (`[obs_dim]` each, or
+    /// empty to check none); infinite bounds are not checked.
+    pub observation_low: Vec<f32>,
+    pub observation_high: Vec<f32>,
+    /// Largest |x| of `rewards`; an episode's return is at most this times
+    /// its length.
+    pub max_abs_reward: f32,
+    /// Largest |x| of `behavior_value`.
+    pub max_abs_value: f32,
+    /// Largest |x| of a continuous action.
+    pub max_abs_action: f32,
+    /// Smallest `behavior_logp` per action dimension (negative): a discrete
+    /// log-probability lies in `[min_logp, 0]`, a Gaussian one of `act_dim`
+    /// dimensions is at least `min_logp * act_dim`.
+    pub min_logp: f32,
+}
+
+impl ValueBounds {
+    /// Finiteness only: every finite value passes.
+    pub fn unbounded() -> Self {
+        ValueBounds {
+            max_abs_observation: f32::MAX,
+            observation_low: Vec::new(),
+            observation_high: Vec::new(),
+            max_abs_reward: f32::MAX,
+            max_abs_value: f32::MAX,
+            max_abs_action: f32::MAX,
+            min_logp: f32::MIN,
+        }
+    }
+
+    /// The defaults of `[ingest]`, with the observation space's own bounds.
+    pub fn defaults(observation_space: &Space) -> Self {
+        let (observation_low, observation_high) = match observation_space {
+            Space::Box { low, high, .. } => (low.clone(), high.clone()),
+            Space::Discrete { .. } => (Vec::new(), Vec::new()),
+        };
+        ValueBounds {
+            max_abs_observation: 1e6,
+            observation_low,
+            observation_high,
+            max_abs_reward: 1e6,
+            max_abs_value: 1e9,
+            max_abs_action: 1e6,
+            min_logp: -1e3,
+        }
+    }
+}
+
+/// Slack above 0 for a discrete log-probability: a log-softmax computed in
+/// f32 (and the actors' fast exp/log) can round a hair above 0.
+const LOGP_ROUNDING: f32 = 1e-3;
 
 /// Actions of a chunk, `[T, N]` (Discrete) or `[T, N, act_dim]` (Box), row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +286,14 @@ pub enum ChunkError {
         index: usize,
         value: f32,
     },
+    /// A finite value outside what the run accepts (`[ingest]` bounds).
+    #[error("field `{field}`: expected {expected}, got {value:e} at index {index}")]
+    OutOfBounds {
+        field: &'static str,
+        index: usize,
+        value: f32,
+        expected: String,
+    },
     /// A discrete action outside the action space.
     #[error("field `actions`: expected values in 0..{n}, got {value} at index {index}")]
     ActionOutOfRange { index: usize, value: i64, n: usize },
@@ -255,15 +326,17 @@ impl ChunkError {
             | ChunkError::SizeOverflow { field, .. }
             | ChunkError::Count { field, .. }
             | ChunkError::NotFinite { field, .. }
+            | ChunkError::OutOfBounds { field, .. }
             | ChunkError::NotAFlag { field, .. }
             | ChunkError::Invalid { field, .. } => field,
         }
     }
 
-    /// Why the chunk is dropped: `too_large`, `wrong_run`, `future_version`
-    /// or `invalid`.
+    /// Why the chunk is dropped: `too_large`, `wrong_run`, `future_version`,
+    /// `out_of_bounds` or `invalid`.
     pub fn drop_reason(&self) -> DropReason {
         match self {
+            ChunkError::OutOfBounds { .. } => DropReason::OutOfBounds,
             ChunkError::TooLarge { .. } => DropReason::TooLarge,
             ChunkError::WrongRun { .. } => DropReason::WrongRun,
             ChunkError::FutureVersion { .. } => DropReason::FutureVersion,
@@ -288,13 +361,14 @@ impl ChunkError {
 /// Validates a chunk from the wire against what the run expects.
 ///
 /// Checks, in this order, stopping at the first failure: the encoded size;
-/// `run_id` and `env_id`; `policy_version` not newer than the learner's; `t` in
-/// `1..=chunk_len` and `n` in `1..=max_envs`; then, field by field, each
-/// array's exact byte length from T, N and the spaces, finite floats, discrete
-/// actions in `0..n`, done flags 0 or 1, `final_obs_index` strictly increasing,
-/// below `T*N` and exactly the positions whose `terminated` or `truncated` is
-/// set, `final_obs` of `[K, obs_dim]`, and one return and one length (>= 1)
-/// per ended episode. Never panics, whatever the input.
+/// `run_id` and `env_id`; `sequence` at least 1; `policy_version` not newer
+/// than the learner's; `t` in `1..=chunk_len` and `n` in `1..=max_envs`;
+/// then, field by field, each array's exact byte length from T, N and the
+/// spaces, finite floats within the [`ValueBounds`], discrete actions in
+/// `0..n`, done flags 0 or 1, `final_obs_index` strictly increasing, below
+/// `T*N` and exactly the positions whose `terminated` or `truncated` is set,
+/// `final_obs` of `[K, obs_dim]`, and one return (bounded by the length) and
+/// one length (>= 1) per ended episode. Never panics, whatever the input.
 pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, ChunkError> {
     let encoded = prost::Message::encoded_len(&chunk) as u64;
     if encoded > exp.max_bytes {
@@ -331,6 +405,15 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
     if env_id != exp.env_id {
         return Err(wrong_run("env_id", &exp.env_id, &env_id));
     }
+    if sequence == 0 {
+        return Err(ChunkError::OutOfRange {
+            field: "sequence",
+            min: 1,
+            max: u64::MAX,
+            limit: "sequence numbers start at 1",
+            actual: 0,
+        });
+    }
     if policy_version > exp.newest_version {
         return Err(ChunkError::FutureVersion {
             newest: exp.newest_version,
@@ -350,6 +433,8 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
         &[("T+1", t1), ("N", n64), ("obs_dim", d)],
     )?;
     let obs = finite_f32s("obs", &obs)?;
+    let b = &exp.bounds;
+    observations_within("obs", &obs, b)?;
 
     let actions = match &exp.action_space {
         Space::Discrete { n: num_actions } => {
@@ -371,19 +456,28 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
             let act_dim = space.flat_dim() as u64;
             let dims = [("T", t64), ("N", n64), ("act_dim", act_dim)];
             check_size("actions", actions.len(), F32, &dims)?;
-            Actions::Continuous(finite_f32s("actions", &actions)?)
+            let a = finite_f32s("actions", &actions)?;
+            abs_within("actions", &a, b.max_abs_action, "ingest.max_abs_action")?;
+            Actions::Continuous(a)
         }
     };
 
     let tn_dims = [("T", t64), ("N", n64)];
     check_size("rewards", rewards.len(), F32, &tn_dims)?;
     let rewards = finite_f32s("rewards", &rewards)?;
+    abs_within(
+        "rewards",
+        &rewards,
+        b.max_abs_reward,
+        "ingest.max_abs_reward",
+    )?;
     check_size("terminated", terminated.len(), U8, &tn_dims)?;
     let terminated = flags("terminated", &terminated)?;
     check_size("truncated", truncated.len(), U8, &tn_dims)?;
     let truncated = flags("truncated", &truncated)?;
     check_size("behavior_logp", behavior_logp.len(), F32, &tn_dims)?;
     let behavior_logp = finite_f32s("behavior_logp", &behavior_logp)?;
+    logp_within(&behavior_logp, &exp.action_space, b.min_logp)?;
     let behavior_value = if exp.require_behavior_value || !behavior_value.is_empty() {
         let note = if exp.require_behavior_value {
             "required by the run"
@@ -391,7 +485,14 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
             "or empty"
         };
         check_size_noted("behavior_value", behavior_value.len(), F32, &tn_dims, note)?;
-        Some(finite_f32s("behavior_value", &behavior_value)?)
+        let v = finite_f32s("behavior_value", &behavior_value)?;
+        abs_within(
+            "behavior_value",
+            &v,
+            b.max_abs_value,
+            "ingest.max_abs_value",
+        )?;
+        Some(v)
     } else {
         None
     };
@@ -405,6 +506,7 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
         &[("K", k), ("obs_dim", d)],
     )?;
     let final_obs = finite_f32s("final_obs", &final_obs)?;
+    observations_within("final_obs", &final_obs, b)?;
 
     let what = "one per episode that ended in the chunk";
     for (field, actual) in [
@@ -432,6 +534,24 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
             field: "episode_lengths",
             expected: "lengths of at least 1".into(),
             actual: format!("0 at index {index}"),
+        });
+    }
+    // A return is a sum of at most `length` rewards, each within the bound.
+    let longest_sum = |len: u32| f64::from(b.max_abs_reward) * f64::from(len);
+    let too_big = episode_returns
+        .iter()
+        .zip(&episode_lengths)
+        .position(|(&r, &len)| f64::from(r).abs() > longest_sum(len));
+    if let Some(index) = too_big {
+        return Err(ChunkError::OutOfBounds {
+            field: "episode_returns",
+            index,
+            value: episode_returns[index],
+            expected: format!(
+                "|x| <= {:e} (ingest.max_abs_reward x episode length {})",
+                longest_sum(episode_lengths[index]),
+                episode_lengths[index]
+            ),
         });
     }
 
@@ -629,6 +749,85 @@ fn finite_f32s(field: &'static str, bytes: &[u8]) -> Result<Vec<f32>, ChunkError
             value: v[index],
         }),
         None => Ok(v),
+    }
+}
+
+/// Every |x| at most `max`.
+fn abs_within(
+    field: &'static str,
+    values: &[f32],
+    max: f32,
+    key: &'static str,
+) -> Result<(), ChunkError> {
+    match values.iter().position(|x| x.abs() > max) {
+        Some(index) => Err(ChunkError::OutOfBounds {
+            field,
+            index,
+            value: values[index],
+            expected: format!("|x| <= {max:e} ({key})"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Observations (rows of `obs_dim`) within `max_abs_observation` and the
+/// observation space's finite bounds. The space's bounds get a relative slack
+/// of 1e-5 for values an environment rounds onto them.
+fn observations_within(
+    field: &'static str,
+    values: &[f32],
+    b: &ValueBounds,
+) -> Result<(), ChunkError> {
+    abs_within(
+        field,
+        values,
+        b.max_abs_observation,
+        "ingest.max_abs_observation",
+    )?;
+    let dim = b.observation_low.len();
+    if dim == 0 || b.observation_high.len() != dim {
+        return Ok(());
+    }
+    let slack = |x: f32| 1e-5 * x.abs().max(1.0);
+    for (index, &x) in values.iter().enumerate() {
+        let (lo, hi) = (
+            b.observation_low[index % dim],
+            b.observation_high[index % dim],
+        );
+        if x < lo - slack(lo) || x > hi + slack(hi) {
+            return Err(ChunkError::OutOfBounds {
+                field,
+                index,
+                value: x,
+                expected: format!(
+                    "values in the observation space, dimension {}: [{lo}, {hi}] (ingest.check_observation_space)",
+                    index % dim
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Behavior log-probabilities: a discrete one in `[min_logp, 0]`, a Gaussian
+/// one of `act_dim` dimensions at least `min_logp * act_dim`.
+fn logp_within(values: &[f32], action_space: &Space, min_logp: f32) -> Result<(), ChunkError> {
+    let (lo, hi) = match action_space {
+        Space::Discrete { .. } => (min_logp, LOGP_ROUNDING),
+        space => (min_logp * space.flat_dim() as f32, f32::MAX),
+    };
+    match values.iter().position(|&x| x < lo || x > hi) {
+        Some(index) => Err(ChunkError::OutOfBounds {
+            field: "behavior_logp",
+            index,
+            value: values[index],
+            expected: if hi < f32::MAX {
+                format!("values in [{lo:e}, 0] (ingest.min_behavior_logp)")
+            } else {
+                format!("values >= {lo:e} (ingest.min_behavior_logp x act_dim)")
+            },
+        }),
+        None => Ok(()),
     }
 }
 
@@ -1098,6 +1297,7 @@ mod tests {
             max_bytes: 1 << 20,
             newest_version: 5,
             require_behavior_value: values,
+            bounds: ValueBounds::unbounded(),
         }
     }
 
@@ -1527,6 +1727,167 @@ mod tests {
             let index = if field == "episode_returns" { 1 } else { 5 };
             assert!(msg.contains("expected finite values, got"), "{msg}");
             assert!(msg.ends_with(&format!("at index {index}")), "{msg}");
+        }
+    }
+
+    /// Bounds every honest toy chunk passes: obs in [-10, 10]^4 (the toy's
+    /// obs are small counts), |reward| <= 10, |value| <= 100, |action| <= 5,
+    /// log-probs >= -2 per dimension.
+    fn tight(space: Space, values: bool) -> ChunkExpectations {
+        ChunkExpectations {
+            bounds: ValueBounds {
+                max_abs_observation: 10.0,
+                observation_low: vec![-10.0; D],
+                observation_high: vec![10.0; D],
+                max_abs_reward: 10.0,
+                max_abs_value: 100.0,
+                max_abs_action: 5.0,
+                min_logp: -2.0,
+            },
+            ..expectations(space, 4, 3, values)
+        }
+    }
+
+    #[test]
+    fn values_outside_the_bounds_are_out_of_bounds() {
+        type Corrupt = fn(&mut proto::Chunk);
+        let cases: [(&str, f32, Corrupt); 9] = [
+            ("obs", 1e35, |p| p.obs = set_f32(&p.obs, 5, 1e35)),
+            ("obs", -11.0, |p| p.obs = set_f32(&p.obs, 5, -11.0)),
+            ("rewards", 3e38, |p| {
+                p.rewards = set_f32(&p.rewards, 5, 3e38)
+            }),
+            ("behavior_logp", -1e30, |p| {
+                p.behavior_logp = set_f32(&p.behavior_logp, 5, -1e30)
+            }),
+            ("behavior_value", -1e4, |p| {
+                p.behavior_value = set_f32(&p.behavior_value, 5, -1e4)
+            }),
+            ("final_obs", 20.0, |p| {
+                p.final_obs = set_f32(&p.final_obs, 5, 20.0)
+            }),
+            ("actions", 6.0, |p| p.actions = set_f32(&p.actions, 5, 6.0)),
+            ("actions", -6.0, |p| {
+                p.actions = set_f32(&p.actions, 5, -6.0)
+            }),
+            ("episode_returns", 1e9, |p| p.episode_returns[1] = 1e9),
+        ];
+        let honest = good(boxed(), 4, 3, true).0;
+        validate(honest.clone(), &tight(boxed(), true)).expect("the honest chunk passes");
+        for (field, value, corrupt) in cases {
+            let mut p = honest.clone();
+            corrupt(&mut p);
+            // Finiteness alone lets it through; the bounds do not.
+            validate(p.clone(), &expectations(boxed(), 4, 3, true)).expect("finite");
+            let msg = assert_rejects(p, &tight(boxed(), true), field, "out_of_bounds");
+            let index = if field == "episode_returns" { 1 } else { 5 };
+            assert!(
+                msg.ends_with(&format!("got {value:e} at index {index}")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn discrete_log_probs_lie_in_min_logp_to_0_and_gaussian_ones_scale_with_dims() {
+        let (p, _) = good(discrete(), 4, 3, false);
+        let exp = tight(discrete(), false);
+        // The toy's noise makes log-probs in [-1, 1]: put honest ones in.
+        let honest = |p: &proto::Chunk, v: f32| {
+            let mut p = p.clone();
+            p.behavior_logp = f32_bytes(&[v; 12]);
+            p
+        };
+        validate(honest(&p, -1.5), &exp).unwrap();
+        validate(honest(&p, 0.0), &exp).unwrap();
+        validate(honest(&p, LOGP_ROUNDING), &exp).unwrap();
+        let msg = assert_rejects(honest(&p, 0.01), &exp, "behavior_logp", "out_of_bounds");
+        assert!(msg.contains("expected values in [-2e0, 0]"), "{msg}");
+        assert_rejects(honest(&p, -2.5), &exp, "behavior_logp", "out_of_bounds");
+        // Two Gaussian dimensions: the floor is -4, and positive densities pass.
+        let (p, _) = good(boxed(), 4, 3, false);
+        let exp = tight(boxed(), false);
+        validate(honest(&p, -3.5), &exp).unwrap();
+        validate(honest(&p, 7.0), &exp).unwrap();
+        assert_rejects(honest(&p, -4.5), &exp, "behavior_logp", "out_of_bounds");
+    }
+
+    #[test]
+    fn only_finite_observation_space_bounds_are_checked() {
+        let (mut p, _) = good(discrete(), 4, 3, false);
+        p.behavior_logp = f32_bytes(&[-0.5; 12]);
+        let mut exp = tight(discrete(), false);
+        exp.bounds.observation_low = vec![f32::NEG_INFINITY, -1.0, -10.0, -10.0];
+        exp.bounds.observation_high = vec![f32::INFINITY, 0.5, 10.0, 10.0];
+        // Dimension 1 is the toy's episode limit (1..=4): above its bound 0.5.
+        let e = err(p.clone(), &exp);
+        assert!(e.to_string().contains("dimension 1"), "{e}");
+        exp.bounds.observation_high = vec![f32::INFINITY, 4.0, 2.0, 2.0];
+        validate(p, &exp).unwrap();
+    }
+
+    /// Every shipped environment, driven by random actions for thousands of
+    /// steps, stays inside the default bounds (its own observation space among
+    /// them): the defaults refuse nothing an honest actor sends.
+    #[test]
+    fn shipped_environments_pass_the_default_bounds() {
+        use crate::env::EnvSpec;
+        let (t, n) = (64, 4);
+        for id in [
+            "CartPole-v1",
+            "Acrobot-v1",
+            "MountainCar-v0",
+            "Pendulum-v1",
+            "Maze-v0",
+            "TextMatch-v0",
+        ] {
+            let mut envs = VecEnv::new(&EnvSpec::new(id), n, 3).unwrap();
+            let (obs_space, act_space) = (
+                envs.observation_space().clone(),
+                envs.action_space().clone(),
+            );
+            let exp = ChunkExpectations {
+                run_id: "run".into(),
+                env_id: id.into(),
+                obs_dim: envs.obs_dim(),
+                action_space: act_space.clone(),
+                chunk_len: t,
+                max_envs: n,
+                max_bytes: 1 << 24,
+                newest_version: 0,
+                require_behavior_value: false,
+                bounds: ValueBounds::defaults(&obs_space),
+            };
+            let mut b = ChunkBuilder::new(t, n, envs.obs_dim(), act_space.clone());
+            b.begin(envs.observations());
+            let mut i = 0;
+            for c in 0..40 {
+                for _ in 0..t {
+                    i += 1;
+                    match &act_space {
+                        Space::Discrete { n: k } => {
+                            let a: Vec<usize> = (0..n)
+                                .map(|e| (noise(c, i * n + e).abs() * *k as f32) as usize % k)
+                                .collect();
+                            envs.step_discrete(&a);
+                            let logp = vec![-(*k as f32).ln(); n];
+                            b.push_discrete(&a, &logp, None, &envs);
+                        }
+                        space => {
+                            let d = space.flat_dim();
+                            // Gaussian samples with std 1 around 0, unclipped.
+                            let a: Vec<f32> =
+                                (0..n * d).map(|j| 3.0 * noise(c, i * n * d + j)).collect();
+                            envs.step_continuous(&a);
+                            b.push_continuous(&a, &vec![-2.0 * d as f32; n], None, &envs);
+                        }
+                    }
+                }
+                let p = b.finish("run", id, 1, c + 1, 0);
+                if let Err(e) = validate(p, &exp) {
+                    panic!("{id}: chunk {c}: {e}");
+                }
+            }
         }
     }
 

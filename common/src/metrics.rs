@@ -30,6 +30,7 @@ pub const AUTH_FAILURES: &str = "flotilla_auth_failures_total";
 pub const KL_REFERENCE: &str = "flotilla_kl_reference";
 pub const KL_COEF: &str = "flotilla_kl_coef";
 pub const UPDATES_SKIPPED: &str = "flotilla_updates_skipped_total";
+pub const LAST_UPDATE_TIME: &str = "flotilla_last_update_timestamp_seconds";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
 pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
@@ -47,7 +48,7 @@ pub enum DropReason {
     /// Acted with a policy older than `ingest.max_policy_lag` allows (or, in
     /// sync mode, any older policy).
     Stale,
-    /// A sequence number this actor already used.
+    /// A sequence number not above the last one its session sent.
     Duplicate,
     /// Acted with a policy version the learner has not published.
     FutureVersion,
@@ -57,11 +58,15 @@ pub enum DropReason {
     WrongRun,
     /// REINFORCE: part of an episode that can no longer be completed.
     IncompleteEpisode,
+    /// Well-formed, but with values outside the `[ingest]` bounds.
+    OutOfBounds,
+    /// Claims an actor id that is not its session's (`PERMISSION_DENIED`).
+    WrongActor,
 }
 
 impl DropReason {
     /// Every reason, in the order the docs list them.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Invalid,
         DropReason::Stale,
         DropReason::Duplicate,
@@ -69,6 +74,8 @@ impl DropReason {
         DropReason::TooLarge,
         DropReason::WrongRun,
         DropReason::IncompleteEpisode,
+        DropReason::OutOfBounds,
+        DropReason::WrongActor,
     ];
 
     /// The label value.
@@ -81,6 +88,8 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::WrongRun => "wrong_run",
             DropReason::IncompleteEpisode => "incomplete_episode",
+            DropReason::OutOfBounds => "out_of_bounds",
+            DropReason::WrongActor => "wrong_actor",
         }
     }
 
@@ -125,6 +134,11 @@ pub fn describe_learner() {
         "optimizer updates (policy versions produced)"
     );
     describe_gauge!(POLICY_VERSION, "newest policy version");
+    describe_gauge!(
+        LAST_UPDATE_TIME,
+        Unit::Seconds,
+        "unix time of the newest update (the trainer's start before the first); `learner health` reads it"
+    );
     describe_histogram!(
         POLICY_LAG,
         "versions between the acting policy and the learner, per chunk"
@@ -262,4 +276,12 @@ pub fn describe_actor() {
         metrics::counter!(name).increment(0);
     }
     metrics::gauge!(ACTOR_POLICY_VERSION).set(0.0);
+}
+
+/// Seconds since the Unix epoch, as the timestamp gauges hold them.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -196,7 +196,13 @@ impl TryFrom<&proto::Space> for Space {
             }
             Some(proto::space::Kind::Discrete(_)) => Err("discrete space with n = 0".into()),
             Some(proto::space::Kind::Box(b)) => {
-                let size: usize = b.shape.iter().map(|&d| d as usize).product();
+                let size = b
+                    .shape
+                    .iter()
+                    .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize));
+                let Some(size) = size.filter(|&s| s > 0) else {
+                    return Err(format!("box space shape {:?} has no size", b.shape));
+                };
                 if b.shape.is_empty() || size != b.low.len() || size != b.high.len() {
                     return Err(format!(
                         "box space shape {:?} does not match {} low and {} high bounds",

@@ -8,4 +8,8 @@
 tonic::include_proto!("flotilla.v1");
 
 /// Protocol version spoken by this build (see `HelloRequest.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Metadata key of the session credential on `StreamTrajectories` (see the
+/// proto's header and `RunSpec.session`).
+pub const SESSION_METADATA: &str = "x-flotilla-session";

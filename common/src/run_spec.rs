@@ -23,8 +23,10 @@ pub struct RunSpec {
     pub action_space: Space,
     /// The learner's newest policy version at the handshake.
     pub policy_version: u64,
-    /// Identity the learner assigned to this connection.
+    /// Identity the learner assigned to this session.
     pub actor_id: u32,
+    /// The session credential the trajectory stream must carry.
+    pub session: String,
     /// Chunks must carry behavior values (the actor runs the critic too).
     pub behavior_values: bool,
     /// The run's seed; actors derive theirs with [`RunSpec::actor_seed`].
@@ -39,6 +41,15 @@ pub struct RunSpec {
     /// policy version (0: no limit).
     pub batch_samples: u64,
 }
+
+/// Longest chunk an actor accepts to act (`chunk_len`).
+pub const MAX_CHUNK_LEN: u32 = 1 << 16;
+/// Most environments per actor (`default_num_envs`).
+pub const MAX_ENVS: u32 = 1 << 16;
+/// Largest observation or action space (flat values, or discrete actions).
+pub const MAX_SPACE_SIZE: usize = 1 << 24;
+/// Longest session credential.
+pub const MAX_SESSION_LEN: usize = 128;
 
 /// A run spec from the learner that this actor cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +99,7 @@ impl From<RunSpec> for proto::RunSpec {
             default_num_envs: s.default_num_envs,
             sync: s.sync,
             batch_samples: s.batch_samples,
+            session: s.session,
         }
     }
 }
@@ -113,6 +125,7 @@ impl TryFrom<proto::RunSpec> for RunSpec {
             default_num_envs,
             sync,
             batch_samples,
+            session,
         } = rs;
         let err = |field: &'static str, message: String| RunSpecError { field, message };
         if protocol_version != proto::PROTOCOL_VERSION {
@@ -132,16 +145,63 @@ impl TryFrom<proto::RunSpec> for RunSpec {
             Space::try_from(&s.ok_or_else(|| err(field, "missing".into()))?)
                 .map_err(|m| err(field, m))
         };
-        if chunk_len == 0 {
-            return Err(err("chunk_len", "expected at least 1, got 0".into()));
+        // Sizes the actor allocates for: refuse absurd ones instead of
+        // failing to allocate (or overflowing) later.
+        for (field, value, max) in [
+            ("chunk_len", u64::from(chunk_len), u64::from(MAX_CHUNK_LEN)),
+            (
+                "default_num_envs",
+                u64::from(default_num_envs),
+                u64::from(MAX_ENVS),
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(err(field, format!("expected 1..={max}, got {value}")));
+            }
+        }
+        if max_chunk_bytes < 1024 {
+            return Err(err(
+                "max_chunk_bytes",
+                format!("expected at least 1024, got {max_chunk_bytes}"),
+            ));
+        }
+        let session_ok = |s: &str| {
+            (1..=MAX_SESSION_LEN).contains(&s.len())
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if !session_ok(&session) {
+            return Err(err(
+                "session",
+                format!(
+                    "expected 1 to {MAX_SESSION_LEN} ASCII letters, digits or '-', got {} bytes",
+                    session.len()
+                ),
+            ));
+        }
+        let observation_space = space(observation_space, "observation_space")?;
+        let action_space = space(action_space, "action_space")?;
+        for (field, s) in [
+            ("observation_space", &observation_space),
+            ("action_space", &action_space),
+        ] {
+            let size = match s {
+                Space::Discrete { n } => *n,
+                Space::Box { .. } => s.flat_dim(),
+            };
+            if size > MAX_SPACE_SIZE {
+                return Err(err(
+                    field,
+                    format!("expected at most {MAX_SPACE_SIZE} values, got {size}"),
+                ));
+            }
         }
         Ok(RunSpec {
             run_id,
             env,
             model,
             chunk_len,
-            observation_space: space(observation_space, "observation_space")?,
-            action_space: space(action_space, "action_space")?,
+            observation_space,
+            action_space,
             policy_version,
             actor_id,
             behavior_values: send_behavior_values,
@@ -150,6 +210,7 @@ impl TryFrom<proto::RunSpec> for RunSpec {
             default_num_envs,
             sync,
             batch_samples,
+            session,
         })
     }
 }
@@ -178,6 +239,7 @@ mod tests {
             default_num_envs: 8,
             sync: false,
             batch_samples: 2048,
+            session: "0123abcd".into(),
         }
     }
 
@@ -207,6 +269,45 @@ mod tests {
             RunSpec::try_from(wire).unwrap_err().field,
             "env_config_toml"
         );
+    }
+
+    /// A spec with absurd sizes is refused cleanly, naming the field, before
+    /// the actor allocates anything for it.
+    #[test]
+    fn absurd_sizes_are_refused() {
+        type Break = fn(&mut proto::RunSpec);
+        let cases: [(&str, Break); 9] = [
+            ("chunk_len", |w| w.chunk_len = 0),
+            ("chunk_len", |w| w.chunk_len = u32::MAX),
+            ("default_num_envs", |w| w.default_num_envs = 0),
+            ("default_num_envs", |w| w.default_num_envs = u32::MAX),
+            ("max_chunk_bytes", |w| w.max_chunk_bytes = 0),
+            ("session", |w| w.session.clear()),
+            ("session", |w| w.session = "a\nb".into()),
+            ("action_space", |w| {
+                w.action_space = Some(proto::Space {
+                    kind: Some(proto::space::Kind::Discrete(proto::DiscreteSpace {
+                        n: u32::MAX,
+                    })),
+                })
+            }),
+            ("observation_space", |w| {
+                // 2^32 * 2^32 overflows a 64-bit product: no panic, an error.
+                w.observation_space = Some(proto::Space {
+                    kind: Some(proto::space::Kind::Box(proto::BoxSpace {
+                        low: vec![],
+                        high: vec![],
+                        shape: vec![u32::MAX, u32::MAX, u32::MAX],
+                    })),
+                })
+            }),
+        ];
+        for (field, break_it) in cases {
+            let mut wire = proto::RunSpec::from(spec());
+            break_it(&mut wire);
+            let e = RunSpec::try_from(wire).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //! model being trained (see [`CheckpointMeta`]). A write goes to a temporary file that is
 //! fsynced, renamed over the final name and followed by an fsync of the folder,
 //! so a crash leaves either the old set of checkpoints or the new one, never a
-//! half-written file under a checkpoint name. Loading checks the file size
-//! against what the model can need before reading it, then every name, shape
-//! and value; a bad file is skipped with a warning and the next older one tried.
+//! half-written file under a checkpoint name; a write that fails removes its
+//! temporary file. Pruning reads each file's header and only ever deletes
+//! older checkpoints of the same run id, never the file just written. Loading
+//! checks the file size against what the model can need before reading it,
+//! then every name, shape and value; [`find_latest`] reports every file it
+//! had to skip, and why.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -110,17 +113,44 @@ pub fn save(
     );
     let final_path = path_for(run_dir, m.version);
     let tmp = folder.join(format::temp_file_name(m.version));
-    {
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })
+        .map_err(io(&tmp))
+        .and_then(|()| fs::rename(&tmp, &final_path).map_err(io(&final_path)));
+    if let Err(e) = written {
+        // A full disk must not also leave a partial file behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, &final_path).map_err(io(&final_path))?;
     File::open(&folder)
         .and_then(|d| d.sync_all())
         .map_err(io(&folder))?;
-    prune(run_dir, keep)?;
+    prune(run_dir, keep, &m.run_id, m.version)?;
     Ok(final_path)
+}
+
+/// Removes temporary files a crashed write left in the checkpoints folder.
+pub fn remove_temp_files(run_dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir(run_dir)) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".ckpt-") && name.ends_with(".tmp") {
+            match fs::remove_file(e.path()) {
+                Ok(()) => {
+                    warn!(path = %e.path().display(), "removed a partial checkpoint left by a crash")
+                }
+                Err(err) => {
+                    warn!(path = %e.path().display(), error = %err, "cannot remove a partial checkpoint")
+                }
+            }
+        }
+    }
 }
 
 /// Checkpoint files of a run, newest first.
@@ -139,8 +169,17 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
-fn prune(run_dir: &Path, keep: usize) -> Result<(), CheckpointError> {
-    for (_, path) in list(run_dir).into_iter().skip(keep) {
+/// Keeps the newest `keep` checkpoints of `run_id` up to `written` (the file
+/// just written is always kept) and deletes that run's older ones; files of
+/// other runs, newer files and files whose header cannot be read are left
+/// alone.
+fn prune(run_dir: &Path, keep: usize, run_id: &str, written: u64) -> Result<(), CheckpointError> {
+    let ours = list(run_dir).into_iter().filter(|(v, path)| {
+        *v <= written
+            && format::read_metadata(path)
+                .is_ok_and(|m| m.get(key::RUN_ID).is_some_and(|id| id == run_id))
+    });
+    for (_, path) in ours.skip(keep.max(1)) {
         fs::remove_file(&path).map_err(io(&path))?;
     }
     Ok(())
@@ -220,19 +259,40 @@ pub fn load(
     })
 }
 
-/// The newest checkpoint of the run that loads and checks out; torn or corrupt
-/// files are skipped with a warning.
+/// What [`find_latest`] found in a run directory.
+#[derive(Debug, Default)]
+pub struct Latest {
+    /// The newest checkpoint that loads and checks out.
+    pub found: Option<(PathBuf, CheckpointData)>,
+    /// Newer files that did not, each with the reason.
+    pub skipped: Vec<(PathBuf, CheckpointError)>,
+}
+
+/// The newest checkpoint of the run directory that loads and checks out,
+/// and every newer file skipped on the way (each also logged).
+pub fn find_latest(run_dir: &Path, expected: &[(String, Vec<usize>)]) -> Latest {
+    let mut latest = Latest::default();
+    for (_, path) in list(run_dir) {
+        match load(&path, expected) {
+            Ok(data) => {
+                latest.found = Some((path, data));
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "skipping unusable checkpoint");
+                latest.skipped.push((path, e));
+            }
+        }
+    }
+    latest
+}
+
+/// The newest usable checkpoint, if any (see [`find_latest`]).
 pub fn load_latest(
     run_dir: &Path,
     expected: &[(String, Vec<usize>)],
 ) -> Option<(PathBuf, CheckpointData)> {
-    for (_, path) in list(run_dir) {
-        match load(&path, expected) {
-            Ok(data) => return Some((path, data)),
-            Err(e) => warn!(error = %e, "skipping unusable checkpoint"),
-        }
-    }
-    None
+    find_latest(run_dir, expected).found
 }
 
 #[cfg(test)]
@@ -315,6 +375,70 @@ mod tests {
         fs::write(&big, vec![0u8; 3 << 20]).unwrap();
         let e = load(&big, &shapes()).unwrap_err().to_string();
         assert!(e.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn pruning_deletes_only_older_files_of_the_same_run() {
+        let tmp = TempDir::new("ckpt-prune-run");
+        let d = tmp.path().to_owned();
+        // An earlier run left versions 10..=12 behind.
+        for v in 10..=12 {
+            save(&d, &sample(v), 3).unwrap();
+        }
+        // A new run in the same folder starts over at version 1.
+        let new_run = |v: u64| CheckpointData {
+            meta: CheckpointMeta {
+                run_id: "r2".into(),
+                ..sample(v).meta
+            },
+            ..sample(v)
+        };
+        for v in 1..=4 {
+            let p = save(&d, &new_run(v), 2).unwrap();
+            assert!(p.exists(), "the file just written is kept");
+        }
+        let versions: Vec<u64> = list(&d).into_iter().map(|(v, _)| v).collect();
+        assert_eq!(versions, [12, 11, 10, 4, 3], "r1's files stay, r2 keeps 2");
+        // keep = 0 still keeps the file just written.
+        let p = save(&d, &new_run(5), 0).unwrap();
+        assert!(p.exists());
+        assert_eq!(list(&d).len(), 4);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let tmp = TempDir::new("ckpt-fail");
+        let d = tmp.path().to_owned();
+        save(&d, &sample(1), 3).unwrap();
+        // A directory where the checkpoint should go makes the rename fail.
+        fs::create_dir_all(path_for(&d, 2).join("blocker")).unwrap();
+        assert!(save(&d, &sample(2), 3).is_err());
+        let names: Vec<String> = fs::read_dir(dir(&d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        // And a crash's leftovers are removed at start-up.
+        fs::write(dir(&d).join(".ckpt-0000000009.77.tmp"), b"partial").unwrap();
+        remove_temp_files(&d);
+        assert!(!dir(&d).join(".ckpt-0000000009.77.tmp").exists());
+    }
+
+    #[test]
+    fn find_latest_says_why_each_newer_file_was_skipped() {
+        let tmp = TempDir::new("ckpt-why");
+        let d = tmp.path().to_owned();
+        save(&d, &sample(1), 3).unwrap();
+        fs::write(path_for(&d, 2), b"garbage").unwrap();
+        let latest = find_latest(&d, &shapes());
+        assert_eq!(latest.found.unwrap().1.meta.version, 1);
+        assert_eq!(latest.skipped.len(), 1);
+        assert_eq!(latest.skipped[0].0, path_for(&d, 2));
+        let other = vec![("a.weight".into(), vec![3, 2]), ("a.bias".into(), vec![2])];
+        let latest = find_latest(&d, &other);
+        assert!(latest.found.is_none());
+        assert_eq!(latest.skipped.len(), 2);
+        assert!(latest.skipped[1].1.to_string().contains("shape"));
     }
 
     #[test]

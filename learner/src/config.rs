@@ -115,6 +115,9 @@ pub struct ReinforceSection {
     /// Chunks an actor may hold while its episodes are unfinished; beyond
     /// that the oldest is discarded (`incomplete_episode`).
     pub max_held_chunks: usize,
+    /// Chunks all actors together may hold; beyond that the least recently
+    /// active actor's are discarded (`incomplete_episode`).
+    pub max_held_chunks_total: usize,
 }
 
 impl Default for ReinforceSection {
@@ -122,6 +125,7 @@ impl Default for ReinforceSection {
         ReinforceSection {
             baseline: true,
             max_held_chunks: 256,
+            max_held_chunks_total: 4096,
         }
     }
 }
@@ -274,6 +278,9 @@ pub struct IngestSection {
     pub max_chunk_bytes: u64,
     /// Most environments one actor may run.
     pub max_envs_per_actor: u32,
+    /// Most open actor sessions (one per `Hello` until its stream ends);
+    /// `Hello` beyond it is refused with `RESOURCE_EXHAUSTED`.
+    pub max_actors: usize,
     /// Most concurrent gRPC streams on one connection.
     pub max_concurrent_streams: u32,
     /// HTTP/2 keep-alive ping interval, seconds.
@@ -284,6 +291,19 @@ pub struct IngestSection {
     /// A trajectory stream that delivers no chunk for this many seconds is
     /// ended (`DEADLINE_EXCEEDED`); the actor reconnects.
     pub stream_idle_timeout_seconds: f64,
+    /// Largest |x| of an observation (`obs`, `final_obs`); beyond it a chunk
+    /// is refused as `out_of_bounds`.
+    pub max_abs_observation: f32,
+    /// Refuse observations outside the observation space's finite bounds.
+    pub check_observation_space: bool,
+    /// Largest |x| of a reward (and |return| <= this x episode length).
+    pub max_abs_reward: f32,
+    /// Largest |x| of a behavior value estimate.
+    pub max_abs_value: f32,
+    /// Largest |x| of a continuous action (Gaussian samples are unclipped).
+    pub max_abs_action: f32,
+    /// Smallest behavior log-probability per action dimension.
+    pub min_behavior_logp: f32,
 }
 
 impl Default for IngestSection {
@@ -293,10 +313,17 @@ impl Default for IngestSection {
             queue_capacity: 64,
             max_chunk_bytes: 16 << 20,
             max_envs_per_actor: 4096,
+            max_actors: 1024,
             max_concurrent_streams: 64,
             keepalive_interval_seconds: 20.0,
             keepalive_timeout_seconds: 20.0,
             stream_idle_timeout_seconds: 300.0,
+            max_abs_observation: 1e6,
+            check_observation_space: true,
+            max_abs_reward: 1e6,
+            max_abs_value: 1e9,
+            max_abs_action: 1e6,
+            min_behavior_logp: -1e3,
         }
     }
 }
@@ -487,6 +514,15 @@ impl RunConfig {
         if self.reinforce.max_held_chunks == 0 {
             bad("reinforce.max_held_chunks", "must be at least 1".into());
         }
+        if self.reinforce.max_held_chunks_total < self.reinforce.max_held_chunks {
+            bad(
+                "reinforce.max_held_chunks_total",
+                format!(
+                    "must be at least reinforce.max_held_chunks ({}), got {}",
+                    self.reinforce.max_held_chunks, self.reinforce.max_held_chunks_total
+                ),
+            );
+        }
         let kl = &self.kl;
         if !(kl.coef >= 0.0 && kl.coef.is_finite()) {
             bad(
@@ -533,8 +569,27 @@ impl RunConfig {
                 format!("must be at least 1024, got {}", i.max_chunk_bytes),
             );
         }
+        for (key, v) in [
+            ("ingest.max_abs_observation", i.max_abs_observation),
+            ("ingest.max_abs_reward", i.max_abs_reward),
+            ("ingest.max_abs_value", i.max_abs_value),
+            ("ingest.max_abs_action", i.max_abs_action),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                bad(key, format!("must be a finite number > 0, got {v}"));
+            }
+        }
+        if !(i.min_behavior_logp < 0.0 && i.min_behavior_logp.is_finite()) {
+            bad(
+                "ingest.min_behavior_logp",
+                format!("must be a finite number < 0, got {}", i.min_behavior_logp),
+            );
+        }
         if i.max_envs_per_actor == 0 {
             bad("ingest.max_envs_per_actor", "must be at least 1".into());
+        }
+        if i.max_actors == 0 {
+            bad("ingest.max_actors", "must be at least 1".into());
         }
         if i.max_concurrent_streams < 2 {
             bad(

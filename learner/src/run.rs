@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_common::auth::AuthToken;
-use flotilla_common::chunk::ChunkExpectations;
+use flotilla_common::chunk::{ChunkExpectations, ValueBounds};
 use flotilla_common::metrics as m;
 use flotilla_common::{EnvError, RunSpec, Snapshot, Space};
 use tokio::net::TcpListener;
@@ -28,10 +28,12 @@ use tracing::{info, warn};
 use crate::algo::episodes::EpisodeStitcher;
 use crate::algo::KlController;
 use crate::checkpoint::{self, CheckpointData};
-use crate::config::{Algo, ConfigError, RunConfig};
+use crate::config::{Algo, ConfigError, IngestSection, RunConfig};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::model::{ModelError, Policy};
-use crate::server::{self, Admitted, IngestGate, LearnerService, ServerOptions, ServerTask};
+use crate::server::{
+    self, Admitted, IngestGate, LearnerService, ServerOptions, ServerTask, SessionLimits,
+};
 use crate::train::batcher::{Batcher, StalenessRule};
 use crate::train::learn::{KlPenalty, Learning};
 use crate::train::publisher::Publisher;
@@ -46,6 +48,11 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     pub device: DeviceChoice,
     pub resume: bool,
+    /// Start a new run even though the run directory holds checkpoints that
+    /// cannot be resumed: they (and `metrics.jsonl`) are moved aside first.
+    pub force_new: bool,
+    /// Serve off-loopback without a shared token (otherwise refused).
+    pub insecure: bool,
     /// Shared token every gRPC call must carry (`None`: no authentication).
     pub auth_token: Option<AuthToken>,
     /// Serve gRPC over TLS (`None`: plaintext).
@@ -67,8 +74,15 @@ pub enum RunError {
     },
     #[error(transparent)]
     Env(#[from] EnvError),
-    #[error("run directory {0} already holds checkpoints; pass --resume to continue it or choose another --run-dir")]
+    #[error("run directory {0} already holds checkpoints; pass --resume to continue it, --force-new to set them aside and start over, or choose another --run-dir")]
     RunDirInUse(PathBuf),
+    #[error("--resume: no checkpoint in {} can be resumed with this config:\n{}\npass --force-new to set them aside and start a new run, or fix the config (the run's own is in its config.toml)", run_dir.display(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    NothingToResume {
+        run_dir: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("--listen {0} is reachable from other machines and no shared token is set, so anyone who reaches it could join the run and feed it data: set FLOTILLA_AUTH_TOKEN or --auth-token-file, listen on 127.0.0.1, or pass --insecure (FLOTILLA_INSECURE=true) to accept that")]
+    OpenWithoutToken(SocketAddr),
     #[error("checkpoint's config: {0}")]
     CheckpointConfig(ConfigError),
     #[error(
@@ -104,6 +118,8 @@ impl RunError {
             RunError::Device(_)
             | RunError::Env(_)
             | RunError::RunDirInUse(_)
+            | RunError::NothingToResume { .. }
+            | RunError::OpenWithoutToken(_)
             | RunError::CheckpointConfig(_)
             | RunError::ConfigMismatch
             | RunError::KlReference(_)
@@ -131,6 +147,9 @@ pub struct RunSummary {
     pub train: TrainSummary,
     pub wall_seconds: f64,
     pub episodes: u64,
+    /// Transitions of every valid, new chunk received (trained, stale or
+    /// still pending when the run ended).
+    pub samples_received: u64,
     pub mean_return: Option<f64>,
     /// `learning_curve.png` in the run directory, when there was a curve to draw.
     pub learning_curve: Option<PathBuf>,
@@ -148,6 +167,7 @@ impl RunSummary {
             "policy_version": t.version,
             "wall_seconds": self.wall_seconds,
             "episodes": self.episodes,
+            "samples_received": self.samples_received,
             "mean_return": self.mean_return,
             "run_dir": path(&self.run_dir),
             "learning_curve": self.learning_curve.as_deref().map(path),
@@ -254,6 +274,7 @@ impl Learner {
             train,
             wall_seconds: self.started.elapsed().as_secs_f64(),
             episodes: self.counters.episodes.load(Ordering::Relaxed),
+            samples_received: self.counters.samples_received.load(Ordering::Relaxed),
             mean_return: self.counters.mean_return(),
         })
     }
@@ -341,27 +362,82 @@ fn prepare(opts: &RunOptions, device: tch::Device) -> Result<Prepared, RunError>
 
 /// The checkpoint to resume from: `None` for a new run. A run directory with
 /// checkpoints is only reused with `--resume`, and only with the same
-/// `[env]` and `[model]`.
+/// `[env]` and `[model]`; when none of its checkpoints can be resumed the
+/// run refuses to start (naming each file and why) unless `--force-new`
+/// says to set them aside and start over.
 fn find_resume_point(
     opts: &RunOptions,
     expected: &[(String, Vec<usize>)],
 ) -> Result<Option<(PathBuf, CheckpointData)>, RunError> {
+    checkpoint::remove_temp_files(&opts.run_dir);
+    let present = !checkpoint::list(&opts.run_dir).is_empty();
     if !opts.resume {
-        if !checkpoint::list(&opts.run_dir).is_empty() {
+        if present && !opts.force_new {
             return Err(RunError::RunDirInUse(opts.run_dir.clone()));
         }
+        set_aside(&opts.run_dir)?;
         return Ok(None);
     }
-    let Some((path, data)) = checkpoint::load_latest(&opts.run_dir, expected) else {
-        info!(run_dir = %opts.run_dir.display(), "no usable checkpoint; starting a new run");
-        return Ok(None);
+    let latest = checkpoint::find_latest(&opts.run_dir, expected);
+    let mismatch = match latest.found {
+        Some((path, data)) => {
+            let old = RunConfig::from_toml(&data.meta.config_toml, "checkpoint", &[])
+                .map_err(RunError::CheckpointConfig)?;
+            if old.env == opts.config.env && old.model == opts.config.model {
+                return Ok(Some((path, data)));
+            }
+            if !opts.force_new {
+                return Err(RunError::ConfigMismatch);
+            }
+            format!(
+                "{}: trained with a different [env] or [model]",
+                path.display()
+            )
+        }
+        None if latest.skipped.is_empty() => {
+            info!(run_dir = %opts.run_dir.display(), "no checkpoint yet; starting a new run");
+            return Ok(None);
+        }
+        None if !opts.force_new => {
+            return Err(RunError::NothingToResume {
+                run_dir: opts.run_dir.clone(),
+                problems: latest.skipped.iter().map(|(_, e)| e.to_string()).collect(),
+            });
+        }
+        None => format!("{} unusable checkpoint(s)", latest.skipped.len()),
     };
-    let old = RunConfig::from_toml(&data.meta.config_toml, "checkpoint", &[])
-        .map_err(RunError::CheckpointConfig)?;
-    if old.env != opts.config.env || old.model != opts.config.model {
-        return Err(RunError::ConfigMismatch);
+    warn!(run_dir = %opts.run_dir.display(), reason = %mismatch, "--force-new: starting a new run");
+    set_aside(&opts.run_dir)?;
+    Ok(None)
+}
+
+/// Moves an earlier run's checkpoints and metrics log out of the way
+/// (`checkpoints.replaced-<unix time>/`, `metrics.replaced-<unix time>.jsonl`),
+/// so the new run neither mixes with nor deletes them.
+fn set_aside(run_dir: &Path) -> Result<(), RunError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let moves = [
+        (
+            checkpoint::dir(run_dir),
+            format!("checkpoints.replaced-{stamp}"),
+        ),
+        (
+            run_dir.join("metrics.jsonl"),
+            format!("metrics.replaced-{stamp}.jsonl"),
+        ),
+    ];
+    for (from, to) in moves {
+        if from.exists() {
+            let to = run_dir.join(to);
+            std::fs::rename(&from, &to)
+                .map_err(io_err(format!("moving {} aside", from.display())))?;
+            info!(from = %from.display(), to = %to.display(), "set an earlier run's files aside");
+        }
     }
-    Ok(Some((path, data)))
+    Ok(())
 }
 
 /// The KL penalty's frozen reference (a checkpoint's policy, or the initial
@@ -414,6 +490,7 @@ fn run_spec(cfg: &RunConfig, p: &Prepared) -> RunSpec {
         action_space: p.action_space.clone(),
         policy_version: p.version,
         actor_id: 0,
+        session: String::new(),
         behavior_values: cfg.rollout.behavior_values,
         seed: cfg.run.seed,
         max_chunk_bytes: cfg.ingest.max_chunk_bytes,
@@ -472,8 +549,10 @@ fn build_trainer(
         .append(true)
         .open(opts.run_dir.join("metrics.jsonl"))
         .map_err(io_err("opening metrics.jsonl"))?;
-    let stitcher = (cfg.algo == Algo::Reinforce)
-        .then(|| EpisodeStitcher::new(cfg.ppo.gamma, cfg.reinforce.max_held_chunks));
+    let stitcher = (cfg.algo == Algo::Reinforce).then(|| {
+        EpisodeStitcher::new(cfg.ppo.gamma, cfg.reinforce.max_held_chunks)
+            .with_max_total(cfg.reinforce.max_held_chunks_total)
+    });
     Ok(Trainer {
         rx,
         stop,
@@ -515,16 +594,21 @@ fn serve(
     counters: Arc<Counters>,
 ) -> Result<(ServerTask, watch::Sender<bool>), RunError> {
     let cfg = &opts.config;
+    let stream_idle_timeout = Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds);
     let gate = IngestGate::new(
         chunk_expectations(cfg, &spec),
         staleness(cfg),
         snapshots.clone(),
+        SessionLimits {
+            max_sessions: cfg.ingest.max_actors,
+            unused_ttl: stream_idle_timeout,
+        },
         counters,
     );
     let service = LearnerService::new(
         spec,
         cfg.ingest.max_envs_per_actor,
-        Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds),
+        stream_idle_timeout,
         gate,
         tx,
         snapshots,
@@ -543,6 +627,9 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Learner, RunError> {
     let cfg = &opts.config;
+    if !opts.listen.ip().is_loopback() && opts.auth_token.is_none() && !opts.insecure {
+        return Err(RunError::OpenWithoutToken(opts.listen));
+    }
     let device = opts.device.resolve()?;
     m::describe_learner();
     let listener = TcpListener::bind(opts.listen)
@@ -623,6 +710,25 @@ fn chunk_expectations(cfg: &RunConfig, spec: &RunSpec) -> ChunkExpectations {
         max_bytes: cfg.ingest.max_chunk_bytes,
         newest_version: 0,
         require_behavior_value: spec.behavior_values,
+        bounds: value_bounds(&cfg.ingest, &spec.observation_space),
+    }
+}
+
+fn value_bounds(ingest: &IngestSection, observation_space: &Space) -> ValueBounds {
+    let (observation_low, observation_high) = match observation_space {
+        Space::Box { low, high, .. } if ingest.check_observation_space => {
+            (low.clone(), high.clone())
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    ValueBounds {
+        max_abs_observation: ingest.max_abs_observation,
+        observation_low,
+        observation_high,
+        max_abs_reward: ingest.max_abs_reward,
+        max_abs_value: ingest.max_abs_value,
+        max_abs_action: ingest.max_abs_action,
+        min_logp: ingest.min_behavior_logp,
     }
 }
 
@@ -644,7 +750,7 @@ fn warn_if_open(opts: &RunOptions, addr: SocketAddr) {
     } else if !addr.ip().is_loopback() {
         warn!(
             %addr,
-            "no shared token: any client that reaches this address can join the run (set FLOTILLA_AUTH_TOKEN or --auth-token-file)"
+            "--insecure: no shared token, and any client that reaches this address can join the run"
         );
     }
 }
@@ -674,6 +780,7 @@ mod tests {
             },
             wall_seconds: 2.0,
             episodes: 30,
+            samples_received: 5000,
             mean_return: Some(475.5),
             learning_curve: None,
         };
@@ -692,6 +799,7 @@ mod tests {
         assert_eq!(json["finished"], true);
         assert_eq!(json["env_steps"], 4096);
         assert_eq!(json["policy_version"], 12);
+        assert_eq!(json["samples_received"], 5000);
         assert_eq!(json["mean_return"], 475.5);
         assert_eq!(json["learning_curve"], serde_json::Value::Null);
         assert_eq!(

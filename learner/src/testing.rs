@@ -49,6 +49,8 @@ impl TestLearner {
                 listen: "127.0.0.1:0".parse().expect("loopback address"),
                 device: DeviceChoice::Cpu,
                 resume: false,
+                force_new: false,
+                insecure: false,
                 auth_token: token,
                 tls,
                 torch_threads: None,

@@ -52,11 +52,49 @@ fn good_chunk(spec: &proto::RunSpec, seq: u64, version: u64) -> proto::Chunk {
     b.finish(&spec.run_id, &spec.env_id, spec.actor_id, seq, version)
 }
 
+/// A request carrying the session credential of `spec`.
+fn with_session<T>(spec: &proto::RunSpec, body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut().insert(
+        proto::SESSION_METADATA,
+        spec.session
+            .parse()
+            .expect("a credential is valid metadata"),
+    );
+    r
+}
+
+/// Streams `chunks` in a session of their own (a fresh `Hello`; their actor
+/// id becomes the session's).
 async fn send(
     c: &mut LearnerClient<Channel>,
     chunks: Vec<proto::Chunk>,
 ) -> Result<proto::IngestSummary, tonic::Status> {
-    c.stream_trajectories(tokio_stream::iter(chunks))
+    let spec = c
+        .hello(proto::HelloRequest {
+            actor_name: "test".into(),
+            num_envs: N as u32,
+            protocol_version: proto::PROTOCOL_VERSION,
+        })
+        .await?
+        .into_inner();
+    let chunks: Vec<_> = chunks
+        .into_iter()
+        .map(|mut ch| {
+            ch.actor_id = spec.actor_id;
+            ch
+        })
+        .collect();
+    send_in(c, &spec, chunks).await
+}
+
+/// Streams `chunks` as they are, in the session of `spec`.
+async fn send_in(
+    c: &mut LearnerClient<Channel>,
+    spec: &proto::RunSpec,
+    chunks: Vec<proto::Chunk>,
+) -> Result<proto::IngestSummary, tonic::Status> {
+    c.stream_trajectories(with_session(spec, tokio_stream::iter(chunks)))
         .await
         .map(|r| r.into_inner())
 }
@@ -220,6 +258,31 @@ async fn handshake_rejects_bad_requests() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("num_envs"), "{}", err.message());
+    let err = c
+        .hello(proto::HelloRequest {
+            actor_name: "x".repeat(257),
+            num_envs: 1,
+            protocol_version: proto::PROTOCOL_VERSION,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("actor_name"), "{}", err.message());
+    // An actor of protocol 1 (no sessions) is told both versions.
+    let err = c
+        .hello(proto::HelloRequest {
+            actor_name: "old".into(),
+            num_envs: 1,
+            protocol_version: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("protocol 2") && err.message().contains("the actor 1"),
+        "{}",
+        err.message()
+    );
     l.stop();
     l.wait().await.unwrap();
 }
@@ -244,10 +307,17 @@ async fn stale_and_duplicate_chunks_are_dropped_not_trained_on() {
     // acted with version 0 while the learner is at 1, lag 1 > 0: dropped, not an error
     let s = send(&mut c, vec![good_chunk(&spec, 3, 0)]).await.unwrap();
     assert_eq!(s.chunks_accepted, 0);
-    // a repeated sequence number is a duplicate
-    let s = send(&mut c, vec![good_chunk(&spec, 2, 1)]).await.unwrap();
-    assert_eq!(s.chunks_accepted, 0);
-    let s = send(&mut c, vec![good_chunk(&spec, 4, 1)]).await.unwrap();
+    // within a session, a sequence number not above the last is a duplicate
+    let s = send(
+        &mut c,
+        vec![
+            good_chunk(&spec, 3, 1),
+            good_chunk(&spec, 2, 1),
+            good_chunk(&spec, 3, 1),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(s.chunks_accepted, 1);
     l.stop();
     let summary = l.wait().await.unwrap();
@@ -255,6 +325,7 @@ async fn stale_and_duplicate_chunks_are_dropped_not_trained_on() {
         summary.train.env_steps, 64,
         "only the first batch was trained on"
     );
+    assert_eq!(summary.samples_received, 64 + 32 + 32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +348,8 @@ async fn with_a_token_every_call_without_it_is_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = send(&mut anonymous, vec![proto::Chunk::default()])
+    let err = anonymous
+        .stream_trajectories(tokio_stream::iter(vec![proto::Chunk::default()]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -295,7 +367,10 @@ async fn with_a_token_every_call_without_it_is_unauthenticated() {
     let mut member = LearnerClient::with_interceptor(channel, AttachToken(Some(token)));
     let spec = member.hello(hello_req).await.unwrap().into_inner();
     let summary = member
-        .stream_trajectories(tokio_stream::iter(vec![good_chunk(&spec, 1, 0)]))
+        .stream_trajectories(with_session(
+            &spec,
+            tokio_stream::iter(vec![good_chunk(&spec, 1, 0)]),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -337,8 +412,12 @@ async fn a_silent_stream_is_ended_and_a_stalled_subscriber_blocks_no_one() {
     let (_keep_open, silent) = tokio::sync::mpsc::channel::<proto::Chunk>(1);
     let silent_call = tokio::spawn(async move {
         let mut s = client(addr).await;
-        s.stream_trajectories(tokio_stream::wrappers::ReceiverStream::new(silent))
-            .await
+        let spec = hello(&mut s).await;
+        s.stream_trajectories(with_session(
+            &spec,
+            tokio_stream::wrappers::ReceiverStream::new(silent),
+        ))
+        .await
     });
 
     // Training and publishing go on for everyone else.
@@ -436,14 +515,16 @@ async fn random_bytes_on_the_wire_are_invalid_argument_every_time() {
         "/flotilla.v1.Learner/StreamTrajectories",
     );
     let mut codes = std::collections::BTreeMap::new();
+    let mut c = client(addr).await;
     for case in 0..300 {
         let len = rng.random_range(0..2048);
         let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let spec = hello(&mut c).await;
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         grpc.ready().await.unwrap();
         let err = grpc
             .client_streaming(
-                tonic::Request::new(tokio_stream::iter(vec![bytes])),
+                with_session(&spec, tokio_stream::iter(vec![bytes])),
                 path.clone(),
                 RawChunks,
             )
@@ -462,7 +543,6 @@ async fn random_bytes_on_the_wire_are_invalid_argument_every_time() {
         "{codes:?}"
     );
     // The learner is unharmed: a real chunk still trains.
-    let mut c = client(addr).await;
     let spec = hello(&mut c).await;
     let s = send(&mut c, vec![good_chunk(&spec, 1, 0)]).await.unwrap();
     assert_eq!(s.chunks_accepted, 1);
@@ -488,6 +568,8 @@ async fn a_port_in_use_is_not_a_usage_error() {
             listen: taken.local_addr().unwrap(),
             device: DeviceChoice::Cpu,
             resume: false,
+            force_new: false,
+            insecure: false,
             auth_token: None,
             tls: None,
             torch_threads: None,
@@ -501,4 +583,145 @@ async fn a_port_in_use_is_not_a_usage_error() {
     assert!(matches!(e, RunError::Listen { .. }), "{e}");
     assert!(!e.is_usage());
     assert!(e.to_string().contains("cannot listen on"), "{e}");
+}
+
+/// Sessions bind a stream to the actor id `Hello` gave it: a client cannot
+/// speak for another actor, stream without a session, reuse one, or start at
+/// sequence 0; the victim of a spoof goes on unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_speaks_only_for_its_own_session() {
+    let l = learner("sessions", &[]).await;
+    let mut c = client(l.local_addr()).await;
+    let victim = hello(&mut c).await;
+    let spoofer = hello(&mut c).await;
+    assert_ne!(victim.actor_id, spoofer.actor_id);
+    assert_ne!(victim.session, spoofer.session);
+
+    // The spoofer claims the victim's id with the highest sequence number.
+    let mut spoof = good_chunk(&victim, u64::MAX, 0);
+    spoof.actor_id = victim.actor_id;
+    let err = send_in(&mut c, &spoofer, vec![spoof]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("field `actor_id`"), "{err:?}");
+
+    // No session, a guessed one, or one already used up.
+    let err = c
+        .stream_trajectories(tokio_stream::iter(vec![good_chunk(&victim, 1, 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains(proto::SESSION_METADATA), "{err:?}");
+    let guessed = proto::RunSpec {
+        session: "0".repeat(32),
+        ..victim.clone()
+    };
+    let err = send_in(&mut c, &guessed, vec![good_chunk(&victim, 1, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    // The spoofer's stream ended, and its session with it.
+    let err = send_in(&mut c, &spoofer, vec![good_chunk(&spoofer, 1, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+
+    // The victim's chunks, from sequence 1, all count.
+    let s = send_in(
+        &mut c,
+        &victim,
+        vec![good_chunk(&victim, 1, 0), good_chunk(&victim, 2, 0)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.chunks_accepted, s.samples_accepted), (2, 64));
+
+    // Sequence 0 is refused, naming the field.
+    let zero = hello(&mut c).await;
+    let err = send_in(&mut c, &zero, vec![good_chunk(&zero, 0, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("field `sequence`"), "{err:?}");
+
+    // One stream per session: a second one while the first is open is refused.
+    let busy = hello(&mut c).await;
+    let (keep_open, first) = tokio::sync::mpsc::channel::<proto::Chunk>(1);
+    let mut c1 = c.clone();
+    let spec1 = busy.clone();
+    let first_call = tokio::spawn(async move {
+        c1.stream_trajectories(with_session(
+            &spec1,
+            tokio_stream::wrappers::ReceiverStream::new(first),
+        ))
+        .await
+    });
+    // The second send waits until the client took the first chunk: the
+    // call is under way; a moment later the learner has bound it.
+    keep_open.send(good_chunk(&busy, 1, 0)).await.unwrap();
+    keep_open.send(good_chunk(&busy, 2, 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = send_in(&mut c, &busy, vec![good_chunk(&busy, 3, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(
+        err.message().contains("already has a trajectory stream"),
+        "{err:?}"
+    );
+    drop(keep_open);
+    let s = first_call.await.unwrap().unwrap().into_inner();
+    assert_eq!(s.chunks_accepted, 2);
+
+    l.stop();
+    let summary = l.wait().await.unwrap();
+    assert_eq!(summary.samples_received, 64 + 64);
+}
+
+/// Defense in depth: with the bounds opened wide, a poisoned chunk reaches
+/// the trainer; the update it spoils is undone and counted, nothing is
+/// published, and honest chunks afterwards train a finite policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_batch_past_loose_bounds_is_undone_not_published() {
+    let l = learner("undo", &["ingest.min_behavior_logp=-3e38"]).await;
+    let mut c = client(l.local_addr()).await;
+    let spec = hello(&mut c).await;
+    let mut poison = good_chunk(&spec, 1, 0);
+    poison.behavior_logp = bytes::Bytes::from((-1e30f32).to_le_bytes().repeat(T * N));
+    let s = send_in(&mut c, &spec, vec![poison, good_chunk(&spec, 2, 0)])
+        .await
+        .unwrap();
+    assert_eq!(s.chunks_accepted, 2, "the loose bounds let it in");
+    // Two honest chunks train version 1 once the poisoned batch is undone.
+    let mut sub = c
+        .subscribe_policy(proto::SubscribeRequest {
+            actor_name: String::new(),
+            have_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sub.next().await.unwrap().unwrap().version, 0);
+    send(
+        &mut c,
+        vec![good_chunk(&spec, 1, 0), good_chunk(&spec, 2, 0)],
+    )
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("a version from the honest batch")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.version, 1, "the poisoned batch published nothing");
+    let tensors = flotilla_common::policy::read_safetensors(&next.safetensors).unwrap();
+    for (name, _, values) in &tensors {
+        assert!(values.iter().all(|x| x.is_finite()), "{name}");
+    }
+    l.stop();
+    let summary = l.wait().await.unwrap();
+    assert_eq!(summary.train.version, 1);
+    assert_eq!(
+        summary.train.env_steps, 64,
+        "only the honest batch counts as trained"
+    );
 }

@@ -80,3 +80,82 @@ fn resume_continues_counters_and_skips_a_torn_checkpoint() {
         "one metrics line per update across both runs"
     );
 }
+
+/// `--resume` with checkpoints the config cannot use refuses to start (exit
+/// 64, naming each file and why) instead of silently starting over; with
+/// `--force-new` the old files are set aside and a new run starts.
+#[test]
+fn resume_with_a_changed_model_refuses_unless_force_new() {
+    let dir = TempDir::new("resume-mismatch");
+    let run = dir.path().join("run");
+    train(&run, 4096, false);
+    let old: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!old.is_empty());
+    let old_lines = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+
+    let changed = |extra: &[&str]| {
+        let mut cmd = learner_command("cartpole.toml", &run);
+        cmd.args([
+            "--local-actors",
+            "1",
+            "--total-env-steps",
+            "2048",
+            "--resume",
+            "--set",
+            "model.hidden_sizes=[32]",
+        ]);
+        cmd.args(extra);
+        cmd.output().expect("learner runs")
+    };
+    let out = changed(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for name in &old {
+        assert!(stderr.contains(name.as_str()), "names {name}: {stderr}");
+    }
+    assert!(stderr.contains("shape"), "says why: {stderr}");
+    assert!(
+        stderr.contains("--force-new"),
+        "names the way out: {stderr}"
+    );
+    // Nothing was touched.
+    assert_eq!(
+        std::fs::read_dir(run.join("checkpoints")).unwrap().count(),
+        old.len()
+    );
+
+    let out = changed(&["--force-new"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let aside: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoints.replaced-") || n.starts_with("metrics.replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    let kept = aside
+        .iter()
+        .find(|n| n.starts_with("checkpoints."))
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(run.join(kept)).unwrap().count(),
+        old.len()
+    );
+    // The new run's log and checkpoints are its own, and the summary names a
+    // file that exists.
+    let (v, _) = summary_version_and_steps(&run).unwrap();
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        lines.lines().count() as u64,
+        v,
+        "{old_lines} old lines gone"
+    );
+    let last = flotilla_tests::summary_final_checkpoint(&run).unwrap();
+    assert!(last.exists(), "{}", last.display());
+}

@@ -4,6 +4,8 @@
 //! This is the only code that depends on both the learner and the actor
 //! crates; `flotilla-learner` itself knows actors only through the wire.
 
+pub mod health;
+
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -175,6 +177,8 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             device: DeviceChoice::Cpu,
             resume: false,
+            force_new: false,
+            insecure: false,
             auth_token: None,
             tls: None,
             torch_threads: None,

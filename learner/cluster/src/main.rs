@@ -33,18 +33,34 @@ struct Cli {
     /// [default: runs/<config name>-<unix time>].
     #[arg(long, env = "FLOTILLA_RUN_DIR")]
     run_dir: Option<PathBuf>,
-    /// gRPC listen address.
-    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "0.0.0.0:50051")]
+    /// gRPC listen address. Loopback by default; an address other machines
+    /// can reach needs a shared token (or --insecure).
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Prometheus metrics listen address.
-    #[arg(long, env = "FLOTILLA_METRICS_LISTEN", default_value = "0.0.0.0:9000")]
+    /// Prometheus metrics listen address (loopback by default).
+    #[arg(
+        long,
+        env = "FLOTILLA_METRICS_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
     metrics_listen: SocketAddr,
+    /// Serve gRPC off loopback without a shared token: anyone who reaches
+    /// the address can join the run. Refused without this flag.
+    #[arg(long, env = "FLOTILLA_INSECURE")]
+    insecure: bool,
     /// Training device.
     #[arg(long, env = "FLOTILLA_DEVICE", value_enum, default_value = "auto")]
     device: DeviceChoice,
-    /// Continue from the newest valid checkpoint in the run directory.
+    /// Continue from the newest valid checkpoint in the run directory. When
+    /// it holds checkpoints and none can be resumed, the learner refuses to
+    /// start (exit 64) and names each file and why.
     #[arg(long, env = "FLOTILLA_RESUME")]
     resume: bool,
+    /// Start a new run in a run directory whose checkpoints cannot be (or,
+    /// without --resume, are not to be) resumed: they and metrics.jsonl are
+    /// moved aside to `checkpoints.replaced-<time>/` first.
+    #[arg(long, env = "FLOTILLA_FORCE_NEW")]
+    force_new: bool,
     /// Seed (overrides run.seed).
     #[arg(long, env = "FLOTILLA_SEED")]
     seed: Option<u64>,
@@ -95,6 +111,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Liveness check: exit 1 when actors are connected but the learner has
+    /// not updated for too long (a wedged trainer), or its metrics endpoint
+    /// does not answer; exit 0 otherwise.
+    Health {
+        /// The learner's Prometheus endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9000/metrics")]
+        metrics_url: String,
+        /// Longest time without an update while actors are connected.
+        #[arg(long, default_value_t = 600.0)]
+        max_update_age_seconds: f64,
+    },
     /// Draw `learning_curve.png` from a run directory's `metrics.jsonl`.
     Plot {
         /// The run directory.
@@ -138,6 +165,10 @@ fn main() -> ExitCode {
     match &args.command {
         Some(Command::Compare { out, title, runs }) => compare_main(out, title, runs),
         Some(Command::Plot { run_dir }) => plot_main(run_dir),
+        Some(Command::Health {
+            metrics_url,
+            max_update_age_seconds,
+        }) => health_main(metrics_url, *max_update_age_seconds),
         None => match Options::try_from(args) {
             Ok(options) => train_main(options),
             Err(e) => {
@@ -145,6 +176,23 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+    }
+}
+
+fn health_main(url: &str, max_update_age: f64) -> ExitCode {
+    use flotilla_cluster::health;
+    let verdict = health::fetch(url, std::time::Duration::from_secs(3))
+        .map(|body| health::parse(&body))
+        .and_then(|r| health::judge(&r, m::unix_now(), max_update_age));
+    match verdict {
+        Ok(status) => {
+            println!("{status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -223,6 +271,8 @@ impl TryFrom<Cli> for Options {
                 listen: cli.listen,
                 device: cli.device,
                 resume: cli.resume,
+                force_new: cli.force_new,
+                insecure: cli.insecure,
                 auth_token,
                 tls,
                 torch_threads: cli.torch_threads.map(usize::from),

@@ -42,6 +42,7 @@ impl TestPki {
         let ours = ca("Flotilla");
         let theirs = ca("Stranger");
         std::fs::write(dir.join("ca.pem"), ours.pem()).unwrap();
+        std::fs::write(dir.join("stranger-ca.pem"), theirs.pem()).unwrap();
         leaf(&ours, ExtendedKeyUsagePurpose::ServerAuth, "server");
         leaf(&ours, ExtendedKeyUsagePurpose::ClientAuth, "client");
         leaf(&theirs, ExtendedKeyUsagePurpose::ClientAuth, "stranger");
@@ -159,6 +160,39 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
     assert!(version >= 2, "the TLS actor's chunks train the policy");
     stop_tx.send(true).unwrap();
     actor.await.unwrap().unwrap();
+
+    // An actor that trusts the wrong CA is refused at once (a configuration
+    // error: exit 64 from the binary), not retried forever.
+    let wrong_ca = flotilla_common::tls::client_config(
+        &pki.path("stranger-ca.pem"),
+        Some((&pki.path("client.pem"), &pki.path("client.key"))),
+        Some("localhost"),
+    )
+    .unwrap();
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        flotilla_actor::run(
+            flotilla_actor::ActorOptions {
+                learner: format!("https://127.0.0.1:{port}"),
+                num_envs: Some(N as u32),
+                name: "wrong-ca".into(),
+                max_steps_per_second: None,
+                auth_token: None,
+                tls: Some(wrong_ca),
+            },
+            stop_rx,
+        ),
+    )
+    .await
+    .expect("a wrong CA ends the actor instead of retrying");
+    match refused {
+        Err(flotilla_actor::ActorError::Refused { code, message }) => {
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+            assert!(message.contains("TLS handshake"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     l.stop();
     l.wait().await.unwrap();
 }

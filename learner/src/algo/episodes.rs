@@ -19,9 +19,10 @@
 //! A gap in an actor's sequence numbers (a dropped or lost chunk, a
 //! reconnect) makes the held episodes unfinishable: they are discarded and
 //! counted. So is the oldest held chunk when an actor holds more than
-//! `max_held` chunks (an episode that never ends), and so are the chunks of
-//! an actor that has sent nothing for [`IDLE_EVICTION`] (gone, or reconnected
-//! under a new id).
+//! `max_held` chunks (an episode that never ends), so are the chunks of an
+//! actor that has sent nothing for [`IDLE_EVICTION`] (gone, or reconnected
+//! under a new id), and so are the chunks of the least recently active
+//! actors while all actors together hold more than `max_total`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -54,6 +55,7 @@ pub struct Discarded {
 pub struct EpisodeStitcher {
     gamma: f64,
     max_held: usize,
+    max_total: usize,
     /// Per actor: its held chunks and when it last sent one.
     held: HashMap<u32, (VecDeque<Chunk>, Instant)>,
     last_sweep: Instant,
@@ -64,9 +66,17 @@ impl EpisodeStitcher {
         Self {
             gamma,
             max_held: max_held.max(1),
+            max_total: usize::MAX,
             held: HashMap::new(),
             last_sweep: Instant::now(),
         }
+    }
+
+    /// Caps the chunks held over all actors (the current actor's newest
+    /// chunk is always kept).
+    pub fn with_max_total(mut self, max_total: usize) -> Self {
+        self.max_total = max_total.max(1);
+        self
     }
 
     /// Chunks held, over all actors.
@@ -85,13 +95,14 @@ impl EpisodeStitcher {
             .or_insert_with(|| (VecDeque::new(), now));
         *last = now;
         if let Some(last) = queue.back() {
-            if chunk.sequence != last.sequence + 1 || chunk.n != last.n {
+            if last.sequence.checked_add(1) != Some(chunk.sequence) || chunk.n != last.n {
                 for c in queue.drain(..) {
                     discarded.chunks += 1;
                     discarded.samples += c.num_samples();
                 }
             }
         }
+        let actor = chunk.actor_id;
         queue.push_back(chunk);
         let released = release(queue, self.gamma);
         if queue.len() > self.max_held {
@@ -100,7 +111,38 @@ impl EpisodeStitcher {
                 discarded.samples += c.num_samples();
             }
         }
+        self.enforce_total(actor, &mut discarded);
         (released, discarded)
+    }
+
+    /// While more than `max_total` chunks are held, discards the queue of the
+    /// least recently active other actor, then the oldest of `current`'s own.
+    fn enforce_total(&mut self, current: u32, d: &mut Discarded) {
+        let mut total = self.held_chunks();
+        while total > self.max_total {
+            let oldest = self
+                .held
+                .iter()
+                .filter(|(&id, (q, _))| id != current && !q.is_empty())
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(&id, _)| id);
+            let dropped: Vec<Chunk> = match oldest {
+                Some(id) => self
+                    .held
+                    .remove(&id)
+                    .map(|(q, _)| q.into())
+                    .unwrap_or_default(),
+                None => match self.held.get_mut(&current) {
+                    Some((q, _)) if q.len() > 1 => q.pop_front().into_iter().collect(),
+                    _ => return,
+                },
+            };
+            for c in &dropped {
+                d.chunks += 1;
+                d.samples += c.num_samples();
+            }
+            total -= dropped.len();
+        }
     }
 
     /// Discards the chunks of actors idle for [`IDLE_EVICTION`] (checked at
@@ -300,5 +342,33 @@ mod tests {
         }
         assert_eq!(s.held_chunks(), 3);
         assert_eq!(discarded, 7);
+    }
+
+    #[test]
+    fn all_actors_together_hold_at_most_max_total() {
+        let mut s = EpisodeStitcher::new(0.9, 100).with_max_total(5);
+        let mut discarded = 0;
+        // Ten actors, each with an episode that never ends in its 2 chunks.
+        for actor in 1..=10u32 {
+            for seq in 1..=2 {
+                let mut c = chunk(seq, 1, &[1.0], &[false]);
+                c.actor_id = actor;
+                let (out, d) = s.push(c);
+                assert!(out.is_empty());
+                discarded += d.chunks;
+                assert!(s.held_chunks() <= 5, "{}", s.held_chunks());
+            }
+        }
+        assert_eq!(discarded + s.held_chunks(), 20);
+        // The newest actor's chunks are the ones kept.
+        assert!(s.held.contains_key(&10));
+        // A sequence of u64::MAX followed by anything is a gap, not an overflow.
+        let mut c = chunk(u64::MAX, 1, &[1.0], &[false]);
+        c.actor_id = 10;
+        let _ = s.push(c);
+        let mut c = chunk(1, 1, &[1.0], &[false]);
+        c.actor_id = 10;
+        let (_, d) = s.push(c);
+        assert_eq!(d.chunks, 1, "the u64::MAX chunk is discarded by the gap");
     }
 }

@@ -1,14 +1,22 @@
 //! The ingest gate: what a chunk from the wire must pass before it may queue
-//! for the trainer — validation against the run, the staleness rule, and the
-//! per-actor sequence check — and the one mapping of every refusal to a gRPC
-//! status.
+//! for the trainer — the session it arrives on, validation against the run,
+//! the staleness rule and the session's sequence — and the one mapping of
+//! every refusal to a gRPC status.
+//!
+//! Sessions bind identity: `Hello` hands out an actor id with a secret
+//! credential, the trajectory stream carrying that credential is bound to the
+//! id, and a chunk claiming another id is refused. A session ends with its
+//! stream (its sequence record goes with it), and one never streamed on
+//! expires; the table is capped.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use flotilla_common::chunk::{self, Chunk, ChunkError, ChunkExpectations};
 use flotilla_common::metrics::{self as m, DropReason};
 use flotilla_common::{proto, Snapshot};
+use rand::Rng;
 use tokio::sync::watch;
 use tonic::{Code, Status};
 
@@ -18,7 +26,7 @@ use crate::train::recorder::Counters;
 /// Why the learner refuses a call or ends a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum LearnerError {
-    #[error("field `protocol_version`: expected {expected}, got {actual}")]
+    #[error("field `protocol_version`: this learner speaks protocol {expected}, the actor {actual}; run an actor of the same Flotilla release")]
     ProtocolVersion { expected: u32, actual: u32 },
     #[error("field `num_envs`: expected 0 (the run's default) to {max}, got {actual}")]
     NumEnvs { max: u32, actual: u32 },
@@ -36,8 +44,18 @@ pub enum LearnerError {
     Idle(f64),
     #[error("the learner is shutting down")]
     ShuttingDown,
-    #[error("sequence table poisoned")]
-    Poisoned,
+    #[error("metadata `{}`: missing or not text; send the session credential from Hello (RunSpec.session)", proto::SESSION_METADATA)]
+    NoSession,
+    #[error("unknown session (it expired unused, already ended, or the learner restarted): call Hello again")]
+    UnknownSession,
+    #[error(
+        "this session already has a trajectory stream (one per session; call Hello for another)"
+    )]
+    SessionBusy,
+    #[error("field `actor_id`: this session is actor {session}, got {claimed}")]
+    WrongActor { session: u32, claimed: u32 },
+    #[error("{sessions} actor sessions are open (ingest.max_actors); retry later")]
+    TooManySessions { sessions: usize },
 }
 
 impl From<LearnerError> for Status {
@@ -47,12 +65,17 @@ impl From<LearnerError> for Status {
             LearnerError::ProtocolVersion { .. } => Status::failed_precondition(message),
             LearnerError::NumEnvs { .. }
             | LearnerError::ActorName { .. }
+            | LearnerError::NoSession
             | LearnerError::Chunk(_) => Status::invalid_argument(message),
-            LearnerError::TooLarge(_) => Status::resource_exhausted(message),
+            LearnerError::TooLarge(_) | LearnerError::TooManySessions { .. } => {
+                Status::resource_exhausted(message)
+            }
             LearnerError::Inbound(status) => status,
             LearnerError::Idle(_) => Status::deadline_exceeded(message),
             LearnerError::ShuttingDown => Status::unavailable(message),
-            LearnerError::Poisoned => Status::internal(message),
+            LearnerError::UnknownSession => Status::aborted(message),
+            LearnerError::SessionBusy => Status::already_exists(message),
+            LearnerError::WrongActor { .. } => Status::permission_denied(message),
         }
     }
 }
@@ -73,6 +96,7 @@ impl LearnerError {
         match self {
             LearnerError::Chunk(e) => Some(e.drop_reason()),
             LearnerError::TooLarge(_) => Some(DropReason::TooLarge),
+            LearnerError::WrongActor { .. } => Some(DropReason::WrongActor),
             // A message that is not protobuf at all (see flotilla_common::codec).
             LearnerError::Inbound(s) if s.code() == Code::InvalidArgument => {
                 Some(DropReason::Invalid)
@@ -83,9 +107,41 @@ impl LearnerError {
             | LearnerError::ActorName { .. }
             | LearnerError::Idle(_)
             | LearnerError::ShuttingDown
-            | LearnerError::Poisoned => None,
+            | LearnerError::NoSession
+            | LearnerError::UnknownSession
+            | LearnerError::SessionBusy
+            | LearnerError::TooManySessions { .. } => None,
         }
     }
+}
+
+/// Limits of the session table.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Most open sessions (`ingest.max_actors`).
+    pub max_sessions: usize,
+    /// A session no stream has used for this long is forgotten.
+    pub unused_ttl: Duration,
+}
+
+/// A session `Hello` handed out: the actor id, and the secret credential
+/// its trajectory stream must carry.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub actor_id: u32,
+    pub session: String,
+}
+
+struct Session {
+    actor_id: u32,
+    name: Arc<str>,
+    opened: Instant,
+    streaming: bool,
+}
+
+struct Sessions {
+    by_credential: HashMap<String, Session>,
+    next_actor_id: u32,
 }
 
 /// The checks every chunk passes, shared by all streams.
@@ -94,15 +150,25 @@ pub struct IngestGate {
     expected: ChunkExpectations,
     staleness: StalenessRule,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// Name (from `Hello`) and highest accepted sequence number per actor id.
-    actors: Mutex<HashMap<u32, Actor>>,
+    sessions: Mutex<Sessions>,
+    limits: SessionLimits,
     counters: Arc<Counters>,
 }
 
-#[derive(Default)]
-struct Actor {
-    name: Arc<str>,
+/// A trajectory stream bound to its session: the identity every chunk must
+/// claim, and the last sequence number accepted. Dropping it ends the session.
+pub struct BoundStream<'g> {
+    gate: &'g IngestGate,
+    credential: String,
+    pub actor_id: u32,
+    pub actor_name: Arc<str>,
     last_sequence: u64,
+}
+
+impl Drop for BoundStream<'_> {
+    fn drop(&mut self) {
+        self.gate.sessions().by_credential.remove(&self.credential);
+    }
 }
 
 /// A chunk that passed the gate, with the name its actor gave at `Hello`.
@@ -117,22 +183,100 @@ impl IngestGate {
         expected: ChunkExpectations,
         staleness: StalenessRule,
         snapshots: watch::Receiver<Arc<Snapshot>>,
+        limits: SessionLimits,
         counters: Arc<Counters>,
     ) -> Self {
         IngestGate {
             expected,
             staleness,
             snapshots,
-            actors: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions {
+                by_credential: HashMap::new(),
+                next_actor_id: 1,
+            }),
+            limits,
             counters,
         }
     }
 
-    /// Records the name of the actor that `Hello` gave `actor_id`.
-    pub fn register(&self, actor_id: u32, name: &str) -> Result<(), LearnerError> {
-        let mut actors = self.actors.lock().map_err(|_| LearnerError::Poisoned)?;
-        actors.entry(actor_id).or_default().name = name.into();
-        Ok(())
+    /// The table; a panic elsewhere while it was held leaves it usable.
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session for the actor called `name` (`Hello`): forgets the
+    /// sessions that expired unused, makes room by forgetting the oldest
+    /// unused one when the table is full (a client that only says `Hello`
+    /// cannot lock others out), then hands out a fresh actor id and
+    /// credential. Refused only when every session has a live stream.
+    pub fn open_session(&self, name: &str) -> Result<Credentials, LearnerError> {
+        let mut s = self.sessions();
+        let ttl = self.limits.unused_ttl;
+        s.by_credential
+            .retain(|_, x| x.streaming || x.opened.elapsed() < ttl);
+        if s.by_credential.len() >= self.limits.max_sessions {
+            let oldest_unused = s
+                .by_credential
+                .iter()
+                .filter(|(_, x)| !x.streaming)
+                .min_by_key(|(_, x)| x.opened)
+                .map(|(k, _)| k.clone());
+            match oldest_unused {
+                Some(k) => {
+                    s.by_credential.remove(&k);
+                }
+                None => {
+                    return Err(LearnerError::TooManySessions {
+                        sessions: s.by_credential.len(),
+                    })
+                }
+            }
+        }
+        // Ids wrap after 2^32 - 1 sessions, skipping 0 and ids still in use.
+        let actor_id = loop {
+            let id = s.next_actor_id;
+            s.next_actor_id = s.next_actor_id.checked_add(1).unwrap_or(1);
+            if id != 0 && !s.by_credential.values().any(|x| x.actor_id == id) {
+                break id;
+            }
+        };
+        let session = format!("{:032x}", rand::rng().random::<u128>());
+        s.by_credential.insert(
+            session.clone(),
+            Session {
+                actor_id,
+                name: name.into(),
+                opened: Instant::now(),
+                streaming: false,
+            },
+        );
+        Ok(Credentials { actor_id, session })
+    }
+
+    /// Binds a trajectory stream to the session whose credential it carries.
+    pub fn bind(&self, credential: Option<&str>) -> Result<BoundStream<'_>, LearnerError> {
+        let credential = credential.ok_or(LearnerError::NoSession)?;
+        let mut s = self.sessions();
+        let session = s
+            .by_credential
+            .get_mut(credential)
+            .ok_or(LearnerError::UnknownSession)?;
+        if session.streaming {
+            return Err(LearnerError::SessionBusy);
+        }
+        session.streaming = true;
+        Ok(BoundStream {
+            gate: self,
+            credential: credential.to_owned(),
+            actor_id: session.actor_id,
+            actor_name: session.name.clone(),
+            last_sequence: 0,
+        })
+    }
+
+    /// Open sessions (streaming or not yet).
+    pub fn open_sessions(&self) -> usize {
+        self.sessions().by_credential.len()
     }
 
     /// The newest published policy version.
@@ -140,11 +284,22 @@ impl IngestGate {
         self.snapshots.borrow().version
     }
 
-    /// Validates a chunk and decides whether it is trained on: `Ok(Some)` to
-    /// queue it, `Ok(None)` when it is dropped (counted under its reason),
-    /// `Err` when the stream must end. Every valid chunk that is not a
-    /// duplicate counts as received, a stale one too.
-    pub fn admit(&self, msg: proto::Chunk) -> Result<Option<Admitted>, LearnerError> {
+    /// Checks a chunk from `stream` and decides whether it is trained on:
+    /// `Ok(Some)` to queue it, `Ok(None)` when it is dropped (counted under
+    /// its reason), `Err` when the stream must end. Every valid chunk that is
+    /// not a duplicate counts as received, a stale one too.
+    pub fn admit(
+        &self,
+        stream: &mut BoundStream<'_>,
+        msg: proto::Chunk,
+    ) -> Result<Option<Admitted>, LearnerError> {
+        // Identity first: a spoofed chunk costs no validation.
+        if msg.actor_id != stream.actor_id {
+            return Err(LearnerError::WrongActor {
+                session: stream.actor_id,
+                claimed: msg.actor_id,
+            });
+        }
         let payload = prost::Message::encoded_len(&msg) as u64;
         let newest = self.newest_version();
         let expected = ChunkExpectations {
@@ -155,16 +310,11 @@ impl IngestGate {
         let lag = newest.saturating_sub(chunk.policy_version);
         metrics::histogram!(m::POLICY_LAG).record(lag as f64);
         let samples = chunk.num_samples() as u64;
-        let actor_name = {
-            let mut actors = self.actors.lock().map_err(|_| LearnerError::Poisoned)?;
-            let actor = actors.entry(chunk.actor_id).or_default();
-            if chunk.sequence != 0 && chunk.sequence <= actor.last_sequence {
-                self.counters.dropped(DropReason::Duplicate, samples);
-                return Ok(None);
-            }
-            actor.last_sequence = chunk.sequence;
-            actor.name.clone()
-        };
+        if chunk.sequence <= stream.last_sequence {
+            self.counters.dropped(DropReason::Duplicate, samples);
+            return Ok(None);
+        }
+        stream.last_sequence = chunk.sequence;
         // Received: every valid, new chunk, stale or not (received = trained
         // + pending + stale, in Prometheus and metrics.jsonl alike).
         self.counters.received(samples, payload);
@@ -172,7 +322,10 @@ impl IngestGate {
             self.counters.dropped(DropReason::Stale, samples);
             return Ok(None);
         }
-        Ok(Some(Admitted { chunk, actor_name }))
+        Ok(Some(Admitted {
+            chunk,
+            actor_name: stream.actor_name.clone(),
+        }))
     }
 }
 
@@ -180,7 +333,7 @@ impl IngestGate {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use flotilla_common::chunk::ChunkBuilder;
+    use flotilla_common::chunk::{ChunkBuilder, ValueBounds};
     use flotilla_common::{EnvSpec, Space, VecEnv};
 
     use super::*;
@@ -204,13 +357,29 @@ mod tests {
             max_bytes: 1 << 20,
             newest_version: 0,
             require_behavior_value: false,
+            bounds: ValueBounds::defaults(
+                EnvSpec::new("CartPole-v1")
+                    .make()
+                    .unwrap()
+                    .observation_space(),
+            ),
         };
         let rule = StalenessRule { max_lag: 1, sync };
+        let limits = SessionLimits {
+            max_sessions: 3,
+            unused_ttl: Duration::from_millis(200),
+        };
         (
-            IngestGate::new(expected, rule, rx, counters.clone()),
+            IngestGate::new(expected, rule, rx, limits, counters.clone()),
             tx,
             counters,
         )
+    }
+
+    /// A session for `name`, bound to a stream.
+    fn stream<'g>(gate: &'g IngestGate, name: &str) -> BoundStream<'g> {
+        let c = gate.open_session(name).unwrap();
+        gate.bind(Some(&c.session)).unwrap()
     }
 
     fn chunk(actor_id: u32, sequence: u64, version: u64) -> proto::Chunk {
@@ -231,8 +400,12 @@ mod tests {
     #[test]
     fn a_chunk_passes_with_its_actors_name_and_counts_as_received_once() {
         let (gate, _tx, counters) = gate(3, false);
-        gate.register(1, "alpha").unwrap();
-        let a = gate.admit(chunk(1, 1, 3)).unwrap().expect("admitted");
+        let mut s = stream(&gate, "alpha");
+        let id = s.actor_id;
+        let a = gate
+            .admit(&mut s, chunk(id, 1, 3))
+            .unwrap()
+            .expect("admitted");
         assert_eq!(&*a.actor_name, "alpha");
         assert_eq!(a.chunk.num_samples(), T * N);
         assert_eq!(count(&counters.samples_received), (T * N) as u64);
@@ -242,9 +415,11 @@ mod tests {
     #[test]
     fn stale_chunks_are_received_and_dropped_as_stale() {
         let (gate, tx, counters) = gate(5, false);
+        let mut s = stream(&gate, "a");
+        let id = s.actor_id;
         // Lag 1 is allowed (max_lag 1), lag 2 is not.
-        assert!(gate.admit(chunk(1, 1, 4)).unwrap().is_some());
-        assert!(gate.admit(chunk(1, 2, 3)).unwrap().is_none());
+        assert!(gate.admit(&mut s, chunk(id, 1, 4)).unwrap().is_some());
+        assert!(gate.admit(&mut s, chunk(id, 2, 3)).unwrap().is_none());
         let samples = (T * N) as u64;
         assert_eq!(count(&counters.samples_received), 2 * samples);
         assert_eq!(count(&counters.stale_samples), samples);
@@ -253,41 +428,149 @@ mod tests {
             version: 9,
             safetensors: bytes::Bytes::new(),
         }));
-        assert!(gate.admit(chunk(1, 3, 5)).unwrap().is_none());
+        assert!(gate.admit(&mut s, chunk(id, 3, 5)).unwrap().is_none());
         assert_eq!(count(&counters.stale_samples), 2 * samples);
     }
 
     #[test]
     fn sync_mode_admits_only_the_newest_version() {
         let (gate, _tx, counters) = gate(5, true);
-        assert!(gate.admit(chunk(1, 1, 4)).unwrap().is_none());
-        assert!(gate.admit(chunk(1, 2, 5)).unwrap().is_some());
+        let mut s = stream(&gate, "a");
+        let id = s.actor_id;
+        assert!(gate.admit(&mut s, chunk(id, 1, 4)).unwrap().is_none());
+        assert!(gate.admit(&mut s, chunk(id, 2, 5)).unwrap().is_some());
         assert_eq!(count(&counters.stale_samples), (T * N) as u64);
     }
 
     #[test]
-    fn a_repeated_sequence_is_a_duplicate_and_not_received() {
+    fn a_sequence_not_above_the_last_is_a_duplicate_and_not_received() {
         let (gate, _tx, counters) = gate(0, false);
-        assert!(gate.admit(chunk(1, 2, 0)).unwrap().is_some());
-        assert!(gate.admit(chunk(1, 2, 0)).unwrap().is_none());
-        assert!(gate.admit(chunk(1, 1, 0)).unwrap().is_none());
-        // Another actor's sequence numbers are its own.
-        assert!(gate.admit(chunk(2, 1, 0)).unwrap().is_some());
-        assert_eq!(count(&counters.samples_received), 2 * (T * N) as u64);
+        let mut s = stream(&gate, "a");
+        let id = s.actor_id;
+        assert!(gate.admit(&mut s, chunk(id, 2, 0)).unwrap().is_some());
+        assert!(gate.admit(&mut s, chunk(id, 2, 0)).unwrap().is_none());
+        assert!(gate.admit(&mut s, chunk(id, 1, 0)).unwrap().is_none());
+        // u64::MAX is the last sequence a session can send; no overflow.
+        assert!(gate
+            .admit(&mut s, chunk(id, u64::MAX, 0))
+            .unwrap()
+            .is_some());
+        assert!(gate.admit(&mut s, chunk(id, 3, 0)).unwrap().is_none());
+        // Another session's sequence numbers are its own.
+        let mut other = stream(&gate, "b");
+        let other_id = other.actor_id;
+        assert!(gate
+            .admit(&mut other, chunk(other_id, 1, 0))
+            .unwrap()
+            .is_some());
+        assert_eq!(count(&counters.samples_received), 3 * (T * N) as u64);
+        // Sequence 0 is not a sequence number.
+        let e = gate.admit(&mut other, chunk(other_id, 0, 0)).unwrap_err();
+        assert!(e.to_string().contains("field `sequence`"), "{e}");
+    }
+
+    #[test]
+    fn a_chunk_claiming_another_actor_is_permission_denied_and_the_victim_goes_on() {
+        let (gate, _tx, counters) = gate(0, false);
+        let mut victim = stream(&gate, "victim");
+        let mut spoofer = stream(&gate, "spoofer");
+        let victim_id = victim.actor_id;
+        assert_ne!(victim_id, spoofer.actor_id);
+        let e = gate
+            .admit(&mut spoofer, chunk(victim_id, u64::MAX, 0))
+            .unwrap_err();
+        assert_eq!(e.drop_reason(), Some(DropReason::WrongActor));
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(
+            status.message().contains("field `actor_id`"),
+            "{}",
+            status.message()
+        );
+        // Nothing of the victim's record changed.
+        assert!(gate
+            .admit(&mut victim, chunk(victim_id, 1, 0))
+            .unwrap()
+            .is_some());
+        assert_eq!(count(&counters.samples_received), (T * N) as u64);
+    }
+
+    #[test]
+    fn sessions_bind_one_stream_end_with_it_expire_unused_and_are_capped() {
+        let (gate, _tx, _counters) = gate(0, false);
+        assert!(matches!(gate.bind(None), Err(LearnerError::NoSession)));
+        assert!(matches!(
+            gate.bind(Some("guessed")),
+            Err(LearnerError::UnknownSession)
+        ));
+        let c = gate.open_session("a").unwrap();
+        let bound = gate.bind(Some(&c.session)).unwrap();
+        assert!(matches!(
+            gate.bind(Some(&c.session)),
+            Err(LearnerError::SessionBusy)
+        ));
+        // The stream ends: so does the session, and its credential is dead.
+        drop(bound);
+        assert_eq!(gate.open_sessions(), 0);
+        assert!(matches!(
+            gate.bind(Some(&c.session)),
+            Err(LearnerError::UnknownSession)
+        ));
+        // A full table (max 3) forgets its oldest unused session for a new one ...
+        let held: Vec<_> = (0..3).map(|_| gate.open_session("x").unwrap()).collect();
+        let streaming = gate.bind(Some(&held[0].session)).unwrap();
+        let fourth = gate.open_session("x").unwrap();
+        assert_eq!(gate.open_sessions(), 3);
+        assert!(matches!(
+            gate.bind(Some(&held[1].session)),
+            Err(LearnerError::UnknownSession)
+        ));
+        // ... and refuses only when every session streams.
+        let b2 = gate.bind(Some(&held[2].session)).unwrap();
+        let b4 = gate.bind(Some(&fourth.session)).unwrap();
+        let e = gate.open_session("x").unwrap_err();
+        assert_eq!(Status::from(e).code(), Code::ResourceExhausted);
+        drop((b2, b4));
+        // Unused sessions expire (ttl 200 ms); a streaming one stays.
+        let unused = gate.open_session("y").unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        let fresh = gate.open_session("z").unwrap();
+        assert_eq!(gate.open_sessions(), 2);
+        assert!(matches!(
+            gate.bind(Some(&unused.session)),
+            Err(LearnerError::UnknownSession)
+        ));
+        // Ids are never shared by two open sessions.
+        assert_ne!(fresh.actor_id, streaming.actor_id);
+        let statuses = [
+            (LearnerError::NoSession, Code::InvalidArgument),
+            (LearnerError::UnknownSession, Code::Aborted),
+            (LearnerError::SessionBusy, Code::AlreadyExists),
+        ];
+        for (e, code) in statuses {
+            assert_eq!(Status::from(e).code(), code);
+        }
     }
 
     #[test]
     fn an_invalid_chunk_is_an_error_with_its_drop_reason_and_status() {
         let (gate, _tx, counters) = gate(0, false);
-        let mut bad = chunk(1, 1, 0);
+        let mut s = stream(&gate, "a");
+        let id = s.actor_id;
+        let mut bad = chunk(id, 1, 0);
         bad.rewards.truncate(3);
-        let e = gate.admit(bad).unwrap_err();
+        let e = gate.admit(&mut s, bad).unwrap_err();
         assert_eq!(e.drop_reason(), Some(DropReason::Invalid));
         let status = Status::from(e);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("rewards"), "{}", status.message());
-        let future = gate.admit(chunk(1, 2, 7)).unwrap_err();
+        let future = gate.admit(&mut s, chunk(id, 2, 7)).unwrap_err();
         assert_eq!(future.drop_reason(), Some(DropReason::FutureVersion));
+        let mut poison = chunk(id, 3, 0);
+        poison.behavior_logp = bytes::Bytes::from((-1e30f32).to_le_bytes().repeat(T * N));
+        let e = gate.admit(&mut s, poison).unwrap_err();
+        assert_eq!(e.drop_reason(), Some(DropReason::OutOfBounds));
+        assert_eq!(Status::from(e).code(), Code::InvalidArgument);
         assert_eq!(count(&counters.samples_received), 0);
     }
 
@@ -296,8 +579,8 @@ mod tests {
         let cases = [
             (
                 LearnerError::ProtocolVersion {
-                    expected: 1,
-                    actual: 2,
+                    expected: 2,
+                    actual: 1,
                 },
                 Code::FailedPrecondition,
             ),

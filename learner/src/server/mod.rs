@@ -11,9 +11,8 @@
 pub mod gate;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use flotilla_common::auth::{AuthToken, RequireToken};
@@ -29,7 +28,7 @@ use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-pub use gate::{Admitted, IngestGate, LearnerError};
+pub use gate::{Admitted, BoundStream, IngestGate, LearnerError, SessionLimits};
 
 /// Longest `actor_name` accepted at `Hello`.
 const MAX_ACTOR_NAME: usize = 256;
@@ -41,10 +40,46 @@ pub struct LearnerService {
     max_envs_per_actor: u32,
     /// A trajectory stream silent this long is ended.
     stream_idle_timeout: Duration,
-    next_actor_id: AtomicU32,
     gate: IngestGate,
     tx: Sender<Box<Admitted>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// A client that sends nothing but bad chunks must not flood the log.
+    rejections: LogLimiter,
+}
+
+/// Lets at most `per_window` log lines through per window; counts the rest.
+struct LogLimiter {
+    per_window: u32,
+    window: Duration,
+    /// Window start, lines logged in it, lines suppressed since the last one logged.
+    state: std::sync::Mutex<(Instant, u32, u64)>,
+}
+
+impl LogLimiter {
+    fn new(per_window: u32, window: Duration) -> Self {
+        LogLimiter {
+            per_window,
+            window,
+            state: std::sync::Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(n)` when this event may be logged (`n` events were suppressed
+    /// since the last logged one), `None` when it is suppressed.
+    fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0.elapsed() >= self.window {
+            s.0 = Instant::now();
+            s.1 = 0;
+        }
+        if s.1 < self.per_window {
+            s.1 += 1;
+            Some(std::mem::take(&mut s.2))
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
 }
 
 impl LearnerService {
@@ -60,10 +95,10 @@ impl LearnerService {
             spec,
             max_envs_per_actor,
             stream_idle_timeout,
-            next_actor_id: AtomicU32::new(1),
             gate,
             tx,
             snapshots,
+            rejections: LogLimiter::new(10, Duration::from_secs(10)),
         }
     }
 
@@ -107,9 +142,11 @@ impl LearnerService {
         Ok(())
     }
 
-    /// Reads one stream until the actor closes it: `Ok` with what was accepted.
+    /// Reads one stream of the session `bound` until the actor closes it:
+    /// `Ok` with what was accepted.
     async fn ingest(
         &self,
+        bound: &mut BoundStream<'_>,
         stream: &mut Streaming<proto::Chunk>,
     ) -> Result<proto::IngestSummary, LearnerError> {
         let mut summary = proto::IngestSummary::default();
@@ -121,7 +158,7 @@ impl LearnerService {
                 Ok(Err(status)) => return Err(LearnerError::inbound(status)),
                 Err(_) => return Err(LearnerError::Idle(self.stream_idle_timeout.as_secs_f64())),
             };
-            if let Some(admitted) = self.gate.admit(msg)? {
+            if let Some(admitted) = self.gate.admit(bound, msg)? {
                 let samples = admitted.chunk.num_samples() as u64;
                 self.enqueue(Box::new(admitted)).await?;
                 summary.chunks_accepted += 1;
@@ -152,18 +189,23 @@ type SnapshotStream =
 
 #[tonic::async_trait]
 impl proto::learner_server::Learner for LearnerService {
-    #[tracing::instrument(skip_all, fields(actor = %request.get_ref().actor_name))]
     async fn hello(
         &self,
         request: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::RunSpec>, Status> {
         let req = request.into_inner();
         self.check_hello(&req)?;
-        let actor_id = self.next_actor_id.fetch_add(1, Ordering::Relaxed);
-        self.gate.register(actor_id, &req.actor_name)?;
-        info!(actor_id, num_envs = req.num_envs, "actor joined");
+        let credentials = self.gate.open_session(&req.actor_name)?;
+        // The name comes from the wire: bounded above, escaped here.
+        info!(
+            actor = %req.actor_name.escape_debug(),
+            actor_id = credentials.actor_id,
+            num_envs = req.num_envs,
+            "actor joined"
+        );
         let spec = RunSpec {
-            actor_id,
+            actor_id: credentials.actor_id,
+            session: credentials.session,
             policy_version: self.gate.newest_version(),
             ..self.spec.clone()
         };
@@ -174,14 +216,22 @@ impl proto::learner_server::Learner for LearnerService {
         &self,
         request: Request<Streaming<proto::Chunk>>,
     ) -> Result<Response<proto::IngestSummary>, Status> {
+        let credential = request
+            .metadata()
+            .get(proto::SESSION_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut bound = self.gate.bind(credential.as_deref())?;
         let mut stream = request.into_inner();
         let _connected = Connected::new();
-        match self.ingest(&mut stream).await {
+        match self.ingest(&mut bound, &mut stream).await {
             Ok(summary) => Ok(Response::new(summary)),
             Err(e) => {
                 if let Some(reason) = e.drop_reason() {
                     reason.count(1);
-                    warn!(error = %e, %reason, "rejected a chunk");
+                    if let Some(unlogged) = self.rejections.admit() {
+                        warn!(actor_id = bound.actor_id, error = %e, %reason, unlogged, "rejected a chunk");
+                    }
                 } else if let LearnerError::Idle(seconds) = e {
                     warn!(idle_seconds = seconds, "ending a silent trajectory stream");
                 }
@@ -273,5 +323,26 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
         addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_limiter_lets_a_few_through_per_window_and_counts_the_rest() {
+        let l = LogLimiter::new(2, Duration::from_millis(100));
+        assert_eq!(l.admit(), Some(0));
+        assert_eq!(l.admit(), Some(0));
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(
+            l.admit(),
+            Some(2),
+            "the next logged line says how many were not"
+        );
+        assert_eq!(l.admit(), Some(0));
     }
 }

@@ -84,6 +84,7 @@ impl Trainer {
     /// Trains until the step budget is spent or `stop` is raised; writes a final checkpoint.
     pub fn run(mut self) -> Result<TrainSummary, TrainError> {
         let mut reached_total = false;
+        metrics::gauge!(m::LAST_UPDATE_TIME).set(m::unix_now());
         while !self.stop.load(Ordering::Relaxed) {
             if self.env_steps() >= self.total_env_steps {
                 reached_total = true;

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -127,7 +127,8 @@ impl Counters {
 /// Writes what each update did: Prometheus gauges and one `metrics.jsonl` line.
 pub struct Recorder {
     counters: Arc<Counters>,
-    log: BufWriter<File>,
+    /// Unbuffered: each line is one write, so a crash keeps every line.
+    log: File,
     started: Instant,
     kl_penalty: bool,
     /// Updates undone for non-finite numbers, and when that was last logged.
@@ -139,7 +140,7 @@ impl Recorder {
     pub fn new(counters: Arc<Counters>, log: File, started: Instant, kl_penalty: bool) -> Self {
         Recorder {
             counters,
-            log: BufWriter::new(log),
+            log,
             started,
             kl_penalty,
             skipped: 0,
@@ -173,6 +174,7 @@ impl Recorder {
         c.env_steps.fetch_add(s.samples as u64, Ordering::Relaxed);
         c.add_busy(s.seconds);
         metrics::counter!(m::LEARNER_UPDATES).increment(1);
+        metrics::gauge!(m::LAST_UPDATE_TIME).set(m::unix_now());
         metrics::counter!(m::LEARNER_SAMPLES_TRAINED).increment(s.samples as u64);
         metrics::histogram!(m::UPDATE_DURATION).record(s.seconds);
         metrics::gauge!(m::LOSS, "term" => "policy").set(s.policy_loss);
@@ -208,7 +210,7 @@ impl Recorder {
             "busy_seconds": c.busy_seconds(),
             "update": s,
         });
-        writeln!(self.log, "{line}")
+        self.log.write_all(format!("{line}\n").as_bytes())
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

@@ -274,6 +274,11 @@ pub struct IngestSection {
     pub max_policy_lag: u64,
     /// Chunks waiting for the trainer before ingest applies back-pressure.
     pub queue_capacity: usize,
+    /// Bytes of chunks waiting for the trainer, over all streams, before
+    /// ingest applies back-pressure.
+    pub max_queued_bytes: u64,
+    /// Most open client connections; more are closed at once.
+    pub max_connections: usize,
     /// Largest accepted chunk payload, in bytes.
     pub max_chunk_bytes: u64,
     /// Most environments one actor may run.
@@ -311,6 +316,8 @@ impl Default for IngestSection {
         IngestSection {
             max_policy_lag: 4,
             queue_capacity: 64,
+            max_queued_bytes: 256 << 20,
+            max_connections: 1024,
             max_chunk_bytes: 16 << 20,
             max_envs_per_actor: 4096,
             max_actors: 1024,
@@ -590,6 +597,18 @@ impl RunConfig {
         }
         if i.max_actors == 0 {
             bad("ingest.max_actors", "must be at least 1".into());
+        }
+        if i.max_connections == 0 {
+            bad("ingest.max_connections", "must be at least 1".into());
+        }
+        if i.max_queued_bytes < i.max_chunk_bytes || i.max_queued_bytes > 1 << 40 {
+            bad(
+                "ingest.max_queued_bytes",
+                format!(
+                    "must be in ingest.max_chunk_bytes ({})..=2^40, got {}",
+                    i.max_chunk_bytes, i.max_queued_bytes
+                ),
+            );
         }
         if i.max_concurrent_streams < 2 {
             bad(

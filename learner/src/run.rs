@@ -32,7 +32,8 @@ use crate::config::{Algo, ConfigError, IngestSection, RunConfig};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::model::{ModelError, Policy};
 use crate::server::{
-    self, Admitted, IngestGate, LearnerService, ServerOptions, ServerTask, SessionLimits,
+    self, Admitted, IngestGate, LearnerService, ServerOptions, ServerTask, ServiceLimits,
+    SessionLimits,
 };
 use crate::train::batcher::{Batcher, StalenessRule};
 use crate::train::learn::{KlPenalty, Learning};
@@ -607,8 +608,11 @@ fn serve(
     );
     let service = LearnerService::new(
         spec,
-        cfg.ingest.max_envs_per_actor,
-        stream_idle_timeout,
+        ServiceLimits {
+            max_envs_per_actor: cfg.ingest.max_envs_per_actor,
+            stream_idle_timeout,
+            max_queued_bytes: cfg.ingest.max_queued_bytes,
+        },
         gate,
         tx,
         snapshots,
@@ -741,6 +745,7 @@ fn server_options(opts: &RunOptions) -> ServerOptions {
         keepalive_interval: Duration::from_secs_f64(ingest.keepalive_interval_seconds),
         keepalive_timeout: Duration::from_secs_f64(ingest.keepalive_timeout_seconds),
         max_concurrent_streams: ingest.max_concurrent_streams,
+        max_connections: ingest.max_connections,
     }
 }
 

@@ -725,3 +725,88 @@ async fn a_poisoned_batch_past_loose_bounds_is_undone_not_published() {
         "only the honest batch counts as trained"
     );
 }
+
+/// `ingest.max_connections`: connections over the cap are closed at once,
+/// and a slot frees when a connection closes. A byte budget as small as one
+/// chunk (`ingest.max_queued_bytes`) still trains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped_and_a_tiny_byte_budget_still_trains() {
+    let l = learner(
+        "caps",
+        &[
+            "ingest.max_connections=2",
+            "ingest.max_chunk_bytes=4096",
+            "ingest.max_queued_bytes=4096",
+        ],
+    )
+    .await;
+    let addr = l.local_addr();
+    let mut a = client(addr).await;
+    let mut b = client(addr).await;
+    hello(&mut a).await;
+    hello(&mut b).await;
+    let third = async {
+        let mut c = LearnerClient::new(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+        );
+        c.hello(proto::HelloRequest {
+            actor_name: "third".into(),
+            num_envs: 1,
+            protocol_version: proto::PROTOCOL_VERSION,
+        })
+        .await
+    };
+    let err = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("refused at once, not hung")
+        .unwrap_err();
+    // A transport error (the connection closed under it: unavailable,
+    // cancelled or unknown, by timing): actors retry those.
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    drop(b);
+    let mut c = eventually("a slot after one connection closed", 10, || async {
+        let mut c = LearnerClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        let spec = c
+            .hello(proto::HelloRequest {
+                actor_name: "again".into(),
+                num_envs: N as u32,
+                protocol_version: proto::PROTOCOL_VERSION,
+            })
+            .await
+            .ok()?;
+        drop(spec);
+        Some(c)
+    })
+    .await;
+    // Two chunks through a budget of one chunk's size: a batch, version 1.
+    let spec = hello(&mut c).await;
+    let s = send_in(
+        &mut c,
+        &spec,
+        vec![good_chunk(&spec, 1, 0), good_chunk(&spec, 2, 0)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.chunks_accepted, 2);
+    eventually("version 1", 30, || {
+        let mut c = c.clone();
+        async move { (hello(&mut c).await.policy_version >= 1).then_some(()) }
+    })
+    .await;
+    drop(a);
+    l.stop();
+    let summary = l.wait().await.unwrap();
+    assert_eq!(summary.train.version, 1);
+}

@@ -176,6 +176,11 @@ impl Drop for BoundStream<'_> {
 pub struct Admitted {
     pub chunk: Chunk,
     pub actor_name: Arc<str>,
+    /// Its encoded size on the wire.
+    pub payload_bytes: u64,
+    /// Its share of the queue's byte budget (`ingest.max_queued_bytes`),
+    /// given back when the trainer takes the chunk.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl IngestGate {
@@ -325,6 +330,8 @@ impl IngestGate {
         Ok(Some(Admitted {
             chunk,
             actor_name: stream.actor_name.clone(),
+            payload_bytes: payload,
+            budget: None,
         }))
     }
 }

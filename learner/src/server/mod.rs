@@ -20,7 +20,7 @@ use flotilla_common::metrics as m;
 use flotilla_common::proto::{self, learner_server::LearnerServer};
 use flotilla_common::{RunSpec, Snapshot};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
@@ -45,6 +45,9 @@ pub struct LearnerService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A client that sends nothing but bad chunks must not flood the log.
     rejections: LogLimiter,
+    /// The queue's byte budget, in KiB (`ingest.max_queued_bytes`).
+    queued: Arc<Semaphore>,
+    queued_kib: u32,
 }
 
 /// Lets at most `per_window` log lines through per window; counts the rest.
@@ -85,12 +88,17 @@ impl LogLimiter {
 impl LearnerService {
     pub fn new(
         spec: RunSpec,
-        max_envs_per_actor: u32,
-        stream_idle_timeout: Duration,
+        limits: ServiceLimits,
         gate: IngestGate,
         tx: Sender<Box<Admitted>>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
     ) -> Self {
+        let ServiceLimits {
+            max_envs_per_actor,
+            stream_idle_timeout,
+            max_queued_bytes,
+        } = limits;
+        let queued_kib = u32::try_from(max_queued_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         LearnerService {
             spec,
             max_envs_per_actor,
@@ -99,12 +107,24 @@ impl LearnerService {
             tx,
             snapshots,
             rejections: LogLimiter::new(10, Duration::from_secs(10)),
+            queued: Arc::new(Semaphore::new(queued_kib as usize)),
+            queued_kib,
         }
     }
 
-    /// Hands a chunk to the trainer, waiting (off the async workers) while the
-    /// queue is full.
-    async fn enqueue(&self, chunk: Box<Admitted>) -> Result<(), LearnerError> {
+    /// Hands a chunk to the trainer, waiting while the queue's byte budget
+    /// is spent, then (off the async workers) while the queue is full.
+    async fn enqueue(&self, mut chunk: Box<Admitted>) -> Result<(), LearnerError> {
+        let kib = u32::try_from(chunk.payload_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.queued_kib);
+        let budget = self
+            .queued
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| LearnerError::ShuttingDown)?;
+        chunk.budget = Some(budget);
         match self.tx.try_send(chunk) {
             Ok(()) => {}
             Err(TrySendError::Full(chunk)) => {
@@ -166,6 +186,16 @@ impl LearnerService {
             }
         }
     }
+}
+
+/// Limits of one learner service.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    pub max_envs_per_actor: u32,
+    /// A trajectory stream silent this long is ended.
+    pub stream_idle_timeout: Duration,
+    /// Bytes of chunks the trainer's queue may hold, all streams together.
+    pub max_queued_bytes: u64,
 }
 
 /// Decrements the connected-actors gauge when a stream ends, however it ends.
@@ -270,6 +300,8 @@ pub struct ServerOptions {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Most open connections (`ingest.max_connections`); more are closed.
+    pub max_connections: usize,
 }
 
 /// The server task: serves `service` on `listener` until `stop` turns true.
@@ -291,13 +323,27 @@ pub fn spawn(
     // Without TCP_NODELAY a small frame (a chunk's end, a snapshot) can wait
     // for the peer's delayed ACK (~40 ms): visible in synchronous mode, where
     // every version is a round trip.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            if let Err(e) = c.set_nodelay(true) {
-                warn!(error = %e, "cannot set TCP_NODELAY");
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let refused = LogLimiter::new(5, Duration::from_secs(10));
+    let incoming = TcpListenerStream::new(listener).filter_map(move |conn| {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        // Over the cap: close it at once (the client retries with backoff).
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(unlogged) = refused.admit() {
+                warn!(
+                    unlogged,
+                    "connection refused: ingest.max_connections reached"
+                );
             }
+            return None;
+        };
+        if let Err(e) = conn.set_nodelay(true) {
+            warn!(error = %e, "cannot set TCP_NODELAY");
         }
-        conn
+        Some(Ok(Counted { conn, _slot: slot }))
     });
     Ok(tokio::spawn(
         builder
@@ -314,6 +360,66 @@ pub fn spawn(
                 let _ = stop.wait_for(|&s| s).await;
             }),
     ))
+}
+
+/// A connection holding one of the `max_connections` slots until it closes.
+struct Counted {
+    conn: tokio::net::TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.conn.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.conn).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.conn).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.conn.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.conn).poll_shutdown(cx)
+    }
 }
 
 /// The loopback address of a server listening on `addr` (which may be the

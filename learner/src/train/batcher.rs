@@ -66,7 +66,10 @@ impl Batcher {
     /// Admits a chunk when the newest policy version is `newest`; returns a
     /// batch when one is full.
     pub fn push(&mut self, admitted: Admitted, newest: u64) -> Option<Vec<Item>> {
-        let Admitted { chunk, actor_name } = admitted;
+        // The chunk leaves the queue: its byte budget goes back (drop).
+        let Admitted {
+            chunk, actor_name, ..
+        } = admitted;
         let lag = newest.saturating_sub(chunk.policy_version);
         if self.rule.is_stale(lag) {
             self.counters
@@ -140,6 +143,8 @@ mod tests {
         Admitted {
             chunk: raw(actor_id, sequence, policy_version, episodes),
             actor_name: format!("actor-{actor_id}").into(),
+            payload_bytes: 0,
+            budget: None,
         }
     }
 
@@ -185,6 +190,8 @@ mod tests {
         let named = |id: u32, name: &str| Admitted {
             chunk: raw(id, 1, 0, 0),
             actor_name: name.into(),
+            payload_bytes: 0,
+            budget: None,
         };
         assert!(b.push(named(1, "b"), 0).is_none());
         let batch = b.push(named(2, "a"), 0).expect("8 samples");

@@ -45,7 +45,7 @@ fn good_chunk(spec: &proto::RunSpec, seq: u64, version: u64) -> proto::Chunk {
     let mut b = ChunkBuilder::new(T, N, 4, Space::Discrete { n: 2 });
     b.begin(envs.observations());
     for t in 0..T {
-        let actions: Vec<usize> = (0..N).map(|i| (t + i + seq as usize) % 2).collect();
+        let actions: Vec<usize> = (0..N).map(|i| (t + i + (seq % 2) as usize) % 2).collect();
         envs.step_discrete(&actions);
         b.push_discrete(&actions, &[0.5f32.ln(); N], None, &envs);
     }

@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use flotilla_common::chunk::{self, ChunkExpectations};
+use flotilla_common::chunk::{self, ChunkExpectations, ValueBounds};
 use flotilla_common::proto;
 use flotilla_common::Space;
 use libfuzzer_sys::fuzz_target;
@@ -30,6 +30,10 @@ fn expectations() -> &'static [ChunkExpectations; 2] {
                 max_bytes: 1 << 20,
                 newest_version: 10,
                 require_behavior_value: false,
+                bounds: ValueBounds::defaults(&Space::bounded_box(
+                    vec![-4.8, f32::NEG_INFINITY, -0.42, f32::NEG_INFINITY],
+                    vec![4.8, f32::INFINITY, 0.42, f32::INFINITY],
+                )),
             },
             ChunkExpectations {
                 run_id: "fuzz-run".into(),
@@ -41,6 +45,10 @@ fn expectations() -> &'static [ChunkExpectations; 2] {
                 max_bytes: 1 << 20,
                 newest_version: 10,
                 require_behavior_value: true,
+                bounds: ValueBounds::defaults(&Space::bounded_box(
+                    vec![-1.0, -1.0, -8.0],
+                    vec![1.0, 1.0, 8.0],
+                )),
             },
         ]
     })

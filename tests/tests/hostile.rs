@@ -314,11 +314,17 @@ fn a_hostile_client_cannot_ruin_the_run() {
     let status = wait_for_exit(&mut l, 60).expect("learner exits after SIGTERM");
     let stderr = std::fs::read_to_string(dir.path().join("learner.log")).unwrap();
     assert!(status.success(), "{stderr}");
-    // Rejections are logged at a bounded rate, not one line each.
+    // Rejections and joins are logged at a bounded rate, not one line each.
     let rejected_lines = stderr.matches("rejected a chunk").count() as u64;
     assert!(
         rejected_lines < (poisons + spoofs) / 2 + 20,
         "{rejected_lines} log lines for {} rejections",
+        poisons + spoofs
+    );
+    let joined_lines = stderr.matches("actor joined").count() as u64;
+    assert!(
+        joined_lines < (poisons + spoofs) / 2 + 60,
+        "{joined_lines} log lines for {} Hellos",
         poisons + spoofs
     );
     // The hostile name is logged escaped, never raw.

@@ -43,8 +43,10 @@ pub struct LearnerService {
     gate: IngestGate,
     tx: Sender<Box<Admitted>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// A client that sends nothing but bad chunks must not flood the log.
+    /// A client that sends nothing but bad chunks (or says nothing but
+    /// Hello) must not flood the log.
     rejections: LogLimiter,
+    joins: LogLimiter,
     /// The queue's byte budget, in KiB (`ingest.max_queued_bytes`).
     queued: Arc<Semaphore>,
     queued_kib: u32,
@@ -107,6 +109,7 @@ impl LearnerService {
             tx,
             snapshots,
             rejections: LogLimiter::new(10, Duration::from_secs(10)),
+            joins: LogLimiter::new(50, Duration::from_secs(10)),
             queued: Arc::new(Semaphore::new(queued_kib as usize)),
             queued_kib,
         }
@@ -226,13 +229,17 @@ impl proto::learner_server::Learner for LearnerService {
         let req = request.into_inner();
         self.check_hello(&req)?;
         let credentials = self.gate.open_session(&req.actor_name)?;
-        // The name comes from the wire: bounded above, escaped here.
-        info!(
-            actor = %req.actor_name.escape_debug(),
-            actor_id = credentials.actor_id,
-            num_envs = req.num_envs,
-            "actor joined"
-        );
+        // The name comes from the wire: bounded above, escaped here; and a
+        // client saying nothing but Hello must not flood the log either.
+        if let Some(unlogged) = self.joins.admit() {
+            info!(
+                actor = %req.actor_name.escape_debug(),
+                actor_id = credentials.actor_id,
+                num_envs = req.num_envs,
+                unlogged,
+                "actor joined"
+            );
+        }
         let spec = RunSpec {
             actor_id: credentials.actor_id,
             session: credentials.session,

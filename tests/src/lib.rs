@@ -171,3 +171,20 @@ pub fn process_usage(pid: u32) -> ProcessUsage {
         threads: field("Threads:"),
     }
 }
+
+/// Asserts that a process's open files, threads and resident memory did not
+/// grow from `start` to `end` beyond a small allowance (a soak's verdict).
+pub fn assert_flat(start: ProcessUsage, end: ProcessUsage) {
+    assert!(
+        end.open_fds <= start.open_fds + 4,
+        "file descriptors leak: {start:?} -> {end:?}"
+    );
+    assert!(
+        end.threads <= start.threads + 2,
+        "threads leak: {start:?} -> {end:?}"
+    );
+    assert!(
+        end.rss_kib <= start.rss_kib + start.rss_kib / 4 + 20 * 1024,
+        "resident memory grows: {start:?} -> {end:?}"
+    );
+}

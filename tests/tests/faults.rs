@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_tests::{
-    bin, configs, free_port, process_usage, scrape, signal, wait_for_exit, wait_until, TempDir,
+    assert_flat, bin, configs, free_port, process_usage, scrape, signal, wait_for_exit, wait_until,
+    TempDir,
 };
 
 const TOKEN: &str = "flotilla-test-shared-token";
@@ -219,18 +220,7 @@ fn actors_joining_and_leaving_leak_nothing() {
         "soak {seconds} s, {joined} actors joined: RSS {} -> {} KiB, fds {} -> {}, threads {} -> {}, max queue depth {max_queue}, version {version}",
         start.rss_kib, end.rss_kib, start.open_fds, end.open_fds, start.threads, end.threads
     );
-    assert!(
-        end.open_fds <= start.open_fds + 4,
-        "file descriptors leak: {start:?} -> {end:?}"
-    );
-    assert!(
-        end.threads <= start.threads + 2,
-        "threads leak: {start:?} -> {end:?}"
-    );
-    assert!(
-        end.rss_kib <= start.rss_kib + start.rss_kib / 4 + 20 * 1024,
-        "resident memory grows: {start:?} -> {end:?}"
-    );
+    assert_flat(start, end);
     assert!(max_queue <= 8.0, "the ingest queue backs up: {max_queue}");
 
     for mut a in live {

@@ -15,7 +15,8 @@ use flotilla_common::env::EnvSpec;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
 use flotilla_common::{Space, VecEnv};
 use flotilla_tests::{
-    bin, configs, free_port, process_usage, scrape, signal, wait_for_exit, wait_until, TempDir,
+    assert_flat, bin, configs, free_port, process_usage, scrape, signal, wait_for_exit, wait_until,
+    TempDir,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -292,18 +293,7 @@ fn a_hostile_client_cannot_ruin_the_run() {
     }
 
     // Flat resources: sessions end with their streams, nothing piles up.
-    assert!(
-        end.open_fds <= start.open_fds + 4,
-        "file descriptors leak: {start:?} -> {end:?}"
-    );
-    assert!(
-        end.threads <= start.threads + 2,
-        "threads leak: {start:?} -> {end:?}"
-    );
-    assert!(
-        end.rss_kib <= start.rss_kib + start.rss_kib / 4 + 20 * 1024,
-        "resident memory grows: {start:?} -> {end:?}"
-    );
+    assert_flat(start, end);
 
     for mut a in honest {
         assert!(a.try_wait().unwrap().is_none(), "an honest actor exited");

@@ -73,11 +73,13 @@ pub fn fetch(url: &str, timeout: Duration) -> Result<String, String> {
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{url}: {e}"))?;
+    // One write: `write!` straight to the socket would send the request in
+    // pieces, and a server that answers after the first piece and closes
+    // resets the connection over the unread rest.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{url}: {e}"))?;
     let mut response = String::new();
     stream
         .take(64 << 20)
@@ -137,8 +139,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // Read the whole request before answering and closing, as an
+            // HTTP server does (closing over unread bytes sends a reset).
+            let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).unwrap();
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "request ended early: {request:?}");
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(request.starts_with(b"GET /metrics HTTP/1.0\r\n"));
             s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
                 .unwrap();
             s.write_all(TEXT.as_bytes()).unwrap();

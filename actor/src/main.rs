@@ -47,7 +47,7 @@ struct RunArgs {
     metrics_listen: Option<SocketAddr>,
     /// Act at most this many env steps per second (all envs together), e.g.
     /// to simulate a slow actor [default: as fast as it can].
-    #[arg(long, env = "FLOTILLA_MAX_STEPS_PER_SECOND", value_parser = positive_rate)]
+    #[arg(long, env = "FLOTILLA_MAX_STEPS_PER_SECOND", value_parser = cli::positive_rate)]
     max_steps_per_second: Option<f64>,
     /// File holding the learner's shared token (or give the token itself in
     /// FLOTILLA_AUTH_TOKEN).
@@ -65,15 +65,10 @@ struct RunArgs {
     /// Name expected in the learner's certificate [default: the URL's host].
     #[arg(long, env = "FLOTILLA_TLS_DOMAIN")]
     tls_domain: Option<String>,
-}
-
-fn positive_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!(
-            "expected a positive number of steps per second, got {s:?}"
-        )),
-    }
+    /// After SIGTERM/SIGINT, exit anyway (code 75) if the actor has not
+    /// stopped within this many seconds.
+    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE_SECONDS", default_value = "10", value_parser = cli::grace_seconds)]
+    shutdown_grace_seconds: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,7 +90,8 @@ fn default_name() -> String {
 
 fn main() -> ExitCode {
     cli::init_tracing();
-    let parsed = Cli::parse();
+    cli::exit_on_panic("actor");
+    let parsed = cli::parse_args::<Cli>();
     match parsed.command {
         Some(Command::Rollout(args)) => rollout_main(&args),
         None => act_main(parsed.run),
@@ -168,6 +164,7 @@ fn install_metrics(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::
 
 fn act_main(args: RunArgs) -> ExitCode {
     let metrics_listen = args.metrics_listen;
+    let grace = args.shutdown_grace_seconds;
     let opts = match ActorOptions::try_from(args) {
         Ok(o) => o,
         Err(e) => {
@@ -189,7 +186,7 @@ fn act_main(args: RunArgs) -> ExitCode {
         m::describe_actor();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            cli::shutdown_signal().await;
+            cli::shutdown_signal(grace).await;
             info!("stopping");
             let _ = stop_tx.send(true);
         });

@@ -645,6 +645,42 @@ impl RunConfig {
     }
 }
 
+/// Splits one `--set`/`FLOTILLA_SET` value into its assignments. A comma
+/// starts a new assignment only outside brackets, braces and quotes and only
+/// where a `key.path=` follows it, so `a=1,b=2` is two assignments while
+/// `model.hidden_sizes=[128,128]` and `run.name=a,b` are one each. Blank
+/// pieces (an empty `FLOTILLA_SET`) give nothing.
+pub fn split_assignments(value: &str) -> Vec<String> {
+    fn starts_assignment(rest: &str) -> bool {
+        let rest = rest.trim_start();
+        let key_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .unwrap_or(rest.len());
+        key_len > 0
+            && rest.as_bytes()[0].is_ascii_alphabetic()
+            && rest[key_len..].trim_start().starts_with('=')
+    }
+    let mut out = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0);
+    for (i, c) in value.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth -= 1,
+            (None, ',') if depth <= 0 && starts_assignment(&value[i + 1..]) => {
+                out.push(value[start..i].to_owned());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].to_owned());
+    out.retain(|s| !s.trim().is_empty());
+    out
+}
+
 /// Applies one `key.path=value` override. The value is read as a TOML value
 /// (`4`, `0.5`, `true`, `[64, 64]`, `"text"`); anything that is not valid TOML
 /// is taken as a string, so `--set env.id=Acrobot-v1` works unquoted.
@@ -685,6 +721,33 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "[env]\nid = \"CartPole-v1\"\n";
+
+    #[test]
+    fn a_comma_starts_a_new_assignment_only_before_a_key() {
+        let split = |s: &str| split_assignments(s);
+        assert_eq!(split("a=1,b.c=2"), ["a=1", "b.c=2"]);
+        assert_eq!(split("a=1, b = 2"), ["a=1", " b = 2"]);
+        assert_eq!(
+            split("model.hidden_sizes=[128,128]"),
+            ["model.hidden_sizes=[128,128]"]
+        );
+        assert_eq!(
+            split("model.hidden_sizes=[128, 128],ppo.update_epochs=4"),
+            ["model.hidden_sizes=[128, 128]", "ppo.update_epochs=4"]
+        );
+        assert_eq!(split("run.name=a,b"), ["run.name=a,b"]);
+        assert_eq!(split("x=\"p,q=1\",y=2"), ["x=\"p,q=1\"", "y=2"]);
+        assert_eq!(split("t={a=1,b=2}"), ["t={a=1,b=2}"]);
+        assert!(split("").is_empty() && split("  ").is_empty());
+        let c = RunConfig::from_toml(
+            MINIMAL,
+            "t",
+            &split("model.hidden_sizes=[128,128],ppo.update_epochs=3"),
+        )
+        .unwrap();
+        assert_eq!(c.model.hidden_sizes, [128, 128]);
+        assert_eq!(c.ppo.update_epochs, 3);
+    }
 
     #[test]
     fn minimal_config_takes_defaults() {

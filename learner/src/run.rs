@@ -344,10 +344,13 @@ fn prepare(opts: &RunOptions, device: tch::Device) -> Result<Prepared, RunError>
             }
         })?;
         version = data.meta.version;
+        let dropped = trim_metrics_log(&opts.run_dir.join("metrics.jsonl"), version)
+            .map_err(io_err("trimming metrics.jsonl to the resumed version"))?;
         info!(
             path = %path.display(),
             version,
             env_steps = data.meta.env_steps,
+            dropped_log_rows = dropped,
             "resumed from checkpoint"
         );
     }
@@ -359,6 +362,40 @@ fn prepare(opts: &RunOptions, device: tch::Device) -> Result<Prepared, RunError>
         counters,
         version,
     })
+}
+
+/// Keeps the rows of a metrics log up to `version`, in place (write aside,
+/// then rename): rows past the resumed checkpoint, logged before a crash,
+/// would otherwise appear twice once those versions are trained again. A
+/// torn last line goes too. Returns how many rows were dropped.
+fn trim_metrics_log(path: &Path, version: u64) -> std::io::Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let keep = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|row| row["version"].as_u64())
+            .is_some_and(|v| v <= version)
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.lines() {
+        if keep(line) {
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, kept)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(dropped)
 }
 
 /// The checkpoint to resume from: `None` for a new run. A run directory with
@@ -655,6 +692,7 @@ pub async fn start(
         run_id = %trainer.checkpoints.run_id,
         env = %cfg.env.id,
         device = %device_name(device),
+        device_reason = %opts.device.reason(device),
         torch_threads = opts.torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
         %addr,
         run_dir = %opts.run_dir.display(),
@@ -771,6 +809,25 @@ pub fn device_name(d: tch::Device) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_metrics_log_is_trimmed_to_the_resumed_version() {
+        let dir = flotilla_common::testing::TempDir::new("trim-log");
+        let path = dir.join("metrics.jsonl");
+        assert_eq!(super::trim_metrics_log(&path, 3).unwrap(), 0, "no log yet");
+        let rows: String = (1..=5)
+            .map(|v| format!("{{\"version\":{v},\"env_steps\":{}}}\n", v * 10))
+            .collect();
+        std::fs::write(&path, format!("{rows}{{\"version\":6,\"env_st")).unwrap();
+        assert_eq!(super::trim_metrics_log(&path, 3).unwrap(), 3);
+        let left = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            left,
+            "{\"version\":1,\"env_steps\":10}\n{\"version\":2,\"env_steps\":20}\n{\"version\":3,\"env_steps\":30}\n"
+        );
+        assert_eq!(super::trim_metrics_log(&path, 3).unwrap(), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), left);
+    }
+
     use super::*;
 
     #[test]

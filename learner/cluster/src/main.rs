@@ -76,7 +76,7 @@ struct Cli {
     local_num_envs: Option<u32>,
     /// Pace every local actor to at most this many env steps per second
     /// (slow actors: a way to study policy lag) [default: unpaced].
-    #[arg(long, env = "FLOTILLA_LOCAL_MAX_STEPS_PER_SECOND")]
+    #[arg(long, env = "FLOTILLA_LOCAL_MAX_STEPS_PER_SECOND", value_parser = cli::positive_rate)]
     local_max_steps_per_second: Option<f64>,
     /// File holding the shared token every gRPC call must carry (or give the
     /// token itself in FLOTILLA_AUTH_TOKEN) [default: no authentication].
@@ -96,14 +96,18 @@ struct Cli {
     /// libtorch's default (one per core)].
     #[arg(long, env = "FLOTILLA_TORCH_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     torch_threads: Option<u16>,
-    /// Override any config value: `--set ppo.batch_size=4096` (repeatable).
-    #[arg(
-        long = "set",
-        value_name = "KEY=VALUE",
-        env = "FLOTILLA_SET",
-        value_delimiter = ','
-    )]
+    /// Override any config value: `--set ppo.batch_size=4096` (repeatable;
+    /// one value may also hold several assignments, `a=1,b=2`: a comma
+    /// starts a new one only where a `key=` follows, so lists and strings
+    /// with commas pass whole: `--set model.hidden_sizes=[128,128]`).
+    #[arg(long = "set", value_name = "KEY=VALUE", env = "FLOTILLA_SET")]
     set: Vec<String>,
+    /// After SIGTERM/SIGINT the learner finishes the current update and
+    /// writes a checkpoint; if that takes longer than this many seconds it
+    /// exits anyway with code 75 (the last complete checkpoint stays valid).
+    /// A second signal exits at once.
+    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE_SECONDS", default_value = "25", value_parser = cli::grace_seconds)]
+    shutdown_grace_seconds: std::time::Duration,
     /// Also write the end-of-run summary as one JSON object to this file.
     #[arg(long, env = "FLOTILLA_SUMMARY_JSON")]
     summary_json: Option<PathBuf>,
@@ -161,7 +165,8 @@ fn compare(out: &std::path::Path, title: &str, runs: &[String]) -> Result<(), St
 
 fn main() -> ExitCode {
     cli::init_tracing();
-    let args = Cli::parse();
+    cli::exit_on_panic("learner");
+    let args = cli::parse_args::<Cli>();
     match &args.command {
         Some(Command::Compare { out, title, runs }) => compare_main(out, title, runs),
         Some(Command::Plot { run_dir }) => plot_main(run_dir),
@@ -232,6 +237,7 @@ struct Options {
     local: LocalActors,
     metrics_listen: SocketAddr,
     summary_json: Option<PathBuf>,
+    grace: std::time::Duration,
 }
 
 impl TryFrom<Cli> for Options {
@@ -241,11 +247,10 @@ impl TryFrom<Cli> for Options {
         let config_path = cli
             .config
             .ok_or_else(|| anyhow::anyhow!("--config is required"))?;
-        // An empty FLOTILLA_SET (as a compose file may pass) means no overrides.
         let mut overrides: Vec<String> = cli
             .set
-            .into_iter()
-            .filter(|s| !s.trim().is_empty())
+            .iter()
+            .flat_map(|s| flotilla_learner::config::split_assignments(s))
             .collect();
         if let Some(seed) = cli.seed {
             overrides.push(format!("run.seed={seed}"));
@@ -284,6 +289,7 @@ impl TryFrom<Cli> for Options {
             },
             metrics_listen: cli.metrics_listen,
             summary_json: cli.summary_json,
+            grace: cli.shutdown_grace_seconds,
         })
     }
 }
@@ -327,10 +333,11 @@ fn train_main(options: Options) -> ExitCode {
         local,
         metrics_listen,
         summary_json,
+        grace,
     } = options;
     let result = runtime.block_on(async move {
         install_metrics(metrics_listen);
-        flotilla_cluster::run(run, local, cli::shutdown_signal()).await
+        flotilla_cluster::run(run, local, cli::shutdown_signal(grace)).await
     });
     match result {
         Ok(summary) => {

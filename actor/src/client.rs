@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_common::auth::{AttachToken, AuthToken};
+use flotilla_common::chunk::{max_encoded_len, ChunkShape};
 use flotilla_common::metrics as m;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
 use flotilla_common::{RunSpec, Snapshot};
@@ -108,7 +109,45 @@ struct Session {
     credential: String,
     /// The learner's policy version at the handshake.
     version: u64,
+    /// Largest chunk message the learner accepts.
+    max_chunk_bytes: u64,
     spec: WorkerSpec,
+}
+
+/// The largest chunk these envs can produce with one episode ending per env
+/// (the usual worst case of long episodes) must fit the learner's
+/// `ingest.max_chunk_bytes`; else no chunk would ever be accepted, and the
+/// error says how many envs would fit. A chunk in which more episodes end
+/// than that may still be too large: [`serve`] checks each one.
+fn check_chunk_size(spec: &WorkerSpec, run_id: &str, max_bytes: u64) -> Result<(), String> {
+    let shape = |num_envs: usize| ChunkShape {
+        chunk_len: spec.chunk_len,
+        num_envs,
+        obs_dim: spec.observation_space.flat_dim(),
+        action_space: &spec.action_space,
+        behavior_values: spec.behavior_values,
+        episodes: num_envs,
+        run_id_len: run_id.len(),
+        env_id_len: spec.env.id.len(),
+    };
+    let bytes = max_encoded_len(&shape(spec.num_envs));
+    if bytes <= max_bytes {
+        return Ok(());
+    }
+    let fits = (1..spec.num_envs)
+        .rev()
+        .find(|&n| max_encoded_len(&shape(n)) <= max_bytes);
+    let advice = match fits {
+        Some(n) => {
+            format!("run this actor with --num-envs {n} or fewer, or raise ingest.max_chunk_bytes")
+        }
+        None => "even one env is too many: raise ingest.max_chunk_bytes or lower rollout.chunk_len"
+            .into(),
+    };
+    Err(format!(
+        "chunks of {} envs x {} steps of {} encode to up to {bytes} bytes, over the learner's ingest.max_chunk_bytes = {max_bytes}: {advice}",
+        spec.num_envs, spec.chunk_len, spec.env.id
+    ))
 }
 
 async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Status> {
@@ -151,8 +190,10 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
         sync: rs.sync,
         batch_samples: rs.batch_samples as usize,
     };
+    check_chunk_size(&spec, &rs.run_id, rs.max_chunk_bytes).map_err(Status::failed_precondition)?;
     Ok(Session {
         client,
+        max_chunk_bytes: rs.max_chunk_bytes,
         run_id: rs.run_id,
         actor_id: rs.actor_id,
         credential: rs.session,
@@ -371,6 +412,7 @@ async fn serve(
         actor_id,
         credential,
         version,
+        max_chunk_bytes,
         ..
     } = session;
     // Newest version this learner has shown us. A chunk acted with a newer one
@@ -434,6 +476,14 @@ async fn serve(
                 chunk.run_id.clone_from(&run_id);
                 chunk.actor_id = actor_id;
                 chunk.sequence = sequence;
+                let bytes = prost::Message::encoded_len(&chunk) as u64;
+                if bytes > max_chunk_bytes {
+                    // The learner would refuse it, and every retry of it.
+                    return Err(Status::failed_precondition(format!(
+                        "a chunk of {bytes} bytes ({} episodes ended in it) is over the learner's ingest.max_chunk_bytes = {max_chunk_bytes}: lower --num-envs or raise ingest.max_chunk_bytes",
+                        chunk.episode_returns.len()
+                    )));
+                }
                 let t0 = Instant::now();
                 let Some(tx) = out_tx.as_ref() else { return Ok(()) };
                 if tx.send(chunk).await.is_err() {

@@ -40,6 +40,25 @@ impl Drop for TempDir {
     }
 }
 
+/// Reports that a test cannot run its stage here (`"cuda"`, `"python"`,
+/// ...) and why. Outside CI it prints `skipped` and the test returns early.
+/// When `FLOTILLA_ALLOW_SKIP` is set (CI sets it to the stages this machine
+/// may lack, comma-separated), a skip of any other stage fails the test, so
+/// a green run cannot hide a stage that silently did not run.
+pub fn skip(stage: &str, reason: &str) {
+    if let Some(err) = skip_refusal(std::env::var("FLOTILLA_ALLOW_SKIP").ok(), stage, reason) {
+        panic!("{err}");
+    }
+    eprintln!("skipped ({stage}): {reason}");
+}
+
+fn skip_refusal(allowed: Option<String>, stage: &str, reason: &str) -> Option<String> {
+    let allowed = allowed?;
+    (!allowed.split(',').any(|s| s.trim() == stage)).then(|| {
+        format!("the {stage} stage cannot run here ({reason}) and FLOTILLA_ALLOW_SKIP={allowed:?} does not allow skipping it")
+    })
+}
+
 /// Polls `probe` every 100 ms until it returns `Some`, for at most `secs`
 /// seconds; panics naming `what` on the deadline.
 pub fn wait_until<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -78,6 +97,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skip_must_be_allowed_when_ci_says_which() {
+        assert_eq!(skip_refusal(None, "cuda", "no GPU"), None);
+        assert_eq!(
+            skip_refusal(Some("cuda, python".into()), "python", "x"),
+            None
+        );
+        let e = skip_refusal(Some("cuda".into()), "python", "no VIRTUAL_ENV").unwrap();
+        assert!(
+            e.contains("python stage cannot run here (no VIRTUAL_ENV)"),
+            "{e}"
+        );
+        assert!(skip_refusal(Some(String::new()), "cuda", "no GPU").is_some());
+    }
 
     #[test]
     fn temp_dirs_are_fresh_and_removed() {

@@ -199,9 +199,64 @@ mod tests {
         std::fs::write(dir.join("metrics.jsonl"), log).unwrap();
         assert_eq!(read_points(&dir.join("metrics.jsonl")).unwrap().len(), 50);
         let png = plot_run(dir, "test").unwrap();
-        let bytes = std::fs::read(&png).unwrap();
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-        assert!(bytes.len() > 5_000);
+        // The curve is drawn, in the first color, and it rises: its pixels
+        // at the right edge sit higher (smaller y) than at the left.
+        let (lo, hi) = curve_ends(&png, PALETTE[0]);
+        assert!(hi < lo - 100.0, "a rising curve: left y {lo}, right y {hi}");
+    }
+
+    /// Median y of the pixels of `color` in the leftmost and rightmost
+    /// tenth of their horizontal extent (the median: a legend swatch of the
+    /// same color may sit in a band).
+    fn curve_ends(png: &Path, color: RGBColor) -> (f64, f64) {
+        let img = image::open(png).unwrap().to_rgb8();
+        let RGBColor(r, g, b) = color;
+        let px: Vec<(u32, u32)> = img
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0 == [r, g, b])
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        assert!(px.len() > 200, "{} pixels of {color:?}", px.len());
+        let (x0, x1) = (
+            px.iter().map(|p| p.0).min().unwrap(),
+            px.iter().map(|p| p.0).max().unwrap(),
+        );
+        let band = (x1 - x0) / 10;
+        let median_y = |keep: &dyn Fn(u32) -> bool| {
+            let mut ys: Vec<u32> = px.iter().filter(|p| keep(p.0)).map(|p| p.1).collect();
+            ys.sort_unstable();
+            ys[ys.len() / 2] as f64
+        };
+        (median_y(&|x| x <= x0 + band), median_y(&|x| x >= x1 - band))
+    }
+
+    #[test]
+    fn compare_draws_each_label_in_its_color() {
+        let tmp = TempDir::new("plot-many");
+        let rising: Vec<Point> = (0..40)
+            .map(|i| Point {
+                env_steps: i as f64 * 1000.0,
+                wall_seconds: i as f64,
+                mean_return: i as f64 * 10.0,
+            })
+            .collect();
+        let falling: Vec<Point> = rising
+            .iter()
+            .map(|p| Point {
+                mean_return: 400.0 - p.mean_return,
+                ..*p
+            })
+            .collect();
+        let out = tmp.join("cmp.png");
+        let groups = vec![
+            ("up".to_owned(), vec![rising]),
+            ("down".to_owned(), vec![falling]),
+        ];
+        draw_many(&groups, "cmp", &out).unwrap();
+        let (lo, hi) = curve_ends(&out, PALETTE[0]);
+        assert!(hi < lo, "first label rises: {lo} -> {hi}");
+        let (lo, hi) = curve_ends(&out, PALETTE[1]);
+        assert!(hi > lo, "second label falls: {lo} -> {hi}");
     }
 
     #[test]

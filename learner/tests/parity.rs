@@ -20,9 +20,23 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 }
 
 fn check(spec: &ModelSpec, obs_dim: usize, space: &Space, seed: u64) {
-    let torch = Policy::new(spec, obs_dim, space, Device::Cpu, seed);
-    let cpu = CpuPolicy::from_safetensors(spec, obs_dim, space, &torch.to_safetensors()).unwrap();
+    let mut torch = Policy::new(spec, obs_dim, space, Device::Cpu, seed);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    // Initial weights hide mismatches (zero biases, a 0.01 head gain, one
+    // log-std for all dims): move every parameter by a sizeable amount first.
+    let mut params = torch.host_parameters();
+    for (_, _, data) in &mut params {
+        for x in data.iter_mut() {
+            *x += rng.random_range(-0.5..0.5);
+        }
+    }
+    torch.load_parameters(&params).unwrap();
+    assert_eq!(
+        torch.host_parameters(),
+        params,
+        "the perturbed weights are in"
+    );
+    let cpu = CpuPolicy::from_safetensors(spec, obs_dim, space, &torch.to_safetensors()).unwrap();
     let b = 37;
     let obs: Vec<f32> = (0..b * obs_dim)
         .map(|_| rng.random_range(-3.0..3.0))

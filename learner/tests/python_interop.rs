@@ -14,7 +14,10 @@ use tch::Device;
 #[test]
 fn python_safetensors_reads_a_snapshot() {
     let Ok(venv) = std::env::var("VIRTUAL_ENV") else {
-        eprintln!("skipped: no VIRTUAL_ENV (run the tests through deploy/local.sh)");
+        flotilla_common::testing::skip(
+            "python",
+            "no VIRTUAL_ENV (run the tests through deploy/local.sh)",
+        );
         return;
     };
     let python = format!("{venv}/bin/python");

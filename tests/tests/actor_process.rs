@@ -82,15 +82,46 @@ fn actors_reconnect_to_a_restarted_learner_and_stop_on_sigterm() {
         );
     }
 
+    // The newest checkpoint the resumed learner can start from.
+    let resumed_from = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("ckpt-")?
+                .strip_suffix(".safetensors")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("a checkpoint");
+
     // A resumed learner on the same address: the same actors finish its budget.
     let l2 = learner(&run, port, 60_000, true);
-    let out = l2.wait_with_output().unwrap();
+    let pid = l2.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(l2.wait_with_output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(300))
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the resumed learner did not finish its budget within 300 s")
+        })
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
     let (version, steps) = summary_version_and_steps(&run).expect("summary");
-    assert!(steps >= 60_000 && version > 2, "{stdout}");
+    assert!(
+        stderr.contains(&format!("version={resumed_from}")),
+        "resumed from the newest checkpoint, {resumed_from}: {stderr}"
+    );
+    assert!(
+        steps >= 60_000 && version > resumed_from,
+        "version {version} after resuming from {resumed_from}: {stdout}"
+    );
 
     for mut a in actors {
         signal(&a, "TERM");
@@ -106,4 +137,76 @@ fn actors_reconnect_to_a_restarted_learner_and_stop_on_sigterm() {
             "{err}"
         );
     }
+}
+
+/// An actor whose chunks could never fit the learner's
+/// `ingest.max_chunk_bytes` stops at once (exit 64) saying how many envs
+/// would fit, instead of retrying a refused chunk forever; with that many
+/// envs it trains.
+#[test]
+fn an_actor_sizes_its_chunks_to_the_learners_limit() {
+    let dir = TempDir::new("actor-chunk-size");
+    let run = dir.path().join("run");
+    let (port, metrics) = (free_port(), free_port());
+    let mut learner = Command::new(bin("learner"))
+        .arg("--config")
+        .arg(configs().join("cartpole.toml"))
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--device", "cpu", "--set", "ingest.max_chunk_bytes=8192"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("learner starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let actor = |envs: &str, name: &str| {
+        Command::new(bin("actor"))
+            .args(["--learner", &url, "--name", name, "--num-envs", envs])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("actor starts")
+    };
+    let mut big = actor("8", "big");
+    let status = wait_for_exit(&mut big, 60).expect("the actor stops by itself");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut big.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(64), "{err}");
+    assert!(err.contains("ingest.max_chunk_bytes = 8192"), "{err}");
+    let fits: String = err
+        .split("--num-envs ")
+        .nth(1)
+        .expect("advice names --num-envs")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let n: usize = fits.parse().expect("a number of envs");
+    assert!((1..8).contains(&n), "{err}");
+
+    let mut small = actor(&fits, "small");
+    let scraped = wait_until("chunks from the smaller actor", 60, || {
+        let s = flotilla_tests::scrape(metrics);
+        (s.get("flotilla_chunks_received_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 5.0)
+            .then_some(s)
+    });
+    assert_eq!(
+        scraped
+            .get("flotilla_chunks_dropped_total{reason=\"too_large\"}")
+            .copied()
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        small.try_wait().unwrap().is_none(),
+        "the smaller actor runs on"
+    );
+    let _ = small.kill();
+    let _ = learner.kill();
+    let _ = small.wait();
+    let _ = learner.wait();
 }

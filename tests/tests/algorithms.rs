@@ -48,6 +48,7 @@ fn reinforce_a2c_and_vtrace_learn_cartpole() {
             ],
         );
         let ret = mean_return.unwrap_or_else(|| panic!("no summary\n{stdout}"));
+        eprintln!("{algo}: mean return {ret:.1} after 300k steps (floor {floor})");
         assert!(
             ret >= floor,
             "{algo}: mean return {ret} < {floor} after 300k steps\n{stdout}"
@@ -94,6 +95,11 @@ fn sync_mode_repeats_a_seeded_run() {
         assert_eq!(r["stale_samples"], 0, "{r}");
     }
     let (a, b) = (strip(&a), strip(&b));
+    assert_eq!(
+        b.len(),
+        a.len(),
+        "the second run logged another number of updates"
+    );
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "update {i} differs between two seeded sync runs");
     }

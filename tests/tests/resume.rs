@@ -72,13 +72,33 @@ fn resume_continues_counters_and_skips_a_torn_checkpoint() {
         (40_960..40_960 + 20_480).contains(&s2),
         "steps {s2} should continue from {s1}"
     );
-    // the metrics log of both runs is one continuous curve
-    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(
-        lines.lines().count() as u64,
-        v2,
-        "one metrics line per update across both runs"
-    );
+    // the metrics log of both runs is one continuous curve: one line per
+    // version, versions 1, 2, 3, ... and env steps rising throughout, also
+    // where the second run began (a step counter that restarted at 0 while
+    // the version carried on breaks the rise there)
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len() as u64, v2, "one metrics line per update");
+    let versions: Vec<u64> = rows
+        .iter()
+        .map(|r| r["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (1..=v2).collect::<Vec<_>>());
+    let steps: Vec<u64> = rows
+        .iter()
+        .map(|r| r["env_steps"].as_u64().unwrap())
+        .collect();
+    for (i, w) in steps.windows(2).enumerate() {
+        assert!(
+            w[1] > w[0],
+            "env steps fall after version {}: {steps:?}",
+            i + 1
+        );
+    }
+    assert!(steps[v1 as usize - 1] >= s1 - 2048, "{steps:?}");
 }
 
 /// `--resume` with checkpoints the config cannot use refuses to start (exit
@@ -158,4 +178,84 @@ fn resume_with_a_changed_model_refuses_unless_force_new() {
     );
     let last = flotilla_tests::summary_final_checkpoint(&run).unwrap();
     assert!(last.exists(), "{}", last.display());
+}
+
+/// `--resume` in an empty run directory starts a new run (compose and
+/// Kubernetes always pass it); in one whose every checkpoint is corrupt it
+/// refuses (exit 64) naming each file.
+#[test]
+fn resume_on_an_empty_or_all_corrupt_run_directory() {
+    let dir = TempDir::new("resume-empty");
+    let run = dir.path().join("run");
+    let (_, log) = train(&run, 2048, true);
+    assert!(!log.contains("resumed from checkpoint"), "{log}");
+    assert!(summary_version_and_steps(&run).is_some());
+
+    let ckpts = run.join("checkpoints");
+    let names: Vec<_> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!names.is_empty());
+    for p in &names {
+        std::fs::write(p, b"not a checkpoint").unwrap();
+    }
+    let out = learner_command("cartpole.toml", &run)
+        .args(["--local-actors", "1", "--resume"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for p in &names {
+        let name = p.file_name().unwrap().to_string_lossy();
+        assert!(stderr.contains(name.as_ref()), "names {name}: {stderr}");
+    }
+}
+
+/// After a kill -9 between checkpoints, the resumed run trains the lost
+/// versions again, and the metrics log holds each version once: the rows
+/// logged past the checkpoint before the crash are dropped on resume.
+#[test]
+fn resume_after_kill_9_logs_each_version_once() {
+    let dir = TempDir::new("resume-kill");
+    let run = dir.path().join("run");
+    let mut child = learner_command("cartpole.toml", &run)
+        .args(["--local-actors", "1", "--total-env-steps", "10000000"])
+        .args([
+            "--set",
+            "run.checkpoint_every=4",
+            "--set",
+            "ppo.batch_size=1024",
+        ])
+        // about four updates a second: time to kill between checkpoints
+        .args(["--local-max-steps-per-second", "4096"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = run.join("metrics.jsonl");
+    // Kill between two checkpoints: at least one written, and the log two
+    // versions past it.
+    flotilla_tests::wait_until("6 updates", 120, || {
+        let rows = std::fs::read_to_string(&log).ok()?.lines().count();
+        (rows >= 6 && rows % 4 >= 2).then_some(())
+    });
+    flotilla_tests::signal(&child, "KILL");
+    let _ = child.wait();
+    let before = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+
+    let (_, stderr) = train(&run, 40_960, true);
+    assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
+    let (v2, _) = summary_version_and_steps(&run).expect("summary");
+    let versions: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(v2 > before, "{v2} {before}");
+    assert_eq!(versions, (1..=v2).collect::<Vec<_>>(), "each version once");
 }

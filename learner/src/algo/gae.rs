@@ -580,6 +580,7 @@ mod tests {
     #[test]
     fn runs_on_the_inputs_device() {
         if !tch::Cuda::is_available() {
+            flotilla_common::testing::skip("cuda", "no CUDA device");
             return;
         }
         let cuda = Device::Cuda(0);

@@ -1,7 +1,8 @@
 //! Metric names: one place for the contract shared by the code, the Grafana
 //! dashboard, the docs and the tests (docs/metrics.md). Libraries only emit;
 //! the binaries install the Prometheus exporter and call `describe_*` once, so
-//! every metric is exported (at zero) before its first event.
+//! counters and gauges are exported (at zero) before their first event;
+//! histograms appear with their first observation.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -157,7 +158,7 @@ pub fn describe_learner() {
     );
     describe_gauge!(
         APPROX_KL,
-        "approximate KL between the policy before and after the last update"
+        "approximate KL between the actors' behaviour policy and the updated policy (includes policy lag)"
     );
     describe_gauge!(
         CLIP_FRACTION,

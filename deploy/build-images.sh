@@ -55,8 +55,10 @@ build_base() {
 build_binaries() {
   local flag=--release dir=release
   if [ "$PROFILE" = dev ]; then flag= dir=debug; fi
-  log "building actor and learner ($PROFILE)"
-  "$ROOT/deploy/local.sh" cargo build $flag --bin actor --bin learner >&2
+  # These images are CPU images: FLOTILLA_CUDA=0 leaves libtorch_cuda (and
+  # the gigabytes of CUDA libraries it pulls in) out of the learner.
+  log "building actor and learner ($PROFILE, CPU only)"
+  FLOTILLA_CUDA=0 "$ROOT/deploy/local.sh" cargo build $flag --bin actor --bin learner >&2
   BIN_DIR="$ROOT/target/$dir"
 }
 

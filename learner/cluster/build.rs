@@ -1,9 +1,9 @@
 //! Lets the `learner` binary find libtorch at run time without
 //! `LD_LIBRARY_PATH`, and keeps `libtorch_cuda` in its link when the learner
-//! is built with CUDA.
+//! links CUDA.
 //!
 //! The learner crate (`links = "flotilla_learner"`) passes on where libtorch's
-//! libraries are and whether its `cuda` feature is on; see learner/build.rs.
+//! libraries are and whether it links CUDA; see learner/build.rs.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_FLOTILLA_LEARNER_LIBTORCH_LIB");

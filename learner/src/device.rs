@@ -22,10 +22,10 @@ pub enum DeviceError {
 
 /// Whether this build can use CUDA at all, in words.
 pub fn cuda_support() -> &'static str {
-    if cfg!(feature = "cuda") {
+    if cfg!(flotilla_cuda) {
         "this learner is built with CUDA support"
     } else {
-        "this learner is built without CUDA support: build with `--features cuda` against a CUDA libtorch"
+        "this learner is built without CUDA support (its libtorch has no libtorch_cuda, or it was built with FLOTILLA_CUDA=0)"
     }
 }
 
@@ -39,7 +39,7 @@ impl DeviceChoice {
                 "--device auto: {} CUDA device(s) visible, using the first",
                 tch::Cuda::device_count()
             ),
-            (DeviceChoice::Auto, false) if cfg!(feature = "cuda") => {
+            (DeviceChoice::Auto, false) if cfg!(flotilla_cuda) => {
                 "--device auto: no CUDA device visible".into()
             }
             (DeviceChoice::Auto, false) => format!("--device auto: {}", cuda_support()),

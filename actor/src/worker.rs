@@ -440,14 +440,27 @@ mod tests {
             self.snapshots.send_replace(Some(snap));
         }
 
-        /// Versions of the chunks that arrive within `ms` milliseconds.
-        fn versions_within(&mut self, ms: u64) -> Vec<u64> {
-            std::thread::sleep(Duration::from_millis(ms));
+        /// Versions of the next `n` chunks, waiting at most 20 s for them.
+        fn next_versions(&mut self, n: usize) -> Vec<u64> {
+            let deadline = Instant::now() + Duration::from_secs(20);
             let mut v = Vec::new();
-            while let Ok(c) = self.chunks.try_recv() {
-                v.push(c.policy_version);
+            while v.len() < n {
+                match self.chunks.try_recv() {
+                    Ok(c) => v.push(c.policy_version),
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(_) => panic!("only {} of {n} chunks in 20 s: {v:?}", v.len()),
+                }
             }
             v
+        }
+
+        /// Whether no chunk arrives for `d` (a lower bound on a wait: a
+        /// busy machine can only make the worker later, never earlier).
+        fn quiet_for(&mut self, d: Duration) -> bool {
+            std::thread::sleep(d);
+            self.chunks.try_recv().is_err()
         }
 
         fn finish(self) {
@@ -461,12 +474,19 @@ mod tests {
     /// restarted from an older checkpoint) ends the wait too.
     #[test]
     fn acts_on_after_patience_and_on_any_version_change() {
-        let mut w = Running::start(5, Duration::from_millis(300));
-        assert_eq!(w.versions_within(150), vec![5, 5, 5]);
-        // patience runs out at ~300 ms: three more, then a wait until ~600 ms
-        assert_eq!(w.versions_within(300), vec![5, 5, 5]);
+        let patience = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let mut w = Running::start(5, patience);
+        assert_eq!(w.next_versions(3), vec![5, 5, 5]);
+        assert!(
+            w.quiet_for(patience / 2),
+            "acted on before its patience ran out"
+        );
+        // patience runs out: three more chunks, not one
+        assert_eq!(w.next_versions(3), vec![5, 5, 5]);
+        assert!(t0.elapsed() >= patience);
         w.publish(2);
-        assert_eq!(w.versions_within(100), vec![2, 2, 2]);
+        assert_eq!(w.next_versions(3), vec![2, 2, 2]);
         w.finish();
     }
 
@@ -475,9 +495,11 @@ mod tests {
     #[test]
     fn acts_at_most_a_batch_per_version() {
         let mut w = Running::start(1, AHEAD_PATIENCE);
-        assert_eq!(w.versions_within(300), vec![1, 1, 1]);
+        assert_eq!(w.next_versions(3), vec![1, 1, 1]);
+        assert!(w.quiet_for(Duration::from_millis(300)));
         w.publish(2);
-        assert_eq!(w.versions_within(300), vec![2, 2, 2]);
+        assert_eq!(w.next_versions(3), vec![2, 2, 2]);
+        assert!(w.quiet_for(Duration::from_millis(300)));
         w.finish();
     }
 

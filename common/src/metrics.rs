@@ -286,3 +286,58 @@ pub fn unix_now() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `flotilla_*` name a string constant of this file declares.
+    fn declared() -> std::collections::BTreeSet<String> {
+        include_str!("metrics.rs")
+            .lines()
+            .filter(|l| {
+                l.trim_start().starts_with("pub const ") && l.contains(": &str = \"flotilla_")
+            })
+            .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+            .collect()
+    }
+
+    /// The metrics reference and the declarations cannot drift apart: every
+    /// declared metric is documented, every documented `flotilla_*` name is
+    /// declared, and every drop reason is listed.
+    #[test]
+    fn docs_metrics_md_matches_the_declarations() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
+        )
+        .unwrap();
+        let documented: std::collections::BTreeSet<String> = doc
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("flotilla_"))
+            .map(str::to_owned)
+            .collect();
+        let declared = declared();
+        assert!(declared.len() >= 30, "{declared:?}");
+        let undocumented: Vec<_> = declared.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/metrics.md: {undocumented:?}"
+        );
+        let undeclared: Vec<_> = documented.difference(&declared).collect();
+        assert!(
+            undeclared.is_empty(),
+            "documented but not declared: {undeclared:?}"
+        );
+        let table_row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{CHUNKS_DROPPED}{{reason}}`")))
+            .expect("a row for the dropped chunks");
+        for r in DropReason::ALL {
+            assert!(
+                table_row.contains(&format!("`{}`", r.as_str())),
+                "reason {} missing from docs/metrics.md",
+                r.as_str()
+            );
+        }
+    }
+}

@@ -28,6 +28,10 @@ type Client = LearnerClient<InterceptedService<Channel, AttachToken>>;
 /// The learner, its log in `dir/learner.log` (a pipe nobody reads while the
 /// test runs could fill up and stall it).
 fn learner(dir: &TempDir, grpc: u16, metrics: u16) -> Child {
+    learner_with(dir, grpc, metrics, &[])
+}
+
+fn learner_with(dir: &TempDir, grpc: u16, metrics: u16, extra: &[&str]) -> Child {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let log = std::fs::File::create(dir.path().join("learner.log")).unwrap();
@@ -41,6 +45,7 @@ fn learner(dir: &TempDir, grpc: u16, metrics: u16) -> Child {
         .args(["--listen", &format!("127.0.0.1:{grpc}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .args(["--device", "cpu", "--total-env-steps", "100000000"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -323,4 +328,112 @@ fn a_hostile_client_cannot_ruin_the_run() {
         !stderr.contains("hostile\n"),
         "a raw newline from the wire in the log"
     );
+}
+
+/// Each way a chunk can be turned away is counted under its own reason, once
+/// per chunk, with the gRPC status the docs give (docs/metrics.md,
+/// docs/architecture.md). REINFORCE's `incomplete_episode` is covered by the
+/// episode stitcher's tests.
+#[test]
+fn every_drop_reason_is_counted_under_its_own_label() {
+    let dir = TempDir::new("drop-reasons");
+    let (grpc, metrics) = (free_port(), free_port());
+    // One chunk (4 envs x 64 steps) per update; any lag is stale.
+    let mut l = learner_with(
+        &dir,
+        grpc,
+        metrics,
+        &[
+            "--set",
+            "ppo.batch_size=256,ppo.num_minibatches=1,ingest.max_policy_lag=0",
+        ],
+    );
+    wait_until("the metrics endpoint", 60, || {
+        scrape(metrics)
+            .contains_key("flotilla_actors_connected")
+            .then_some(())
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = rt.block_on(connect(grpc));
+    let code = |spec: &proto::RunSpec, ch: proto::Chunk, c: &mut Client| {
+        rt.block_on(stream(c, spec, vec![ch]))
+            .map(|s| s.chunks_accepted)
+    };
+    let refused = |spec: &proto::RunSpec, ch: proto::Chunk, c: &mut Client| {
+        code(spec, ch, c).unwrap_err().code()
+    };
+
+    // Each refusal ends its session: a fresh Hello per case.
+    type Spoil = fn(&mut proto::Chunk, &proto::RunSpec);
+    let cases: [(Spoil, Code); 6] = [
+        (|ch, _| ch.t = 0, Code::InvalidArgument),
+        (
+            |ch, _| ch.rewards = set_f32(&ch.rewards, 0, 3e38),
+            Code::InvalidArgument,
+        ),
+        (
+            |ch, _| ch.run_id = "another-run".into(),
+            Code::InvalidArgument,
+        ),
+        (|ch, _| ch.policy_version = 99, Code::InvalidArgument),
+        (
+            |ch, spec| ch.actor_id = spec.actor_id + 1000,
+            Code::PermissionDenied,
+        ),
+        (
+            |ch, _| ch.obs = vec![0u8; 17 << 20].into(),
+            Code::ResourceExhausted,
+        ),
+    ];
+    for (i, (spoil, expected)) in cases.iter().enumerate() {
+        let spec = rt.block_on(hello(&mut c));
+        let mut bad = chunk(&spec, 1);
+        spoil(&mut bad, &spec);
+        assert_eq!(refused(&spec, bad, &mut c), *expected, "case {i}");
+    }
+
+    // A good chunk, then the same sequence number again: a duplicate,
+    // dropped without an error (the stream goes on).
+    let spec = rt.block_on(hello(&mut c));
+    let accepted = rt
+        .block_on(stream(
+            &mut c,
+            &spec,
+            vec![chunk(&spec, 1), chunk(&spec, 1)],
+        ))
+        .unwrap()
+        .chunks_accepted;
+    assert_eq!(accepted, 1);
+    // That chunk was a whole batch: version 1. A chunk acted with version 0
+    // is now stale (lag 1 > 0), also dropped without an error.
+    wait_until("version 1", 60, || {
+        (scrape(metrics).get("flotilla_policy_version").copied() >= Some(1.0)).then_some(())
+    });
+    let spec = rt.block_on(hello(&mut c));
+    let mut old = chunk(&spec, 1);
+    old.policy_version = 0;
+    assert_eq!(code(&spec, old, &mut c).unwrap(), 0);
+
+    let m = scrape(metrics);
+    for reason in [
+        "invalid",
+        "out_of_bounds",
+        "wrong_run",
+        "future_version",
+        "wrong_actor",
+        "too_large",
+        "duplicate",
+        "stale",
+    ] {
+        let key = format!("flotilla_chunks_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(m.get(&key).copied(), Some(1.0), "{key}: {m:?}");
+    }
+    assert_eq!(
+        m.get(r#"flotilla_chunks_dropped_total{reason="incomplete_episode"}"#)
+            .copied(),
+        Some(0.0)
+    );
+    signal(&l, "TERM");
+    let status = wait_for_exit(&mut l, 60).expect("learner exits after SIGTERM");
+    assert!(status.success());
 }

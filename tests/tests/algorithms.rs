@@ -31,10 +31,12 @@ fn train(tag: &str, actors: &str, sets: &[&str]) -> (String, Vec<serde_json::Val
 
 /// Each non-default algorithm must beat a random policy (mean return ≈ 22)
 /// by a wide margin within its budget. A broken estimator or loss sign stays
-/// near 22 or collapses to ~9.
+/// near 22 or collapses to ~9. The floors are about 20% under the lowest of
+/// seeds 1-3 measured with these settings on a 2-core machine (2026-12-02,
+/// debug build): REINFORCE 97.7-115.9, A2C 216.8-227.0, V-trace 138.5-163.9.
 #[test]
 fn reinforce_a2c_and_vtrace_learn_cartpole() {
-    for (algo, floor) in [("reinforce", 70.0), ("a2c", 100.0), ("vtrace", 100.0)] {
+    for (algo, floor) in [("reinforce", 78.0), ("a2c", 173.0), ("vtrace", 110.0)] {
         let (stdout, rows, mean_return) = train(
             algo,
             "2",
@@ -103,11 +105,13 @@ fn sync_mode_repeats_a_seeded_run() {
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_eq!(x, y, "update {i} differs between two seeded sync runs");
     }
-    // And learning happened: returns rise well above a random policy's.
+    // And learning happened: returns rise well above a random policy's
+    // (124.1 on the 2-core machine, 2026-12-02; the floor is 20% under).
     let last = a.last().unwrap()["episode_return_mean"]
         .as_f64()
         .expect("return");
-    assert!(last > 40.0, "sync PPO mean return {last}");
+    eprintln!("sync PPO: mean return {last:.1} after 15360 steps");
+    assert!(last > 99.0, "sync PPO mean return {last}");
 }
 
 /// A wrong batch size for synchronous mode is refused at start-up, naming the key.

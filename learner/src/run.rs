@@ -212,6 +212,16 @@ impl fmt::Display for RunSummary {
 type TrainerResult = std::thread::Result<Result<TrainSummary, TrainError>>;
 
 /// A learner that is serving and training.
+/// Stops a [`Learner`] from anywhere: see [`Learner::stop_handle`].
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 pub struct Learner {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -234,6 +244,12 @@ impl Learner {
     /// Asks the trainer to stop after its current update (it then checkpoints).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that stops this learner as [`Learner::stop`] does, for code
+    /// that does not hold the learner (e.g. a failing in-process actor).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
     }
 
     /// Waits for the trainer to finish (budget spent or stopped), then drains

@@ -219,3 +219,34 @@ fn plot_and_compare_draw_pngs_from_run_directories() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// A local actor the learner refuses for good (here: its chunks cannot fit
+/// `ingest.max_chunk_bytes`) ends the local cluster with exit 64 naming it,
+/// instead of a learner waiting for data forever.
+#[test]
+fn a_failing_local_actor_ends_the_run() {
+    let dir = TempDir::new("cli-local-fail");
+    let run = dir.path().join("run");
+    let mut child = learner_command("cartpole.toml", &run)
+        .args([
+            "--local-actors",
+            "2",
+            "--set",
+            "ingest.max_chunk_bytes=8192",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("learner starts");
+    let status = wait_for_exit(&mut child, 60).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the learner still waits for its refused local actors after 60 s")
+    });
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(64), "{log}");
+    assert!(
+        log.contains("local actor local-") && log.contains("ingest.max_chunk_bytes"),
+        "{log}"
+    );
+}

@@ -8,14 +8,15 @@ pub mod health;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use flotilla_actor::{ActorError, ActorOptions, ActorSummary};
 use flotilla_common::auth::AuthToken;
-use flotilla_learner::run::{self, RunError, RunOptions, RunSummary};
+use flotilla_learner::run::{self, RunError, RunOptions, RunSummary, StopHandle};
 use flotilla_learner::server::loopback;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Actors to run inside the learner's process.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,12 @@ pub enum ClusterError {
     },
     #[error("--local-max-steps-per-second: expected a positive number, got {0}")]
     Pace(f64),
+    #[error("local actor {name} failed, so the run was stopped (its last checkpoint is written): {error}")]
+    LocalActor {
+        name: String,
+        usage: bool,
+        error: String,
+    },
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -54,6 +61,7 @@ impl ClusterError {
             ClusterError::TlsWithLocalActors
             | ClusterError::SyncBatchSize { .. }
             | ClusterError::Pace(_) => true,
+            ClusterError::LocalActor { usage, .. } => *usage,
             ClusterError::Run(e) => e.is_usage(),
         }
     }
@@ -99,27 +107,58 @@ impl LocalActors {
             .then(|| cpus.saturating_sub(self.count).max(1))
     }
 
-    /// Starts the actors against the learner listening on `learner`.
-    pub fn spawn(&self, learner: SocketAddr, auth_token: Option<AuthToken>) -> Running {
+    /// Starts the actors against the learner listening on `learner`. The
+    /// first actor that fails (the learner refused it, its environment
+    /// failed) stops the run through `stop_run`: without its actors a local
+    /// cluster would wait for data forever. [`Running::failure`] says which.
+    pub fn spawn(
+        &self,
+        learner: SocketAddr,
+        auth_token: Option<AuthToken>,
+        stop_run: StopHandle,
+    ) -> Running {
         let (stop, stop_rx) = watch::channel(false);
+        let failure = Arc::new(Mutex::new(None));
         let url = format!("http://{}", loopback(learner));
         let tasks = (0..self.count)
             .map(|i| {
+                let name = format!("local-{i}");
                 let actor = ActorOptions {
                     learner: url.clone(),
                     num_envs: self.num_envs,
-                    name: format!("local-{i}"),
+                    name: name.clone(),
                     max_steps_per_second: self.max_steps_per_second,
                     auth_token: auth_token.clone(),
                     tls: None,
                 };
-                tokio::spawn(flotilla_actor::run(actor, stop_rx.clone()))
+                let (stop_rx, stop_run, failure) =
+                    (stop_rx.clone(), stop_run.clone(), failure.clone());
+                tokio::spawn(async move {
+                    let r = flotilla_actor::run(actor, stop_rx).await;
+                    if let Err(e) = &r {
+                        error!(actor = %name, error = %e, "local actor failed: stopping the run");
+                        let usage =
+                            matches!(e, ActorError::Refused { .. } | ActorError::BadUrl { .. });
+                        let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
+                        f.get_or_insert(ClusterError::LocalActor {
+                            name,
+                            usage,
+                            error: e.to_string(),
+                        });
+                        stop_run.stop();
+                    }
+                    r
+                })
             })
             .collect();
         if self.count > 0 {
             info!(actors = self.count, learner = %url, "started local actors");
         }
-        Running { stop, tasks }
+        Running {
+            stop,
+            tasks,
+            failure,
+        }
     }
 }
 
@@ -127,16 +166,22 @@ impl LocalActors {
 pub struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<ActorSummary, ActorError>>>,
+    failure: Arc<Mutex<Option<ClusterError>>>,
 }
 
 impl Running {
+    /// The first actor failure, if one stopped the run.
+    pub fn failure(&self) -> Arc<Mutex<Option<ClusterError>>> {
+        self.failure.clone()
+    }
+
     /// Asks every actor to stop and waits (at most 10 s each) for it.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for a in self.tasks {
             match tokio::time::timeout(std::time::Duration::from_secs(10), a).await {
                 Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err(e))) => warn!(error = %e, "local actor failed"),
+                Ok(Ok(Err(_))) => {} // logged when it failed
                 Ok(Err(e)) => warn!(error = %e, "local actor task failed"),
                 Err(_) => warn!("local actor did not stop within 10s"),
             }
@@ -158,8 +203,14 @@ pub async fn run(
     }
     let token = opts.auth_token.clone();
     let learner = run::start(opts, shutdown).await?;
-    let actors = local.spawn(learner.local_addr(), token);
-    Ok(learner.wait_then(actors.stop()).await?)
+    let actors = local.spawn(learner.local_addr(), token, learner.stop_handle());
+    let failure = actors.failure();
+    let summary = learner.wait_then(actors.stop()).await?;
+    let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub enum RunError {
     KlReferenceModel { path: String, source: ModelError },
     #[error("checkpoint {path}: {source}")]
     Restore { path: PathBuf, source: ModelError },
-    #[error("TLS: {0}")]
+    #[error("TLS (--tls-cert, --tls-key, --tls-client-ca): {}", error_chain(.0))]
     Tls(tonic::transport::Error),
     #[error("{context}: {source}")]
     Io {
@@ -134,6 +134,19 @@ impl RunError {
             | RunError::TrainerPanicked => false,
         }
     }
+}
+
+/// An error and its sources, `: `-separated (tonic's transport errors say
+/// little at the top: "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -704,8 +717,26 @@ pub async fn start(
     let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started)?;
     let counters = trainer.counters.clone();
     let snapshots = trainer.publisher.subscribe();
+    let run_id = trainer.checkpoints.run_id.clone();
+    // The server first: a TLS setup that cannot serve fails here, before
+    // the trainer has started (and written anything).
+    let (server, server_stop) = serve(
+        &opts,
+        listener,
+        spec,
+        tx,
+        snapshots.clone(),
+        counters.clone(),
+    )?;
+    let trainer_done = match spawn_trainer(trainer, opts.torch_threads) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = server_stop.send(true);
+            return Err(e);
+        }
+    };
     info!(
-        run_id = %trainer.checkpoints.run_id,
+        run_id = %run_id,
         env = %cfg.env.id,
         device = %device_name(device),
         device_reason = %opts.device.reason(device),
@@ -715,22 +746,6 @@ pub async fn start(
         "learner ready"
     );
     warn_if_open(&opts, addr);
-    let trainer_done = spawn_trainer(trainer, opts.torch_threads)?;
-    let (server, server_stop) = match serve(
-        &opts,
-        listener,
-        spec,
-        tx,
-        snapshots.clone(),
-        counters.clone(),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            // The trainer thread ends on its next look at the flag.
-            stop.store(true, Ordering::Relaxed);
-            return Err(e);
-        }
-    };
     let printer = tokio::spawn(recorder::print_progress(
         counters.clone(),
         snapshots,

@@ -213,3 +213,126 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
     l.stop();
     l.wait().await.unwrap();
 }
+
+/// Server-only TLS (no client certificates): an actor that trusts the CA
+/// trains the learner; `--tls-domain` names what the certificate must say,
+/// and a wrong name is refused at once as a configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_only_tls_and_the_expected_name() {
+    let pki = TestPki::new("server-only");
+    let tls =
+        flotilla_common::tls::server_config(&pki.path("server.pem"), &pki.path("server.key"), None)
+            .unwrap();
+    let l = TestLearner::start("server-only", &[], None, Some(tls)).await;
+    let url = format!("https://127.0.0.1:{}", l.local_addr().port());
+    let actor = |name: &str, domain: &str| flotilla_actor::ActorOptions {
+        learner: url.clone(),
+        num_envs: Some(N as u32),
+        name: name.into(),
+        max_steps_per_second: None,
+        auth_token: None,
+        tls: Some(
+            flotilla_common::tls::client_config(&pki.path("ca.pem"), None, Some(domain)).unwrap(),
+        ),
+    };
+    // The certificate is for `localhost`; the URL says 127.0.0.1.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let good = tokio::spawn(flotilla_actor::run(actor("good", "localhost"), stop_rx));
+    let (_keep, stop_rx) = tokio::sync::watch::channel(false);
+    let wrong = tokio::time::timeout(
+        Duration::from_secs(20),
+        flotilla_actor::run(actor("wrong-name", "learner.example"), stop_rx),
+    )
+    .await
+    .expect("a wrong name ends the actor instead of retrying");
+    match wrong {
+        Err(flotilla_actor::ActorError::Refused { code, message }) => {
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+            assert!(message.contains("TLS handshake"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let c = LearnerClient::new(
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .tls_config(pki.client(None))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    eventually("version 2 from the server-only TLS actor", 30, || {
+        let mut c = c.clone();
+        async move {
+            let v = c
+                .hello(proto::HelloRequest {
+                    actor_name: "probe".into(),
+                    num_envs: N as u32,
+                    protocol_version: proto::PROTOCOL_VERSION,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .policy_version;
+            (v >= 2).then_some(v)
+        }
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    good.await.unwrap().unwrap();
+    l.stop();
+    l.wait().await.unwrap();
+}
+
+/// TLS files that cannot serve stop the learner binary at start-up with
+/// exit 64 naming the file: one that is not PEM, one that is missing, and a
+/// key that does not belong to the certificate.
+#[test]
+fn tls_start_up_errors_name_the_file() {
+    let pki = TestPki::new("startup");
+    let junk = pki.path("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let start = |cert: &std::path::Path, key: &std::path::Path| {
+        let run = pki.path("run");
+        std::process::Command::new(env!("CARGO_BIN_EXE_learner"))
+            .arg("--config")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../configs/cartpole.toml"
+            ))
+            .arg("--run-dir")
+            .arg(&run)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--device", "cpu", "--total-env-steps", "1024"])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    for (cert, key, named) in [
+        (junk.clone(), pki.path("server.key"), "junk.pem"),
+        (
+            pki.path("server.pem"),
+            pki.path("missing.key"),
+            "missing.key",
+        ),
+    ] {
+        let out = start(&cert, &key);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains(named), "names {named}: {err}");
+    }
+    // A key of another certificate: refused before the trainer starts, so
+    // nothing is written to the run directory.
+    let out = start(&pki.path("server.pem"), &pki.path("client.key"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("--tls-key") && err.contains("KeyMismatch"),
+        "{err}"
+    );
+    assert!(!err.contains("learner ready"), "{err}");
+    assert!(!pki.path("run").join("checkpoints").exists(), "{err}");
+}

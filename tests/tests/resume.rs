@@ -259,3 +259,52 @@ fn resume_after_kill_9_logs_each_version_once() {
     assert!(v2 > before, "{v2} {before}");
     assert_eq!(versions, (1..=v2).collect::<Vec<_>>(), "each version once");
 }
+
+/// A resumed run continues the optimizer and the adaptive KL controller,
+/// not only the counters: Adam's step count goes on from the checkpoint's
+/// (2 epochs x 4 minibatches = 8 steps per update, so 8 x version when it
+/// was never reset), and the KL coefficient goes on from where it was.
+#[test]
+fn resume_restores_adam_and_the_kl_coefficient() {
+    let dir = TempDir::new("resume-state");
+    let run = dir.path().join("run");
+    let go = |total: &str, resume: bool| {
+        let mut cmd = learner_command("cartpole.toml", &run);
+        cmd.args(["--local-actors", "1", "--total-env-steps", total])
+            .args(["--set", "ppo.batch_size=1024,run.checkpoint_every=5"])
+            // a controller target far below any KL: the coefficient only grows
+            .args(["--set", "kl.coef=0.05,kl.target=1e-7"]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ckpt = flotilla_tests::summary_final_checkpoint(&run).unwrap();
+        let meta = flotilla_common::checkpoint::read_metadata(&ckpt).unwrap();
+        let num = |k: &str| meta[k].parse::<f64>().unwrap();
+        (num("version"), num("adam_step"), num("kl_coef"))
+    };
+    let (v1, adam1, kl1) = go("10240", false);
+    assert_eq!(adam1, 8.0 * v1);
+    assert!(kl1 > 0.05, "{kl1}");
+    let (v2, adam2, kl2) = go("20480", true);
+    assert!(v2 > v1);
+    assert_eq!(adam2, 8.0 * v2, "Adam's step went on from {adam1}");
+    assert!(kl2 > kl1, "the coefficient went on from {kl1}: {kl2}");
+    // The first update after the resume used the restored coefficient (a
+    // row logs the coefficient its update used).
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first_resumed = rows[v1 as usize]["update"]["kl_coef"].as_f64().unwrap();
+    assert!(
+        (first_resumed - kl1).abs() <= 1e-9 * kl1,
+        "{first_resumed} vs {kl1}"
+    );
+}

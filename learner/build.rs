@@ -13,7 +13,8 @@
 //! symbols directly) and leave `tch::Cuda::is_available()` false even on a
 //! GPU. `FLOTILLA_CUDA=0` at build time leaves it out (a smaller, CPU-only
 //! binary: the container images built by deploy/build-images.sh); the `cuda`
-//! feature requires it and fails the build without a CUDA libtorch. The
+//! feature requires it (and wins over `FLOTILLA_CUDA=0`) and fails the build
+//! without a CUDA libtorch. The
 //! choice is visible to the code as `cfg(flotilla_cuda)`.
 //!
 //! Link arguments apply to this package's own tests and benches only, so both

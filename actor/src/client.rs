@@ -145,7 +145,7 @@ fn check_chunk_size(spec: &WorkerSpec, run_id: &str, max_bytes: u64) -> Result<(
             .into(),
     };
     Err(format!(
-        "chunks of {} envs x {} steps of {} encode to up to {bytes} bytes, over the learner's ingest.max_chunk_bytes = {max_bytes}: {advice}",
+        "chunks of {} envs x {} steps of {} encode to up to {bytes} bytes with one episode ending per env, over the learner's ingest.max_chunk_bytes = {max_bytes}: {advice} (a chunk in which more episodes end is larger still)",
         spec.num_envs, spec.chunk_len, spec.env.id
     ))
 }

@@ -124,7 +124,7 @@ pub async fn shutdown_signal(grace: Duration) {
         .spawn(move || {
             std::thread::sleep(grace);
             eprintln!(
-                "error: still running {:.0} s after the stop signal (the grace period); exiting with code {EXIT_SHUTDOWN_TIMEOUT}",
+                "error: still running {:.1} s after the stop signal (the grace period); exiting with code {EXIT_SHUTDOWN_TIMEOUT}",
                 grace.as_secs_f64()
             );
             hard_exit(EXIT_SHUTDOWN_TIMEOUT);

@@ -662,11 +662,19 @@ pub fn split_assignments(value: &str) -> Vec<String> {
     }
     let mut out = Vec::new();
     let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0);
+    // The last character outside whitespace: a quote opens a string only
+    // where a TOML value starts (after `=`, `[`, `{` or `,`), so the
+    // apostrophe of `run.name=don't` is just a character.
+    let (mut last, mut escaped) = ('=', false);
     for (i, c) in value.char_indices() {
         match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') if !escaped => {
+                escaped = true;
+                continue;
+            }
+            (Some(q), c) if c == q && !escaped => quote = None,
             (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
+            (None, '"' | '\'') if matches!(last, '=' | '[' | '{' | ',') => quote = Some(c),
             (None, '[' | '{') => depth += 1,
             (None, ']' | '}') => depth -= 1,
             (None, ',') if depth <= 0 && starts_assignment(&value[i + 1..]) => {
@@ -674,6 +682,10 @@ pub fn split_assignments(value: &str) -> Vec<String> {
                 start = i + 1;
             }
             _ => {}
+        }
+        escaped = false;
+        if !c.is_whitespace() {
+            last = c;
         }
     }
     out.push(value[start..].to_owned());
@@ -738,6 +750,13 @@ mod tests {
         assert_eq!(split("run.name=a,b"), ["run.name=a,b"]);
         assert_eq!(split("x=\"p,q=1\",y=2"), ["x=\"p,q=1\"", "y=2"]);
         assert_eq!(split("t={a=1,b=2}"), ["t={a=1,b=2}"]);
+        // An apostrophe inside an unquoted value opens no string.
+        assert_eq!(
+            split("run.name=don't,ppo.update_epochs=2"),
+            ["run.name=don't", "ppo.update_epochs=2"]
+        );
+        // An escaped quote does not close a string.
+        assert_eq!(split(r#"x="a\",b=1",y=2"#), [r#"x="a\",b=1""#, "y=2"]);
         assert!(split("").is_empty() && split("  ").is_empty());
         let c = RunConfig::from_toml(
             MINIMAL,

@@ -224,7 +224,6 @@ impl fmt::Display for RunSummary {
 
 type TrainerResult = std::thread::Result<Result<TrainSummary, TrainError>>;
 
-/// A learner that is serving and training.
 /// Stops a [`Learner`] from anywhere: see [`Learner::stop_handle`].
 #[derive(Debug, Clone)]
 pub struct StopHandle(Arc<AtomicBool>);
@@ -235,6 +234,7 @@ impl StopHandle {
     }
 }
 
+/// A learner that is serving and training.
 pub struct Learner {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -365,6 +365,18 @@ fn prepare(opts: &RunOptions, device: tch::Device) -> Result<Prepared, RunError>
     let mut learning = Learning::new(policy, kl, cfg);
     let counters = Counters::default();
     let mut version = 0;
+    if resumed.is_none() {
+        // A new run: rows left by one that crashed before its first
+        // checkpoint would be logged again with the same versions.
+        let dropped = trim_metrics_log(&opts.run_dir.join("metrics.jsonl"), 0)
+            .map_err(io_err("trimming metrics.jsonl"))?;
+        if dropped > 0 {
+            info!(
+                dropped_log_rows = dropped,
+                "metrics.jsonl: dropped the rows of a run that ended before its first checkpoint"
+            );
+        }
+    }
     if let Some((path, data)) = &resumed {
         train::restore(&mut learning, &counters, &run_id, data).map_err(|source| {
             RunError::Restore {
@@ -420,8 +432,11 @@ fn trim_metrics_log(path: &Path, version: u64) -> std::io::Result<usize> {
         }
     }
     if dropped > 0 {
+        use std::io::Write;
         let tmp = path.with_extension("jsonl.tmp");
-        std::fs::write(&tmp, kept)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(kept.as_bytes())?;
+        f.sync_all()?;
         std::fs::rename(&tmp, path)?;
     }
     Ok(dropped)

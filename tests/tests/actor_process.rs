@@ -115,7 +115,7 @@ fn actors_reconnect_to_a_restarted_learner_and_stop_on_sigterm() {
     assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
     let (version, steps) = summary_version_and_steps(&run).expect("summary");
     assert!(
-        stderr.contains(&format!("version={resumed_from}")),
+        stderr.contains(&format!("version={resumed_from} ")),
         "resumed from the newest checkpoint, {resumed_from}: {stderr}"
     );
     assert!(

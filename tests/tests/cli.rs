@@ -97,8 +97,9 @@ fn sigterm_ends_the_learner_within_its_grace_period() {
     // Updates of many seconds each: wide layers, a big batch, many epochs.
     let mut child = bare_learner(&run, "cpu", port)
         .args(["--local-actors", "1", "--shutdown-grace-seconds", "2"])
+        .args(["--torch-threads", "1"])
         .args(["--set", "model.hidden_sizes=[1024,1024]"])
-        .args(["--set", "ppo.batch_size=4096,ppo.update_epochs=50"])
+        .args(["--set", "ppo.batch_size=4096,ppo.update_epochs=1000"])
         .args(["--set", "ppo.num_minibatches=16"])
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()

@@ -246,6 +246,11 @@ fn resume_after_kill_9_logs_each_version_once() {
 
     let (_, stderr) = train(&run, 40_960, true);
     assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
+    // Killed between checkpoints: the rows past the last one are dropped.
+    assert!(
+        stderr.contains("dropped_log_rows=") && !stderr.contains("dropped_log_rows=0 "),
+        "{stderr}"
+    );
     let (v2, _) = summary_version_and_steps(&run).expect("summary");
     let versions: Vec<u64> = std::fs::read_to_string(&log)
         .unwrap()

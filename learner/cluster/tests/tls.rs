@@ -325,7 +325,7 @@ fn tls_start_up_errors_name_the_file() {
         assert!(err.contains(named), "names {named}: {err}");
     }
     // A key of another certificate: refused before the trainer starts, so
-    // nothing is written to the run directory.
+    // no checkpoint is written.
     let out = start(&pki.path("server.pem"), &pki.path("client.key"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");

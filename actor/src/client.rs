@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_common::auth::{AttachToken, AuthToken};
 use flotilla_common::chunk::{max_encoded_len, ChunkShape};
+use flotilla_common::cli::error_chain;
 use flotilla_common::metrics as m;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
 use flotilla_common::{RunSpec, Snapshot};
@@ -268,21 +269,6 @@ fn endpoint(opts: &ActorOptions) -> Result<Endpoint, ActorError> {
             "an https:// learner needs --tls-ca (the CA that signed its certificate)".into(),
         )),
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
 
 /// Whether a failed connection is a certificate problem (rustls's wording:

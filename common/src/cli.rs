@@ -66,6 +66,22 @@ pub fn parse_args<P: clap::Parser>() -> P {
     P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// An error and its sources, `: `-separated, each source's text once
+/// (tonic's transport errors say little at the top: "transport error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
+
 /// Parses a rate (steps per second): a finite number above zero.
 pub fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

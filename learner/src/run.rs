@@ -96,7 +96,7 @@ pub enum RunError {
     KlReferenceModel { path: String, source: ModelError },
     #[error("checkpoint {path}: {source}")]
     Restore { path: PathBuf, source: ModelError },
-    #[error("TLS (--tls-cert, --tls-key, --tls-client-ca): {}", error_chain(.0))]
+    #[error("TLS (--tls-cert, --tls-key, --tls-client-ca): {}", flotilla_common::cli::error_chain(.0))]
     Tls(tonic::transport::Error),
     #[error("{context}: {source}")]
     Io {
@@ -134,19 +134,6 @@ impl RunError {
             | RunError::TrainerPanicked => false,
         }
     }
-}
-
-/// An error and its sources, `: `-separated (tonic's transport errors say
-/// little at the top: "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {

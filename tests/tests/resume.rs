@@ -313,3 +313,30 @@ fn resume_restores_adam_and_the_kl_coefficient() {
         "{first_resumed} vs {kl1}"
     );
 }
+
+/// A run that crashed before its first checkpoint left rows in
+/// metrics.jsonl; the next run in that directory (with `--resume`, as
+/// compose and Kubernetes start it) starts over and logs each version once.
+#[test]
+fn a_run_without_a_checkpoint_leaves_no_rows_behind() {
+    let dir = TempDir::new("resume-no-ckpt");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let stale: String = (1..=3)
+        .map(|v| format!("{{\"version\":{v},\"env_steps\":{}}}\n", v * 1024))
+        .collect();
+    std::fs::write(run.join("metrics.jsonl"), stale).unwrap();
+    let (_, stderr) = train(&run, 4096, true);
+    assert!(stderr.contains("dropped_log_rows=3"), "{stderr}");
+    let (v, _) = summary_version_and_steps(&run).expect("summary");
+    let versions: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(versions, (1..=v).collect::<Vec<_>>(), "each version once");
+}

@@ -15,7 +15,7 @@ use flotilla_common::chunk::{max_encoded_len, ChunkShape};
 use flotilla_common::cli::error_chain;
 use flotilla_common::metrics as m;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
-use flotilla_common::{RunSpec, Snapshot};
+use flotilla_common::{Env, RunSpec, Snapshot, Spaces};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +27,65 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::worker::{self, WorkerError, WorkerSpec};
+
+/// Builds one environment of the actor's own kind.
+pub type MakeEnv = Arc<dyn Fn() -> Box<dyn Env> + Send + Sync>;
+
+/// An environment the actor brings, rather than one the learner names: the
+/// actor declares its id and spaces at `Hello`, and steps environments made
+/// by `make`. Trains with a learner whose `[env]` has this `id` and
+/// `source = "external"` (or a built-in id whose spaces are the same).
+#[derive(Clone)]
+pub struct OwnEnv {
+    make: MakeEnv,
+    id: String,
+    spaces: Spaces,
+}
+
+impl OwnEnv {
+    /// Wraps a constructor; one environment is built here to read its id
+    /// and spaces.
+    pub fn new(make: impl Fn() -> Box<dyn Env> + Send + Sync + 'static) -> Self {
+        let probe = make();
+        let id = probe.id().to_owned();
+        let spaces = Spaces {
+            observation: probe.observation_space().clone(),
+            action: probe.action_space().clone(),
+        };
+        OwnEnv {
+            make: Arc::new(make),
+            id,
+            spaces,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn spaces(&self) -> &Spaces {
+        &self.spaces
+    }
+
+    /// A new environment.
+    pub fn make(&self) -> Box<dyn Env> {
+        (self.make)()
+    }
+
+    /// The constructor, for the environment thread.
+    pub(crate) fn maker(&self) -> MakeEnv {
+        self.make.clone()
+    }
+}
+
+impl std::fmt::Debug for OwnEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnEnv")
+            .field("id", &self.id)
+            .field("spaces", &self.spaces)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How to run an actor.
 #[derive(Debug, Clone)]
@@ -43,6 +102,9 @@ pub struct ActorOptions {
     pub auth_token: Option<AuthToken>,
     /// TLS to the learner (`https://` URLs); `None` for plaintext.
     pub tls: Option<ClientTlsConfig>,
+    /// The actor's own environment; `None` runs the built-in environment
+    /// the learner names.
+    pub env: Option<OwnEnv>,
 }
 
 /// Errors that end an actor.
@@ -151,6 +213,23 @@ fn check_chunk_size(spec: &WorkerSpec, run_id: &str, max_bytes: u64) -> Result<(
     ))
 }
 
+/// The `Hello` of this actor: its name, its envs and, when it brings its own
+/// environment, the declaration of it.
+fn hello_request(opts: &ActorOptions) -> proto::HelloRequest {
+    let mut req = proto::HelloRequest {
+        actor_name: opts.name.clone(),
+        num_envs: opts.num_envs.unwrap_or(0),
+        protocol_version: proto::PROTOCOL_VERSION,
+        ..Default::default()
+    };
+    if let Some(own) = &opts.env {
+        req.env_id = own.id.clone();
+        req.observation_space = Some((&own.spaces.observation).into());
+        req.action_space = Some((&own.spaces.action).into());
+    }
+    req
+}
+
 async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Status> {
     let channel = endpoint.connect().await.map_err(|e| {
         let chain = error_chain(&e);
@@ -166,14 +245,7 @@ async fn hello(endpoint: &Endpoint, opts: &ActorOptions) -> Result<Session, Stat
     })?;
     let mut client = LearnerClient::with_interceptor(channel, AttachToken(opts.auth_token.clone()))
         .max_decoding_message_size(usize::MAX);
-    let rs = client
-        .hello(proto::HelloRequest {
-            actor_name: opts.name.clone(),
-            num_envs: opts.num_envs.unwrap_or(0),
-            protocol_version: proto::PROTOCOL_VERSION,
-        })
-        .await?
-        .into_inner();
+    let rs = client.hello(hello_request(opts)).await?.into_inner();
     // A spec this actor cannot use will not improve on a retry.
     let rs = RunSpec::try_from(rs).map_err(|e| Status::failed_precondition(e.to_string()))?;
     let spec = WorkerSpec {
@@ -216,6 +288,7 @@ fn start_worker(
     spec: WorkerSpec,
     run_id: String,
     snapshots: watch::Receiver<Option<Snapshot>>,
+    own: Option<MakeEnv>,
 ) -> Result<Worker, ActorError> {
     // A small bound: while the learner is away, at most this many chunks wait
     // (they go stale anyway) and the environments pause.
@@ -224,7 +297,7 @@ fn start_worker(
     let (s, st) = (spec.clone(), stop.clone());
     let handle = std::thread::Builder::new()
         .name("env".into())
-        .spawn(move || worker::run(s, snapshots, tx, st))
+        .spawn(move || worker::run(s, own, snapshots, tx, st))
         .map_err(|e| ActorError::Thread(format!("cannot start: {e}")))?;
     Ok(Worker {
         spec,
@@ -356,6 +429,7 @@ pub async fn run(
                 session.spec.clone(),
                 session.run_id.clone(),
                 snap_rx.clone(),
+                opts.env.as_ref().map(OwnEnv::maker),
             )?);
         }
         let Some(w) = worker.as_mut() else {

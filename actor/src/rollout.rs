@@ -15,6 +15,8 @@ use ndarray::ArrayView2;
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
+use crate::OwnEnv;
+
 /// Arguments of `actor rollout`.
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
@@ -108,15 +110,35 @@ pub fn load_env_spec(path: &Path) -> anyhow::Result<EnvSpec> {
 
 /// Runs `actor rollout` and returns the episode summaries.
 pub fn run(args: &RolloutArgs) -> anyhow::Result<Vec<EpisodeSummary>> {
+    run_with(args, None)
+}
+
+/// [`run`] for an actor that brings its own environment: without `--env`
+/// or `--config`, episodes are played in `own`.
+pub fn run_with(args: &RolloutArgs, own: Option<&OwnEnv>) -> anyhow::Result<Vec<EpisodeSummary>> {
     let trained = args
         .checkpoint
         .as_deref()
         .map(load_checkpoint)
         .transpose()?;
+    if args.episodes == 0 {
+        bail!("--episodes must be at least 1");
+    }
+    let own = own.filter(|_| args.config.is_none() && args.env.is_none());
+    if let (Some(own), Some(t)) = (own, &trained) {
+        if t.env.id != own.id() {
+            bail!(
+                "the checkpoint was trained on `{}`, this actor brings `{}`",
+                t.env.id,
+                own.id()
+            );
+        }
+    }
     let mut spec = match (&args.config, &args.env, &trained) {
         (Some(path), _, _) => load_env_spec(path)?,
         (None, Some(id), _) => EnvSpec::new(id.clone()),
         (None, None, Some(t)) => t.env.clone(),
+        (None, None, None) if own.is_some() => EnvSpec::external(own.map_or("", OwnEnv::id)),
         (None, None, None) => bail!(
             "give --env ID, --config FILE or --checkpoint FILE; valid ids are: {}",
             ENV_IDS.join(", ")
@@ -125,10 +147,10 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Vec<EpisodeSummary>> {
     if let Some(id) = &args.env {
         spec.id = id.clone();
     }
-    if args.episodes == 0 {
-        bail!("--episodes must be at least 1");
-    }
-    let mut env = spec.make()?;
+    let mut env = match own {
+        Some(own) => own.make(),
+        None => spec.make()?,
+    };
     let space = env.action_space().clone();
     let obs_dim = env.observation_space().flat_dim();
     let mut act: Box<PolicyFn> = match trained {

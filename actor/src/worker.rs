@@ -21,6 +21,8 @@ use rand_pcg::Pcg64Mcg;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::client::MakeEnv;
+
 /// What the worker needs to know about the run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerSpec {
@@ -51,25 +53,29 @@ pub enum WorkerError {
 }
 
 /// Runs until `stop` is raised or the chunk receiver is gone.
+/// Environments come from `own` when the actor brings its own, else from
+/// the spec's built-in id.
 pub fn run(
     spec: WorkerSpec,
+    own: Option<MakeEnv>,
     snapshots: watch::Receiver<Option<Snapshot>>,
     chunks: mpsc::Sender<proto::Chunk>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), WorkerError> {
-    run_with_patience(spec, snapshots, chunks, stop, AHEAD_PATIENCE)
+    run_with_patience(spec, own, snapshots, chunks, stop, AHEAD_PATIENCE)
 }
 
 /// [`run`], waiting at most `patience` for a new policy after acting a
 /// batch's worth of chunks with one version.
 fn run_with_patience(
     spec: WorkerSpec,
+    own: Option<MakeEnv>,
     mut snapshots: watch::Receiver<Option<Snapshot>>,
     chunks: mpsc::Sender<proto::Chunk>,
     stop: Arc<AtomicBool>,
     patience: Duration,
 ) -> Result<(), WorkerError> {
-    let mut actor = Acting::new(&spec)?;
+    let mut actor = Acting::new(&spec, own.as_ref())?;
     let mut policy: Option<(u64, CpuPolicy)> = None;
     let mut pace = spec.max_steps_per_second.map(Pacer::new);
     let mut flow = FlowControl::new(&spec, patience);
@@ -131,8 +137,13 @@ struct Acting {
 }
 
 impl Acting {
-    fn new(spec: &WorkerSpec) -> Result<Self, WorkerError> {
-        let envs = VecEnv::new(&spec.env, spec.num_envs, spec.seed)?;
+    fn new(spec: &WorkerSpec, own: Option<&MakeEnv>) -> Result<Self, WorkerError> {
+        let envs = match own {
+            Some(make) => {
+                VecEnv::from_envs((0..spec.num_envs).map(|_| make()).collect(), spec.seed)
+            }
+            None => VecEnv::new(&spec.env, spec.num_envs, spec.seed)?,
+        };
         let mut builder = ChunkBuilder::new(
             spec.chunk_len,
             spec.num_envs,
@@ -423,7 +434,9 @@ mod tests {
             let stop = Arc::new(AtomicBool::new(false));
             let thread = {
                 let stop = stop.clone();
-                std::thread::spawn(move || run_with_patience(spec, snap_rx, tx, stop, patience))
+                std::thread::spawn(move || {
+                    run_with_patience(spec, None, snap_rx, tx, stop, patience)
+                })
             };
             Running {
                 snapshots,

@@ -42,6 +42,9 @@ pub mod key {
     pub const CONFIG: &str = "config";
     /// The adaptive KL controller's coefficient (KL-penalty runs only).
     pub const KL_COEF: &str = "kl_coef";
+    /// The run's observation and action spaces, JSON (`crate::Spaces`);
+    /// what an external environment's run resumes with.
+    pub const SPACES: &str = "spaces";
 }
 
 /// The file name of the checkpoint of `version`.

@@ -24,5 +24,5 @@ pub mod vec_env;
 pub use env::{make_env, Env, EnvError, EnvSpec, Step};
 pub use policy::Snapshot;
 pub use run_spec::RunSpec;
-pub use space::{ActionRef, Space};
+pub use space::{ActionRef, Space, Spaces};
 pub use vec_env::VecEnv;

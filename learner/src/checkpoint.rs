@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use flotilla_common::checkpoint::{self as format, key, CheckpointFile, FormatError};
+use flotilla_common::Spaces;
 use tracing::warn;
 
 use crate::model::NamedTensors;
@@ -38,6 +39,9 @@ pub struct CheckpointMeta {
     pub config_toml: String,
     /// The adaptive KL controller's coefficient, when a KL penalty is on.
     pub kl_coef: Option<f64>,
+    /// The run's spaces (absent in checkpoints written before they were
+    /// recorded; a built-in environment's can be rebuilt from the config).
+    pub spaces: Option<Spaces>,
 }
 
 /// Host copies of everything a checkpoint holds.
@@ -101,6 +105,12 @@ pub fn save(
     ]
     .into_iter()
     .chain(m.kl_coef.map(|c| (key::KL_COEF, c.to_string())))
+    .chain(m.spaces.as_ref().map(|s| {
+        (
+            key::SPACES,
+            serde_json::to_string(s).expect("spaces always serialize"),
+        )
+    }))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let bytes = CheckpointFile::encode(
@@ -228,6 +238,7 @@ pub fn load(
             Err(FormatError::Missing(_)) => None,
             Err(e) => return Err(format_err(e)),
         },
+        spaces: spaces_of(&file.metadata).map_err(invalid)?,
     };
     let pick = |section: &str| -> Result<NamedTensors, CheckpointError> {
         expected
@@ -256,6 +267,31 @@ pub fn load(
         adam_m: pick(format::ADAM_M)?,
         adam_v: pick(format::ADAM_V)?,
         meta,
+    })
+}
+
+/// The spaces a checkpoint's metadata records (`None` when it records none).
+pub fn spaces_of(metadata: &HashMap<String, String>) -> Result<Option<Spaces>, String> {
+    metadata
+        .get(key::SPACES)
+        .map(|text| {
+            let spaces: Spaces = serde_json::from_str(text)
+                .map_err(|e| format!("metadata `{}`: {e}", key::SPACES))?;
+            spaces
+                .check_declared()
+                .map_err(|e| format!("metadata `{}`: {e}", key::SPACES))?;
+            Ok(spaces)
+        })
+        .transpose()
+}
+
+/// The spaces recorded by the newest checkpoint of `run_dir` that records
+/// any (read from headers alone): what a run of an external environment
+/// resumes with.
+pub fn recorded_spaces(run_dir: &Path) -> Option<Spaces> {
+    list(run_dir).into_iter().find_map(|(_, path)| {
+        let metadata = format::read_metadata(&path).ok()?;
+        spaces_of(&metadata).ok().flatten()
     })
 }
 
@@ -321,6 +357,10 @@ mod tests {
                 samples_received: version * 600,
                 episodes: 7,
                 config_toml: "[env]\nid = \"CartPole-v1\"\n".into(),
+                spaces: Some(Spaces {
+                    observation: flotilla_common::Space::uniform_box(-1.0, f32::INFINITY, 3),
+                    action: flotilla_common::Space::Discrete { n: 2 },
+                }),
             },
             model: t(1.0),
             adam_m: t(0.1),
@@ -344,6 +384,37 @@ mod tests {
         let (path, got) = load_latest(&d, &shapes()).unwrap();
         assert_eq!(path, path_for(&d, 5));
         assert_eq!(got, sample(5));
+    }
+
+    #[test]
+    fn spaces_round_trip_and_the_newest_recorded_ones_are_found() {
+        let tmp = TempDir::new("ckpt-spaces");
+        let d = tmp.path().to_owned();
+        assert_eq!(recorded_spaces(&d), None, "no checkpoint");
+        let old = CheckpointData {
+            meta: CheckpointMeta {
+                spaces: None,
+                ..sample(1).meta
+            },
+            ..sample(1)
+        };
+        save(&d, &old, 5).unwrap();
+        assert_eq!(
+            recorded_spaces(&d),
+            None,
+            "an older checkpoint records none"
+        );
+        assert_eq!(load_latest(&d, &shapes()).unwrap().1.meta.spaces, None);
+        save(&d, &sample(2), 5).unwrap();
+        let want = sample(2).meta.spaces;
+        assert_eq!(recorded_spaces(&d), want);
+        assert_eq!(load_latest(&d, &shapes()).unwrap().1.meta.spaces, want);
+        // Spaces that are not spaces make the file unusable, not a panic.
+        let meta = HashMap::from([
+            (key::RUN_ID.to_owned(), "r1".to_owned()),
+            (key::SPACES.to_owned(), "{\"observation\":7}".to_owned()),
+        ]);
+        assert!(spaces_of(&meta).unwrap_err().contains("metadata `spaces`"));
     }
 
     #[test]

@@ -402,7 +402,19 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p: Vec<(String, String)> = Vec::new();
         let mut bad = |k: &str, m: String| p.push((k.to_owned(), m));
-        if let Err(e) = self.env.make() {
+        if self.env.is_external() {
+            // The actors configure what they bring; a key here would be
+            // silently ignored.
+            if let Some(key) = self.env.config.keys().next() {
+                bad(
+                    &format!("env.{key}"),
+                    "an external environment (source = \"external\") takes only `id` and `source`; configure it where the actors build it (e.g. the Python actor's --env-kwargs)".into(),
+                );
+            }
+            if self.env.id.is_empty() || self.env.id.len() > 256 {
+                bad("env.id", "must be 1 to 256 bytes".into());
+            }
+        } else if let Err(e) = self.env.make() {
             bad("env", e.to_string());
         }
         for (k, m) in self.model.problems() {
@@ -827,6 +839,35 @@ mod tests {
         for k in ["ppo.num_minibatches", "ppo.gamma", "rollout.chunk_len"] {
             assert!(m.contains(k), "{m} should name {k}");
         }
+    }
+
+    #[test]
+    fn an_external_env_takes_any_id_and_no_other_keys() {
+        let c = RunConfig::from_toml(
+            "[env]\nid = \"HalfCheetah-v5\"\nsource = \"external\"\n",
+            "t",
+            &[],
+        )
+        .unwrap();
+        assert!(c.env.is_external());
+        assert_eq!(c.env.id, "HalfCheetah-v5");
+        let back = RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap();
+        assert_eq!(back.env, c.env);
+        let e = RunConfig::from_toml(
+            "[env]\nid = \"HalfCheetah-v5\"\nsource = \"external\"\nmax_episode_steps = 9\n",
+            "t",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("env.max_episode_steps") && e.contains("--env-kwargs"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml("[env]\nid = \"X\"\nsource = \"plugin\"\n", "t", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use flotilla_common::auth::AuthToken;
 use flotilla_common::chunk::{ChunkExpectations, ValueBounds};
 use flotilla_common::metrics as m;
-use flotilla_common::{EnvError, RunSpec, Snapshot, Space};
+use flotilla_common::{EnvError, RunSpec, Snapshot, Space, Spaces};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::ServerTlsConfig;
@@ -109,6 +109,8 @@ pub enum RunError {
     Server(tonic::transport::Error),
     #[error("the trainer thread panicked")]
     TrainerPanicked,
+    #[error("stopped before the run started: no actor declared the external environment's spaces, so no checkpoint was written")]
+    StoppedBeforeStart,
 }
 
 impl RunError {
@@ -131,7 +133,8 @@ impl RunError {
             | RunError::Io { .. }
             | RunError::Train(_)
             | RunError::Server(_)
-            | RunError::TrainerPanicked => false,
+            | RunError::TrainerPanicked
+            | RunError::StoppedBeforeStart => false,
         }
     }
 }
@@ -321,17 +324,34 @@ struct Prepared {
     version: u64,
 }
 
-/// Creates the run directory and the learning state, resuming from the
-/// newest usable checkpoint when asked to.
-fn prepare(opts: &RunOptions, device: tch::Device) -> Result<Prepared, RunError> {
+/// The run's spaces when they are known before any actor says `Hello`: a
+/// built-in environment's, or those an external environment's checkpoints
+/// recorded when resuming. `None`: the first declaring actor tells them.
+fn known_spaces(opts: &RunOptions) -> Result<Option<Spaces>, RunError> {
+    let env = &opts.config.env;
+    if !env.is_external() {
+        let e = env.make()?;
+        return Ok(Some(Spaces {
+            observation: e.observation_space().clone(),
+            action: e.action_space().clone(),
+        }));
+    }
+    Ok(opts
+        .resume
+        .then(|| checkpoint::recorded_spaces(&opts.run_dir))
+        .flatten())
+}
+
+/// Creates the learning state for `spaces`, resuming from the newest usable
+/// checkpoint when asked to.
+fn prepare(opts: &RunOptions, device: tch::Device, spaces: Spaces) -> Result<Prepared, RunError> {
     let cfg = &opts.config;
-    let env = cfg.env.make()?;
-    let observation_space = env.observation_space().clone();
-    let action_space = env.action_space().clone();
+    let Spaces {
+        observation: observation_space,
+        action: action_space,
+    } = spaces;
     let obs_dim = observation_space.flat_dim();
     let expected = cfg.model.parameter_shapes(obs_dim, &action_space);
-    std::fs::create_dir_all(&opts.run_dir)
-        .map_err(io_err(format!("creating {}", opts.run_dir.display())))?;
     let resumed = find_resume_point(opts, &expected)?;
     let run_id = resumed
         .as_ref()
@@ -610,7 +630,8 @@ fn build_trainer(
         counters,
         version,
         run_id,
-        ..
+        observation_space,
+        action_space,
     } = prepared;
     let counters = Arc::new(counters);
     let log = OpenOptions::new()
@@ -639,6 +660,10 @@ fn build_trainer(
             run_dir: opts.run_dir.clone(),
             run_id,
             config_toml: cfg.to_toml(),
+            spaces: Spaces {
+                observation: observation_space,
+                action: action_space,
+            },
             every: cfg.run.checkpoint_every,
             keep: cfg.run.keep_checkpoints,
         },
@@ -653,15 +678,14 @@ fn staleness(cfg: &RunConfig) -> StalenessRule {
     }
 }
 
-/// Starts the gRPC server in front of the trainer's queue.
-fn serve(
+/// The run's gRPC service in front of the trainer's queue.
+fn service(
     opts: &RunOptions,
-    listener: TcpListener,
     spec: RunSpec,
     tx: crossbeam_channel::Sender<Box<Admitted>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     counters: Arc<Counters>,
-) -> Result<(ServerTask, watch::Sender<bool>), RunError> {
+) -> LearnerService {
     let cfg = &opts.config;
     let stream_idle_timeout = Duration::from_secs_f64(cfg.ingest.stream_idle_timeout_seconds);
     let gate = IngestGate::new(
@@ -674,7 +698,7 @@ fn serve(
         },
         counters,
     );
-    let service = LearnerService::new(
+    LearnerService::new(
         spec,
         ServiceLimits {
             max_envs_per_actor: cfg.ingest.max_envs_per_actor,
@@ -684,26 +708,74 @@ fn serve(
         gate,
         tx,
         snapshots,
-    );
-    let (stop, stop_rx) = watch::channel(false);
-    let task =
-        server::spawn(listener, service, server_options(opts), stop_rx).map_err(RunError::Tls)?;
-    Ok((task, stop))
+    )
 }
 
-/// Starts a learner: binds the listener, restores or creates the state,
-/// starts the trainer thread and the server. `shutdown` resolving (e.g. on
-/// SIGTERM) stops the run as [`Learner::stop`] does.
+/// Waits for the first actor's declaration of the spaces, or for a stop.
+async fn discover_spaces(
+    opts: &RunOptions,
+    addr: SocketAddr,
+    first: oneshot::Receiver<Spaces>,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<Spaces, RunError> {
+    info!(
+        env = %opts.config.env.id,
+        %addr,
+        "external environment: waiting for the first actor to declare its spaces"
+    );
+    tokio::select! {
+        spaces = first => spaces.map_err(|_| RunError::StoppedBeforeStart),
+        _ = stopping.wait_for(|&s| s) => Err(RunError::StoppedBeforeStart),
+    }
+}
+
+/// Starts a learner: [`bind`], then [`Starting::start`].
 pub async fn start(
     opts: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Learner, RunError> {
+    bind(opts, shutdown).await?.start().await
+}
+
+/// A learner that is listening (its address known) but whose run has not
+/// started: [`Starting::start`] starts it. Dropping it stops the server.
+pub struct Starting {
+    opts: RunOptions,
+    device: tch::Device,
+    /// The spaces, when known without an actor (see `known_spaces`).
+    known: Option<Spaces>,
+    /// Where the first declaration of the spaces arrives, when not known.
+    first: Option<oneshot::Receiver<Spaces>>,
+    ready: server::FrontReady,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    stopping: watch::Receiver<bool>,
+    server: ServerTask,
+    server_stop: watch::Sender<bool>,
+}
+
+/// Checks the options, binds the listener and starts the gRPC server (a TLS
+/// setup that cannot serve fails here, before anything is written); the
+/// server answers once the run has started. `shutdown` resolving (e.g. on
+/// SIGTERM) stops the run as [`Learner::stop`] does, or, before the run has
+/// started, makes [`Starting::start`] return [`RunError::StoppedBeforeStart`].
+pub async fn bind(
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Starting, RunError> {
     let cfg = &opts.config;
     if !opts.listen.ip().is_loopback() && opts.auth_token.is_none() && !opts.insecure {
         return Err(RunError::OpenWithoutToken(opts.listen));
     }
     let device = opts.device.resolve()?;
     m::describe_learner();
+    let known = known_spaces(&opts)?;
+    std::fs::create_dir_all(&opts.run_dir)
+        .map_err(io_err(format!("creating {}", opts.run_dir.display())))?;
+    if !opts.resume && !opts.force_new && !checkpoint::list(&opts.run_dir).is_empty() {
+        // Said now, not after waiting for an actor.
+        return Err(RunError::RunDirInUse(opts.run_dir.clone()));
+    }
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -711,67 +783,122 @@ pub async fn start(
             source,
         })?;
     let addr = listener.local_addr().map_err(io_err("listener address"))?;
-    let prepared = prepare(&opts, device)?;
-    let spec = run_spec(cfg, &prepared);
-    let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
+    let discover = known
+        .is_none()
+        .then(|| (cfg.env.id.clone(), cfg.ingest.max_envs_per_actor));
+    let (front, first, ready) = server::Front::new(discover);
+    let (server_stop, server_stop_rx) = watch::channel(false);
+    let server = server::spawn(listener, front, server_options(&opts), server_stop_rx)
+        .map_err(RunError::Tls)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started)?;
-    let counters = trainer.counters.clone();
-    let snapshots = trainer.publisher.subscribe();
-    let run_id = trainer.checkpoints.run_id.clone();
-    // The server first: a TLS setup that cannot serve fails here, before
-    // the trainer has started (and written anything).
-    let (server, server_stop) = serve(
-        &opts,
-        listener,
-        spec,
-        tx,
-        snapshots.clone(),
-        counters.clone(),
-    )?;
-    let trainer_done = match spawn_trainer(trainer, opts.torch_threads) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = server_stop.send(true);
-            return Err(e);
-        }
-    };
-    info!(
-        run_id = %run_id,
-        env = %cfg.env.id,
-        device = %device_name(device),
-        device_reason = %opts.device.reason(device),
-        torch_threads = opts.torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
-        %addr,
-        run_dir = %opts.run_dir.display(),
-        "learner ready"
-    );
-    warn_if_open(&opts, addr);
-    let printer = tokio::spawn(recorder::print_progress(
-        counters.clone(),
-        snapshots,
-        Duration::from_secs_f64(cfg.run.progress_every_seconds),
-        cfg.run.total_env_steps,
-    ));
+    let (stopping_tx, stopping) = watch::channel(false);
     let stop_on_signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
         info!("stopping: finishing the current update and writing a checkpoint");
         stop_on_signal.store(true, Ordering::Relaxed);
+        let _ = stopping_tx.send(true);
     });
-    Ok(Learner {
+    Ok(Starting {
+        opts,
+        device,
+        known,
+        first,
+        ready,
         addr,
         stop,
-        counters,
-        run_dir: opts.run_dir,
-        title: format!("{} — {}", cfg.env.id, cfg.algo_name()),
-        started,
-        trainer_done,
+        stopping,
         server,
         server_stop,
-        printer,
     })
+}
+
+impl Starting {
+    /// The gRPC address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts the run: takes the spaces (waiting for the first declaring
+    /// actor when they are not known yet), restores or creates the state,
+    /// starts the trainer thread and opens the server to actors.
+    pub async fn start(self) -> Result<Learner, RunError> {
+        let Starting {
+            opts,
+            device,
+            known,
+            first,
+            ready,
+            addr,
+            stop,
+            mut stopping,
+            server,
+            server_stop,
+        } = self;
+        let cfg = &opts.config;
+        let spaces = match (known, first) {
+            (Some(spaces), _) => Ok(spaces),
+            (None, Some(first)) => discover_spaces(&opts, addr, first, &mut stopping).await,
+            (None, None) => unreachable!("a run without known spaces discovers them"),
+        };
+        let started = Instant::now();
+        let begun = spaces.and_then(|spaces| {
+            let prepared = prepare(&opts, device, spaces)?;
+            let spec = run_spec(cfg, &prepared);
+            let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
+            let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started)?;
+            let snapshots = trainer.publisher.subscribe();
+            let service = service(&opts, spec, tx, snapshots, trainer.counters.clone());
+            Ok((trainer, service))
+        });
+        let (trainer, service) = match begun {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = server_stop.send(true);
+                return Err(e);
+            }
+        };
+        let counters = trainer.counters.clone();
+        let snapshots = trainer.publisher.subscribe();
+        let run_id = trainer.checkpoints.run_id.clone();
+        let trainer_done = match spawn_trainer(trainer, opts.torch_threads) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = server_stop.send(true);
+                return Err(e);
+            }
+        };
+        ready.send_replace(Some(Arc::new(service)));
+        info!(
+            run_id = %run_id,
+            env = %cfg.env.id,
+            device = %device_name(device),
+            device_reason = %opts.device.reason(device),
+            torch_threads = opts.torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
+            %addr,
+            run_dir = %opts.run_dir.display(),
+            "learner ready"
+        );
+        warn_if_open(&opts, addr);
+        let printer = tokio::spawn(recorder::print_progress(
+            counters.clone(),
+            snapshots,
+            Duration::from_secs_f64(cfg.run.progress_every_seconds),
+            cfg.run.total_env_steps,
+        ));
+        Ok(Learner {
+            addr,
+            stop,
+            counters,
+            title: format!("{} — {}", cfg.env.id, cfg.algo_name()),
+            run_dir: opts.run_dir,
+            started,
+            trainer_done,
+            server,
+            server_stop,
+            printer,
+        })
+    }
 }
 
 fn chunk_expectations(cfg: &RunConfig, spec: &RunSpec) -> ChunkExpectations {

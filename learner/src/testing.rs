@@ -8,7 +8,7 @@ use tonic::transport::ServerTlsConfig;
 
 use crate::config::RunConfig;
 use crate::device::DeviceChoice;
-use crate::run::{start, Learner, RunError, RunOptions, RunSummary};
+use crate::run::{bind, start, Learner, RunError, RunOptions, RunSummary, Starting};
 
 /// T of [`TestLearner`]'s run.
 pub const T: usize = 8;
@@ -60,6 +60,43 @@ impl TestLearner {
         .await
         .expect("test learner starts");
         TestLearner { learner, dir }
+    }
+
+    /// Like [`TestLearner::start`] with the `[env]` table `env_toml`, but
+    /// only bound: the run starts with [`Starting::start`] (for an external
+    /// environment, once an actor declares its spaces). Keep the folder.
+    pub async fn bind(tag: &str, env_toml: &str, extra: &[&str]) -> (Starting, TempDir) {
+        let mut set: Vec<String> = vec![
+            "ppo.batch_size=64".into(),
+            "ppo.num_minibatches=2".into(),
+            format!("rollout.chunk_len={T}"),
+            format!("rollout.num_envs={N}"),
+            "run.total_env_steps=100000".into(),
+            "run.progress_every_seconds=60".into(),
+            "run.checkpoint_every=1".into(),
+        ];
+        set.extend(extra.iter().map(|s| s.to_string()));
+        let config = RunConfig::from_toml(&format!("[env]\n{env_toml}"), "test", &set)
+            .expect("test config is valid");
+        let dir = TempDir::new(tag);
+        let starting = bind(
+            RunOptions {
+                config,
+                run_dir: dir.join("run"),
+                listen: "127.0.0.1:0".parse().expect("loopback address"),
+                device: DeviceChoice::Cpu,
+                resume: false,
+                force_new: false,
+                insecure: false,
+                auth_token: None,
+                tls: None,
+                torch_threads: None,
+            },
+            std::future::pending(),
+        )
+        .await
+        .expect("test learner binds");
+        (starting, dir)
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

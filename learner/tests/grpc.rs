@@ -33,6 +33,7 @@ async fn hello(c: &mut LearnerClient<Channel>) -> proto::RunSpec {
         actor_name: "test".into(),
         num_envs: N as u32,
         protocol_version: proto::PROTOCOL_VERSION,
+        ..Default::default()
     })
     .await
     .unwrap()
@@ -75,6 +76,7 @@ async fn send(
             actor_name: "test".into(),
             num_envs: N as u32,
             protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -239,6 +241,7 @@ async fn handshake_rejects_bad_requests() {
             actor_name: "x".into(),
             num_envs: 1,
             protocol_version: 99,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -253,6 +256,7 @@ async fn handshake_rejects_bad_requests() {
             actor_name: "x".into(),
             num_envs: 1 << 30,
             protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -263,23 +267,25 @@ async fn handshake_rejects_bad_requests() {
             actor_name: "x".repeat(257),
             num_envs: 1,
             protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("actor_name"), "{}", err.message());
-    // An actor of protocol 1 (no sessions) is told both versions.
+    // An actor of protocol 2 (no environment declarations) is told both versions.
     let err = c
         .hello(proto::HelloRequest {
             actor_name: "old".into(),
             num_envs: 1,
-            protocol_version: 1,
+            protocol_version: 2,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
-        err.message().contains("protocol 2") && err.message().contains("the actor 1"),
+        err.message().contains("protocol 3") && err.message().contains("the actor 2"),
         "{}",
         err.message()
     );
@@ -339,6 +345,7 @@ async fn with_a_token_every_call_without_it_is_unauthenticated() {
         actor_name: "anonymous".into(),
         num_envs: N as u32,
         protocol_version: proto::PROTOCOL_VERSION,
+        ..Default::default()
     };
     let err = anonymous.hello(hello_req.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
@@ -757,6 +764,7 @@ async fn connections_are_capped_and_a_tiny_byte_budget_still_trains() {
             actor_name: "third".into(),
             num_envs: 1,
             protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
         })
         .await
     };
@@ -783,6 +791,7 @@ async fn connections_are_capped_and_a_tiny_byte_budget_still_trains() {
                 actor_name: "again".into(),
                 num_envs: N as u32,
                 protocol_version: proto::PROTOCOL_VERSION,
+                ..Default::default()
             })
             .await
             .ok()?;
@@ -809,4 +818,221 @@ async fn connections_are_capped_and_a_tiny_byte_budget_still_trains() {
     l.stop();
     let summary = l.wait().await.unwrap();
     assert_eq!(summary.train.version, 1);
+}
+
+/// A `Hello` declaring the environment `id` with `spaces`.
+fn declaring(name: &str, id: &str, spaces: &flotilla_common::Spaces) -> proto::HelloRequest {
+    proto::HelloRequest {
+        actor_name: name.into(),
+        num_envs: N as u32,
+        protocol_version: proto::PROTOCOL_VERSION,
+        env_id: id.into(),
+        observation_space: Some((&spaces.observation).into()),
+        action_space: Some((&spaces.action).into()),
+    }
+}
+
+/// MountainCar-v0's spaces: a 2-dim box and 3 actions.
+fn mountain_car() -> flotilla_common::Spaces {
+    let env = EnvSpec::new("MountainCar-v0").make().unwrap();
+    flotilla_common::Spaces {
+        observation: env.observation_space().clone(),
+        action: env.action_space().clone(),
+    }
+}
+
+/// A chunk of real MountainCar steps (an environment the learner of the
+/// test does not build: it is declared external there).
+fn mountain_car_chunk(spec: &proto::RunSpec, seq: u64) -> proto::Chunk {
+    let mut envs = VecEnv::new(&EnvSpec::new("MountainCar-v0"), N, seq).unwrap();
+    let mut b = ChunkBuilder::new(T, N, 2, Space::Discrete { n: 3 });
+    b.begin(envs.observations());
+    for t in 0..T {
+        let actions: Vec<usize> = (0..N).map(|i| (t + i) % 3).collect();
+        envs.step_discrete(&actions);
+        b.push_discrete(&actions, &[(1.0f32 / 3.0).ln(); N], None, &envs);
+    }
+    b.finish(
+        &spec.run_id,
+        &spec.env_id,
+        spec.actor_id,
+        seq,
+        spec.policy_version,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_run_takes_its_spaces_from_the_first_declaring_actor() {
+    let (starting, dir) = TestLearner::bind(
+        "external",
+        "id = \"MountainCar-v0\"\nsource = \"external\"\n",
+        &[],
+    )
+    .await;
+    let addr = starting.local_addr();
+    let start = tokio::spawn(starting.start());
+    let mut c = client(addr).await;
+    let spaces = mountain_car();
+
+    // Before the run has started nothing but a declaring Hello is served.
+    let e = c
+        .subscribe_policy(proto::SubscribeRequest::default())
+        .await
+        .expect_err("no policy before the run starts");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e = c
+        .hello(proto::HelloRequest {
+            actor_name: "builtin".into(),
+            protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("`MountainCar-v0`") && e.message().contains("declares none"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .hello(declaring("other", "Pong-v5", &spaces))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(
+            "field `env_id`: this run trains `MountainCar-v0`, the actor declared `Pong-v5`"
+        ),
+        "{}",
+        e.message()
+    );
+    let mut half = declaring("half", "MountainCar-v0", &spaces);
+    half.action_space = None;
+    let e = c.hello(half).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("`action_space`"), "{}", e.message());
+    let discrete_obs = flotilla_common::Spaces {
+        observation: Space::Discrete { n: 5 },
+        ..spaces.clone()
+    };
+    let e = c
+        .hello(declaring("onehot", "MountainCar-v0", &discrete_obs))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("one-hot"), "{}", e.message());
+    let e = c
+        .hello(proto::HelloRequest {
+            protocol_version: 2,
+            ..declaring("old", "MountainCar-v0", &spaces)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("protocol 3"), "{}", e.message());
+
+    // The first declaration starts the run with its spaces.
+    let spec = c
+        .hello(declaring("first", "MountainCar-v0", &spaces))
+        .await
+        .unwrap()
+        .into_inner();
+    let learner = start.await.unwrap().expect("the run starts");
+    assert_eq!(spec.env_id, "MountainCar-v0");
+    assert_eq!(
+        Space::try_from(spec.observation_space.as_ref().unwrap()).unwrap(),
+        spaces.observation
+    );
+    assert_eq!(
+        Space::try_from(spec.action_space.as_ref().unwrap()).unwrap(),
+        spaces.action
+    );
+
+    // Fixed from now on: other spaces are refused, naming the difference.
+    let wider = flotilla_common::Spaces {
+        action: Space::Discrete { n: 4 },
+        ..spaces.clone()
+    };
+    let e = c
+        .hello(declaring("wider", "MountainCar-v0", &wider))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("action_space: the run has Discrete(3), the actor declared Discrete(4)"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .hello(proto::HelloRequest {
+            actor_name: "builtin".into(),
+            protocol_version: proto::PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // The same declaration joins, and its chunks train.
+    let mut sub = c
+        .subscribe_policy(proto::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sub.next().await.unwrap().unwrap().version, 0);
+    let chunks: Vec<_> = (1..=2).map(|s| mountain_car_chunk(&spec, s)).collect();
+    let summary = send_in(&mut c, &spec, chunks).await.unwrap();
+    assert_eq!(summary.chunks_accepted, 2, "64 samples: one batch");
+    let v1 = sub.next().await.unwrap().unwrap();
+    assert_eq!(v1.version, 1);
+    let model = ModelSpec::try_from(spec.model.as_ref().unwrap()).unwrap();
+    CpuPolicy::from_safetensors(&model, 2, &spaces.action, &v1.safetensors)
+        .expect("the published policy fits the declared spaces");
+
+    // Its checkpoints record the spaces: a resumed run knows them at once.
+    learner.stop();
+    let summary = learner.wait().await.unwrap();
+    let ckpt = summary.train.final_checkpoint.expect("a final checkpoint");
+    let meta = flotilla_common::checkpoint::read_metadata(&ckpt).unwrap();
+    let recorded: flotilla_common::Spaces =
+        serde_json::from_str(&meta[flotilla_common::checkpoint::key::SPACES]).unwrap();
+    assert_eq!(recorded, spaces);
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builtin_run_accepts_only_its_own_spaces_declared() {
+    let l = learner("declared-builtin", &[]).await;
+    let mut c = client(l.local_addr()).await;
+    let cartpole = {
+        let env = EnvSpec::new("CartPole-v1").make().unwrap();
+        flotilla_common::Spaces {
+            observation: env.observation_space().clone(),
+            action: env.action_space().clone(),
+        }
+    };
+    let spec = c
+        .hello(declaring("same", "CartPole-v1", &cartpole))
+        .await
+        .expect("the built-in environment's own spaces are welcome")
+        .into_inner();
+    assert_eq!(spec.env_id, "CartPole-v1");
+    let mut other = cartpole.clone();
+    if let Space::Box { high, .. } = &mut other.observation {
+        high[0] = 5.0;
+    }
+    let e = c
+        .hello(declaring("other", "CartPole-v1", &other))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("observation_space: the run has high[0] = 4.8, the actor declared 5"),
+        "{}",
+        e.message()
+    );
+    l.stop();
+    l.wait().await.unwrap();
 }

@@ -86,6 +86,7 @@ async fn hello(c: &mut Client) -> proto::RunSpec {
         actor_name: "hostile\n\u{1b}[31m".into(),
         num_envs: 4,
         protocol_version: proto::PROTOCOL_VERSION,
+        ..Default::default()
     })
     .await
     .expect("the hostile client has the token")

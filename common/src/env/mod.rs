@@ -39,12 +39,25 @@ impl Step {
     }
 }
 
-/// A single environment.
+/// A single environment: the built-in ones, and the public API for an
+/// environment of your own (run it with `flotilla_actor::app::main_with_env`;
+/// see docs/environments.md, "Your own environment").
 ///
 /// Observations are written into a caller-provided buffer of
 /// `observation_space().flat_dim()` floats, so stepping allocates nothing.
+/// The contract, after Gymnasium's:
+/// - the observation space is a `Box` (a discrete observation is written
+///   one-hot); the action space is `Discrete` or `Box`; both stay the same
+///   for the environment's life;
+/// - [`Env::reset`] writes the first observation of an episode;
+///   [`Env::step`] writes the next one and says whether the episode ended,
+///   `terminated` for a terminal state of the task (no bootstrap) and
+///   `truncated` for a cut (a time limit: the learner bootstraps from the
+///   observation written). After either, the caller resets; `step` is not
+///   called on a finished episode;
+/// - the same seed gives the same episodes.
 pub trait Env: Send {
-    /// The registry id, e.g. `"CartPole-v1"`.
+    /// The id, e.g. `"CartPole-v1"`: what a run's `[env] id` names.
     fn id(&self) -> &'static str;
     fn observation_space(&self) -> &Space;
     fn action_space(&self) -> &Space;
@@ -63,8 +76,10 @@ pub trait Env: Send {
 /// Errors from building an environment.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EnvError {
-    #[error("unknown environment id `{id}`; valid ids are: {}", ENV_IDS.join(", "))]
+    #[error("unknown environment id `{id}`; valid ids are: {} (or set `source = \"external\"` in [env] to train an environment your actors bring)", ENV_IDS.join(", "))]
     UnknownId { id: String },
+    #[error("environment `{id}` is external (`source = \"external\"`): only the actors that bring it can build it")]
+    External { id: String },
     #[error("invalid configuration for {env}: {message}")]
     Config { env: &'static str, message: String },
 }
@@ -79,6 +94,25 @@ pub const ENV_IDS: &[&str] = &[
     text_match::ID,
 ];
 
+/// Where a run's environment comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvSource {
+    /// One of [`ENV_IDS`], built by Flotilla's own actors (the default).
+    #[default]
+    Builtin,
+    /// Any id: the actors bring the environment (a Gymnasium env through the
+    /// Python actor, a custom [`Env`] through `flotilla_actor::app`) and
+    /// declare its spaces at `Hello`; the first declaration fixes them.
+    External,
+}
+
+impl EnvSource {
+    pub fn is_builtin(&self) -> bool {
+        *self == EnvSource::Builtin
+    }
+}
+
 /// An environment id and its configuration, as written in a run config:
 ///
 /// ```toml
@@ -86,9 +120,19 @@ pub const ENV_IDS: &[&str] = &[
 /// id = "CartPole-v1"
 /// max_episode_steps = 500   # every other key belongs to the environment
 /// ```
+///
+/// or, for an environment the actors bring:
+///
+/// ```toml
+/// [env]
+/// id = "HalfCheetah-v5"
+/// source = "external"
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvSpec {
     pub id: String,
+    #[serde(default, skip_serializing_if = "EnvSource::is_builtin")]
+    pub source: EnvSource,
     #[serde(flatten)]
     pub config: toml::Table,
 }
@@ -97,12 +141,31 @@ impl EnvSpec {
     pub fn new(id: impl Into<String>) -> Self {
         EnvSpec {
             id: id.into(),
+            source: EnvSource::Builtin,
             config: toml::Table::new(),
         }
     }
 
+    /// A spec of an environment the actors bring.
+    pub fn external(id: impl Into<String>) -> Self {
+        EnvSpec {
+            source: EnvSource::External,
+            ..EnvSpec::new(id)
+        }
+    }
+
+    pub fn is_external(&self) -> bool {
+        self.source == EnvSource::External
+    }
+
     /// Builds one environment; also the way to validate a spec at start-up.
+    /// An external environment cannot be built here ([`EnvError::External`]).
     pub fn make(&self) -> Result<Box<dyn Env>, EnvError> {
+        if self.is_external() {
+            return Err(EnvError::External {
+                id: self.id.clone(),
+            });
+        }
         make_env(&self.id, &self.config)
     }
 
@@ -122,6 +185,7 @@ impl EnvSpec {
                 })?;
         Ok(EnvSpec {
             id: id.to_owned(),
+            source: EnvSource::Builtin,
             config,
         })
     }
@@ -215,6 +279,27 @@ mod tests {
             msg.contains("CartPole-v1") && msg.contains("`max_episode_steps`"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn an_external_spec_parses_serializes_and_is_not_built_here() {
+        let spec: EnvSpec =
+            toml::from_str("id = \"HalfCheetah-v5\"\nsource = \"external\"").unwrap();
+        assert_eq!(spec, EnvSpec::external("HalfCheetah-v5"));
+        assert!(spec.config.is_empty(), "source is not an env key");
+        let text = toml::to_string(&spec).unwrap();
+        assert!(text.contains("source = \"external\""), "{text}");
+        assert_eq!(
+            spec.make().err(),
+            Some(EnvError::External {
+                id: "HalfCheetah-v5".into()
+            })
+        );
+        // The default stays unwritten, so existing configs read back equal.
+        let builtin: EnvSpec = toml::from_str("id = \"CartPole-v1\"").unwrap();
+        assert_eq!(builtin.source, EnvSource::Builtin);
+        assert!(!toml::to_string(&builtin).unwrap().contains("source"));
+        assert!(toml::from_str::<EnvSpec>("id = \"X\"\nsource = \"python\"").is_err());
     }
 
     #[test]

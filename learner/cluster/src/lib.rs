@@ -44,6 +44,8 @@ pub enum ClusterError {
     },
     #[error("--local-max-steps-per-second: expected a positive number, got {0}")]
     Pace(f64),
+    #[error("--local-actors: environment `{0}` is external (source = \"external\"), and local actors run only the built-in environments; start the actors that bring it (the Python actor, or your Rust actor built on flotilla_actor::app) against this learner instead")]
+    ExternalWithLocalActors(String),
     #[error("local actor {name} failed, so the run was stopped (its last checkpoint is written): {error}")]
     LocalActor {
         name: String,
@@ -60,7 +62,8 @@ impl ClusterError {
         match self {
             ClusterError::TlsWithLocalActors
             | ClusterError::SyncBatchSize { .. }
-            | ClusterError::Pace(_) => true,
+            | ClusterError::Pace(_)
+            | ClusterError::ExternalWithLocalActors(_) => true,
             ClusterError::LocalActor { usage, .. } => *usage,
             ClusterError::Run(e) => e.is_usage(),
         }
@@ -82,6 +85,9 @@ impl LocalActors {
             return Err(ClusterError::TlsWithLocalActors);
         }
         let cfg = &opts.config;
+        if cfg.env.is_external() {
+            return Err(ClusterError::ExternalWithLocalActors(cfg.env.id.clone()));
+        }
         if cfg.sync {
             let envs = self.num_envs.unwrap_or(cfg.rollout.num_envs);
             let expected = self.count * envs as usize * cfg.rollout.chunk_len as usize;
@@ -130,6 +136,7 @@ impl LocalActors {
                     max_steps_per_second: self.max_steps_per_second,
                     auth_token: auth_token.clone(),
                     tls: None,
+                    env: None,
                 };
                 let (stop_rx, stop_run, failure) =
                     (stop_rx.clone(), stop_run.clone(), failure.clone());

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use flotilla_cluster::LocalActors;
+use flotilla_cluster::{ClusterError, LocalActors};
 use flotilla_common::auth::AuthToken;
 use flotilla_common::cli::{self, EXIT_USAGE};
 use flotilla_common::metrics as m;
 use flotilla_learner::config::RunConfig;
 use flotilla_learner::device::DeviceChoice;
-use flotilla_learner::run::{RunOptions, RunSummary};
+use flotilla_learner::run::{RunError, RunOptions, RunSummary};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing::{info, warn};
 
@@ -343,6 +343,10 @@ fn train_main(options: Options) -> ExitCode {
         Ok(summary) => {
             println!("{summary}");
             write_summary_json(summary_json.as_deref(), &summary)
+        }
+        Err(e @ ClusterError::Run(RunError::StoppedBeforeStart)) => {
+            eprintln!("{e}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");

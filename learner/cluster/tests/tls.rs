@@ -84,6 +84,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
         actor_name: "tls".into(),
         num_envs: N as u32,
         protocol_version: proto::PROTOCOL_VERSION,
+        ..Default::default()
     };
     let try_hello = |url: String, tls: Option<tonic::transport::ClientTlsConfig>| {
         let req = hello_req.clone();
@@ -154,6 +155,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
             max_steps_per_second: None,
             auth_token: None,
             tls: Some(pki.client(Some("client"))),
+            env: None,
         },
         stop_rx,
     ));
@@ -197,6 +199,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_its_ca() {
                 max_steps_per_second: None,
                 auth_token: None,
                 tls: Some(wrong_ca),
+                env: None,
             },
             stop_rx,
         ),
@@ -234,6 +237,7 @@ async fn server_only_tls_and_the_expected_name() {
         tls: Some(
             flotilla_common::tls::client_config(&pki.path("ca.pem"), None, Some(domain)).unwrap(),
         ),
+        env: None,
     };
     // The certificate is for `localhost`; the URL says 127.0.0.1.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -269,6 +273,7 @@ async fn server_only_tls_and_the_expected_name() {
                     actor_name: "probe".into(),
                     num_envs: N as u32,
                     protocol_version: proto::PROTOCOL_VERSION,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

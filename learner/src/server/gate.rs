@@ -56,15 +56,28 @@ pub enum LearnerError {
     WrongActor { session: u32, claimed: u32 },
     #[error("{sessions} actor sessions are open (ingest.max_actors); retry later")]
     TooManySessions { sessions: usize },
+    /// A Hello whose environment declaration is malformed.
+    #[error("{0}")]
+    Declaration(String),
+    /// A Hello whose environment is not the run's.
+    #[error("{0}")]
+    EnvMismatch(String),
+    /// The run has not started: it waits for its first actor's spaces.
+    #[error("the learner's run has not started yet (a run of an external environment waits for an actor that declares its spaces); retry")]
+    Starting,
 }
 
 impl From<LearnerError> for Status {
     fn from(e: LearnerError) -> Status {
         let message = e.to_string();
         match e {
-            LearnerError::ProtocolVersion { .. } => Status::failed_precondition(message),
+            LearnerError::ProtocolVersion { .. } | LearnerError::EnvMismatch(_) => {
+                Status::failed_precondition(message)
+            }
+            LearnerError::Starting => Status::unavailable(message),
             LearnerError::NumEnvs { .. }
             | LearnerError::ActorName { .. }
+            | LearnerError::Declaration(_)
             | LearnerError::NoSession
             | LearnerError::Chunk(_) => Status::invalid_argument(message),
             LearnerError::TooLarge(_) | LearnerError::TooManySessions { .. } => {
@@ -110,7 +123,10 @@ impl LearnerError {
             | LearnerError::NoSession
             | LearnerError::UnknownSession
             | LearnerError::SessionBusy
-            | LearnerError::TooManySessions { .. } => None,
+            | LearnerError::TooManySessions { .. }
+            | LearnerError::Declaration(_)
+            | LearnerError::EnvMismatch(_)
+            | LearnerError::Starting => None,
         }
     }
 }

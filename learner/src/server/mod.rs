@@ -18,9 +18,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use flotilla_common::auth::{AuthToken, RequireToken};
 use flotilla_common::metrics as m;
 use flotilla_common::proto::{self, learner_server::LearnerServer};
-use flotilla_common::{RunSpec, Snapshot};
+use flotilla_common::{EnvSpec, RunSpec, Snapshot, Space, Spaces};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
@@ -30,13 +30,98 @@ use tracing::{info, warn};
 
 pub use gate::{Admitted, BoundStream, IngestGate, LearnerError, SessionLimits};
 
-/// Longest `actor_name` accepted at `Hello`.
+/// Longest `actor_name` (and declared `env_id`) accepted at `Hello`.
 const MAX_ACTOR_NAME: usize = 256;
+
+/// The checks of a `Hello` that hold whatever the run: protocol, sizes, and
+/// a well-formed environment declaration. Returns the declaration: `None`
+/// when the actor declares no environment of its own.
+pub fn check_hello(
+    req: &proto::HelloRequest,
+    max_envs_per_actor: u32,
+) -> Result<Option<(String, Spaces)>, LearnerError> {
+    if req.protocol_version != proto::PROTOCOL_VERSION {
+        return Err(LearnerError::ProtocolVersion {
+            expected: proto::PROTOCOL_VERSION,
+            actual: req.protocol_version,
+        });
+    }
+    if req.num_envs > max_envs_per_actor {
+        return Err(LearnerError::NumEnvs {
+            max: max_envs_per_actor,
+            actual: req.num_envs,
+        });
+    }
+    if req.actor_name.len() > MAX_ACTOR_NAME {
+        return Err(LearnerError::ActorName {
+            max: MAX_ACTOR_NAME,
+            actual: req.actor_name.len(),
+        });
+    }
+    declared_env(req)
+}
+
+fn declared_env(req: &proto::HelloRequest) -> Result<Option<(String, Spaces)>, LearnerError> {
+    let bad = |m: String| LearnerError::Declaration(m);
+    let (obs, act) = match (&req.observation_space, &req.action_space, req.env_id.is_empty()) {
+        (None, None, true) => return Ok(None),
+        (Some(o), Some(a), false) => (o, a),
+        _ => {
+            return Err(bad(
+                "fields `env_id`, `observation_space`, `action_space`: an actor declares all three (its own environment) or none".into(),
+            ))
+        }
+    };
+    if req.env_id.len() > MAX_ACTOR_NAME {
+        return Err(bad(format!(
+            "field `env_id`: expected at most {MAX_ACTOR_NAME} bytes, got {}",
+            req.env_id.len()
+        )));
+    }
+    let space = |s: &proto::Space, field: &str| {
+        Space::try_from(s).map_err(|m| bad(format!("field `{field}`: {m}")))
+    };
+    let spaces = Spaces {
+        observation: space(obs, "observation_space")?,
+        action: space(act, "action_space")?,
+    };
+    spaces
+        .check_declared()
+        .map_err(|m| bad(format!("declared spaces: {m}")))?;
+    Ok(Some((req.env_id.clone(), spaces)))
+}
+
+/// Whether an actor's declaration (or its absence) fits the run's
+/// environment and, once they are known, its spaces.
+fn check_env(
+    env: &EnvSpec,
+    spaces: Option<&Spaces>,
+    declared: Option<&(String, Spaces)>,
+) -> Result<(), LearnerError> {
+    let id = &env.id;
+    match declared {
+        None if env.is_external() => Err(LearnerError::EnvMismatch(format!(
+            "this run trains `{id}`, an environment its actors bring (source = \"external\"), and this actor declares none: run an actor with its own environment (the Python actor, or a Rust one through flotilla_actor::app); the built-in actor runs only the built-in environments"
+        ))),
+        None => Ok(()),
+        Some((declared, _)) if declared != id => Err(LearnerError::EnvMismatch(format!(
+            "field `env_id`: this run trains `{id}`, the actor declared `{declared}`"
+        ))),
+        Some((_, theirs)) => match spaces.and_then(|s| s.difference(theirs)) {
+            Some(d) => Err(LearnerError::EnvMismatch(format!(
+                "environment `{id}` differs: {d}"
+            ))),
+            None => Ok(()),
+        },
+    }
+}
 
 /// State shared by all connections.
 pub struct LearnerService {
     /// What every actor is told at `Hello` (actor id and version filled in per call).
     spec: RunSpec,
+    /// The run's spaces, as declarations are compared with them.
+    spaces: Spaces,
     max_envs_per_actor: u32,
     /// A trajectory stream silent this long is ended.
     stream_idle_timeout: Duration,
@@ -102,6 +187,10 @@ impl LearnerService {
         } = limits;
         let queued_kib = u32::try_from(max_queued_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         LearnerService {
+            spaces: Spaces {
+                observation: spec.observation_space.clone(),
+                action: spec.action_space.clone(),
+            },
             spec,
             max_envs_per_actor,
             stream_idle_timeout,
@@ -140,28 +229,6 @@ impl LearnerService {
             Err(TrySendError::Disconnected(_)) => return Err(LearnerError::ShuttingDown),
         }
         metrics::gauge!(m::INGEST_QUEUE_DEPTH).set(self.tx.len() as f64);
-        Ok(())
-    }
-
-    fn check_hello(&self, req: &proto::HelloRequest) -> Result<(), LearnerError> {
-        if req.protocol_version != proto::PROTOCOL_VERSION {
-            return Err(LearnerError::ProtocolVersion {
-                expected: proto::PROTOCOL_VERSION,
-                actual: req.protocol_version,
-            });
-        }
-        if req.num_envs > self.max_envs_per_actor {
-            return Err(LearnerError::NumEnvs {
-                max: self.max_envs_per_actor,
-                actual: req.num_envs,
-            });
-        }
-        if req.actor_name.len() > MAX_ACTOR_NAME {
-            return Err(LearnerError::ActorName {
-                max: MAX_ACTOR_NAME,
-                actual: req.actor_name.len(),
-            });
-        }
         Ok(())
     }
 
@@ -227,7 +294,8 @@ impl proto::learner_server::Learner for LearnerService {
         request: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::RunSpec>, Status> {
         let req = request.into_inner();
-        self.check_hello(&req)?;
+        let declared = check_hello(&req, self.max_envs_per_actor)?;
+        check_env(&self.spec.env, Some(&self.spaces), declared.as_ref())?;
         let credentials = self.gate.open_session(&req.actor_name)?;
         // The name comes from the wire: bounded above, escaped here; and a
         // client saying nothing but Hello must not flood the log either.
@@ -298,6 +366,136 @@ impl proto::learner_server::Learner for LearnerService {
     }
 }
 
+/// What the server serves: the run's [`LearnerService`] once the run has
+/// started. The server starts first (so a TLS setup that cannot serve fails
+/// before anything is written); until the run has started, `Hello` waits
+/// for it (at most `STARTING_WAIT`) and the other calls are `UNAVAILABLE`.
+/// A run of an external environment without a checkpoint starts only when
+/// an actor has declared the spaces: the first valid declaration goes to the
+/// run, which builds its model for them.
+pub struct Front {
+    ready: watch::Receiver<Option<Arc<LearnerService>>>,
+    discovery: Option<Discovery>,
+}
+
+/// Where a run waiting for its spaces takes them from.
+struct Discovery {
+    env_id: String,
+    max_envs_per_actor: u32,
+    first: std::sync::Mutex<Option<oneshot::Sender<Spaces>>>,
+}
+
+/// How long a `Hello` waits for the run to start before it is told to retry.
+const STARTING_WAIT: Duration = Duration::from_secs(30);
+
+/// Sets the service a [`Front`] serves, once the run has started.
+pub type FrontReady = watch::Sender<Option<Arc<LearnerService>>>;
+
+impl Front {
+    /// A front whose run has not started yet. With `discover`
+    /// (`(env_id, ingest.max_envs_per_actor)`) the run waits for the spaces
+    /// of that external environment: the receiver yields the first valid
+    /// declaration. Send the started run's service into the [`FrontReady`].
+    pub fn new(
+        discover: Option<(String, u32)>,
+    ) -> (Self, Option<oneshot::Receiver<Spaces>>, FrontReady) {
+        let (ready_tx, ready) = watch::channel(None);
+        let (discovery, spaces) = match discover {
+            Some((env_id, max_envs_per_actor)) => {
+                let (first, spaces) = oneshot::channel();
+                let d = Discovery {
+                    env_id,
+                    max_envs_per_actor,
+                    first: std::sync::Mutex::new(Some(first)),
+                };
+                (Some(d), Some(spaces))
+            }
+            None => (None, None),
+        };
+        (Front { ready, discovery }, spaces, ready_tx)
+    }
+
+    fn service(&self) -> Option<Arc<LearnerService>> {
+        self.ready.borrow().clone()
+    }
+
+    /// The run's service for a `Hello`, starting the run if this is the
+    /// first declaration of its spaces.
+    async fn service_for_hello(
+        &self,
+        req: &proto::HelloRequest,
+    ) -> Result<Arc<LearnerService>, LearnerError> {
+        if let Some(s) = self.service() {
+            return Ok(s);
+        }
+        if let Some(d) = &self.discovery {
+            let declared = check_hello(req, d.max_envs_per_actor)?;
+            match declared {
+                Some((id, spaces)) if id == d.env_id => {
+                    let first = d.first.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(first) = first {
+                        info!(
+                            env = %id,
+                            observation_space = ?spaces.observation,
+                            action_space = ?spaces.action,
+                            actor = %req.actor_name.escape_debug(),
+                            "the first actor declared the environment's spaces"
+                        );
+                        let _ = first.send(spaces);
+                    }
+                }
+                other => check_env(&EnvSpec::external(d.env_id.clone()), None, other.as_ref())?,
+            }
+        }
+        let mut ready = self.ready.clone();
+        let waited = tokio::time::timeout(STARTING_WAIT, async {
+            ready
+                .wait_for(Option::is_some)
+                .await
+                .map(|s| s.clone().expect("waited for Some"))
+        })
+        .await;
+        match waited {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(_)) => Err(LearnerError::ShuttingDown),
+            Err(_) => Err(LearnerError::Starting),
+        }
+    }
+
+    fn started(&self) -> Result<Arc<LearnerService>, Status> {
+        self.service().ok_or_else(|| LearnerError::Starting.into())
+    }
+}
+
+#[tonic::async_trait]
+impl proto::learner_server::Learner for Front {
+    async fn hello(
+        &self,
+        request: Request<proto::HelloRequest>,
+    ) -> Result<Response<proto::RunSpec>, Status> {
+        let service = self.service_for_hello(request.get_ref()).await?;
+        proto::learner_server::Learner::hello(&*service, request).await
+    }
+
+    async fn stream_trajectories(
+        &self,
+        request: Request<Streaming<proto::Chunk>>,
+    ) -> Result<Response<proto::IngestSummary>, Status> {
+        let service = self.started()?;
+        proto::learner_server::Learner::stream_trajectories(&*service, request).await
+    }
+
+    type SubscribePolicyStream = SnapshotStream;
+
+    async fn subscribe_policy(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribePolicyStream>, Status> {
+        let service = self.started()?;
+        proto::learner_server::Learner::subscribe_policy(&*service, request).await
+    }
+}
+
 /// Transport settings of the gRPC server.
 pub struct ServerOptions {
     pub tls: Option<ServerTlsConfig>,
@@ -317,7 +515,7 @@ pub type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error
 /// Starts serving; fails only on a TLS configuration tonic refuses.
 pub fn spawn(
     listener: TcpListener,
-    service: LearnerService,
+    service: Front,
     opts: ServerOptions,
     mut stop: watch::Receiver<bool>,
 ) -> Result<ServerTask, tonic::transport::Error> {

@@ -62,6 +62,8 @@ pub struct Checkpoints {
     pub run_dir: PathBuf,
     pub run_id: String,
     pub config_toml: String,
+    /// The run's spaces, recorded in every checkpoint.
+    pub spaces: flotilla_common::Spaces,
     /// Every this many versions.
     pub every: u64,
     pub keep: usize,
@@ -159,6 +161,7 @@ impl Trainer {
                 episodes: c.episodes.load(Ordering::Relaxed),
                 config_toml: self.checkpoints.config_toml.clone(),
                 kl_coef: l.kl_coef(),
+                spaces: Some(self.checkpoints.spaces.clone()),
             },
             model: l.policy.host_parameters(),
             adam_m: l.policy.split_flat(&l.adam.m),

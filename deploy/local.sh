@@ -2,7 +2,7 @@
 # Flotilla's local entry point: installs what the build needs, then runs cargo.
 #
 #   deploy/local.sh train [learner flags...]   build and run a training (the local cluster)
-#   deploy/local.sh test  [cargo test flags...] run every test of the workspace
+#   deploy/local.sh test  [cargo test flags...] run every test: the workspace, then python/tests
 #   deploy/local.sh cargo ARGS...              any cargo command with libtorch set up
 #   deploy/local.sh env                        print the exports, for `eval "$(deploy/local.sh env)"`
 #
@@ -63,6 +63,31 @@ setup_libtorch() {
   export LIBTORCH_USE_PYTORCH=1
 }
 
+# The Python actor (python/) and its tests: a venv of their own, shared by
+# every clone, made once and again when python/pyproject.toml changes. The
+# package itself is reinstalled from this tree each time (checking that
+# `pip install ./python` works); the tests import the tree directly.
+PY_VENV=${FLOTILLA_PYTHON_VENV:-$CACHE/python-actor}
+
+setup_python_actor() {
+  mkdir -p "$CACHE"
+  exec 8>"$CACHE/.python-actor.lock"
+  flock 8
+  local stamp
+  stamp=$(sha256sum "$ROOT/python/pyproject.toml" | cut -d' ' -f1)
+  if [ "$(cat "$PY_VENV/.flotilla-deps" 2>/dev/null)" != "$stamp" ]; then
+    log "installing the Python actor's dependencies into $PY_VENV (once)"
+    rm -rf "$PY_VENV"
+    "$PYTHON" -m venv "$PY_VENV"
+    "$PY_VENV/bin/pip" install --disable-pip-version-check --no-input -q "setuptools>=77"
+    "$PY_VENV/bin/pip" install --disable-pip-version-check --no-input -q "$ROOT/python[test]"
+    echo "$stamp" >"$PY_VENV/.flotilla-deps"
+  fi
+  "$PY_VENV/bin/pip" install --disable-pip-version-check --no-input -q \
+    --no-deps --no-build-isolation --force-reinstall "$ROOT/python"
+  flock -u 8
+}
+
 cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -78,7 +103,12 @@ case "$cmd" in
     cd "$ROOT"
     # The end-to-end tests run the real binaries: build them first.
     cargo build --workspace --bins
-    exec cargo test --workspace --all-targets "$@"
+    setup_python_actor
+    status=0
+    cargo test --workspace --all-targets "$@" || status=$?
+    log "Python actor tests (python/tests, against target/debug/learner)"
+    FLOTILLA_BIN_DIR="$ROOT/target/debug" "$PY_VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/python/tests" || status=$?
+    exit "$status"
     ;;
   cargo)
     setup_libtorch

@@ -327,5 +327,11 @@ mod tests {
         // definitions): seeds are part of a run's reproducibility.
         assert_eq!(actor_seed(1, "local-0"), 0x4d2b_c375_c091_31c3);
         assert_eq!(actor_seed(0, ""), 0xf52a_15e9_a9b5_e89b);
+        // The Python actor (python/flotilla/seeds.py) pins the same values.
+        assert_eq!(actor_seed(42, "a"), 0xdf36_8a75_d311_7dc0);
+        assert_eq!(actor_seed(42, "b"), 0xff9e_ddc1_6e4d_fa9d);
+        assert_eq!(actor_seed(u64::MAX, "actor-α"), 0x599a_5cc0_de37_ea89);
+        assert_eq!(actor_seed(7, "host-1234"), 0x6946_fc61_d4b1_bad5);
+        assert_eq!(actor_seed(123_456_789, "python-0"), 0xfc00_7065_33a3_8009);
     }
 }

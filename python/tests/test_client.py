@@ -1,0 +1,161 @@
+"""The network side without a network: backoff, URLs, tokens, and the
+checks of the learner's run spec."""
+
+import random
+
+import grpc
+import numpy as np
+import pytest
+
+from flotilla.client import (
+    ActorOptions,
+    Backoff,
+    Status,
+    TlsOptions,
+    UsageError,
+    check_token,
+    hello_request,
+    is_loopback_host,
+    parse_learner_url,
+    session_from_run_spec,
+)
+from flotilla.envs import EnvFactory, probe
+from flotilla.seeds import actor_seed
+from flotilla.spaces import to_proto
+from flotilla.v1 import flotilla_pb2 as pb
+
+INFO = probe(EnvFactory("CartPole-v1"))
+
+
+def opts(**kw) -> ActorOptions:
+    return ActorOptions(learner="http://127.0.0.1:50051", env=EnvFactory("CartPole-v1"), name="py-0", **kw)
+
+
+def run_spec(**kw) -> pb.RunSpec:
+    rs = pb.RunSpec(
+        run_id="r1",
+        env_id="CartPole-v1",
+        model=pb.ModelSpec(hidden_sizes=[64, 64], activation=pb.ACTIVATION_TANH),
+        chunk_len=64,
+        observation_space=to_proto(INFO.observation.space),
+        action_space=to_proto(INFO.action.space),
+        policy_version=7,
+        protocol_version=3,
+        actor_id=3,
+        send_behavior_values=True,
+        seed=42,
+        max_chunk_bytes=1 << 20,
+        default_num_envs=8,
+        sync=False,
+        batch_samples=2048,
+        session="0123-abcd",
+    )
+    for k, v in kw.items():
+        if v is None:
+            rs.ClearField(k)
+        else:
+            setattr(rs, k, v) if not isinstance(v, pb.Space) else getattr(rs, k).CopyFrom(v)
+    return rs
+
+
+def test_backoff_doubles_to_its_cap_with_jitter():
+    b = Backoff(rng=random.Random(1))
+    delays = [b.delay() for _ in range(10)]
+    steps = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]
+    for d, step in zip(delays, steps):
+        assert step * 0.5 <= d <= step
+    b.reset()
+    assert 0.05 <= b.delay() <= 0.1
+
+
+def test_learner_urls():
+    assert parse_learner_url("http://127.0.0.1:50051", None) == ("127.0.0.1:50051", "127.0.0.1")
+    assert parse_learner_url("http://[::1]:7/", None) == ("[::1]:7", "::1")
+    tls = TlsOptions(ca=b"x")
+    assert parse_learner_url("https://learner.example", tls) == ("learner.example:443", "learner.example")
+    for bad, tls_opt, needle in [
+        ("127.0.0.1:50051", None, "expected http"),
+        ("grpc://h:1", None, "expected http"),
+        ("https://h:1", None, "--tls-ca"),
+        ("http://h:1", tls, "https://"),
+        ("http://h:1/path", None, "no path"),
+    ]:
+        with pytest.raises(UsageError, match=needle):
+            parse_learner_url(bad, tls_opt)
+    assert is_loopback_host("localhost") and is_loopback_host("127.3.2.1") and is_loopback_host("::1")
+    assert not is_loopback_host("10.0.0.5") and not is_loopback_host("learner")
+
+
+def test_tokens_are_checked_like_the_learner_does():
+    assert check_token("a" * 16, "t") == "a" * 16
+    with pytest.raises(UsageError, match="16 to 4096"):
+        check_token("short", "t")
+    with pytest.raises(UsageError, match="visible ASCII"):
+        check_token("with a space inside it", "t")
+
+
+def test_hello_declares_the_environment():
+    req = hello_request(opts(num_envs=3), INFO)
+    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 3, "CartPole-v1")
+    assert list(req.observation_space.box.shape) == [4]
+    assert req.observation_space.box.low[1] == -np.inf
+    assert req.action_space.discrete.n == 2
+    assert hello_request(opts(), INFO).num_envs == 0  # the run's default
+
+
+def test_a_good_spec_becomes_the_worker_spec():
+    s = session_from_run_spec(run_spec(), opts(), INFO)
+    assert (s.run_id, s.actor_id, s.credential, s.version) == ("r1", 3, "0123-abcd", 7)
+    w = s.spec
+    assert (w.num_envs, w.chunk_len, w.batch_samples, w.behavior_values) == (8, 64, 2048, True)
+    assert w.seed == actor_seed(42, "py-0")
+    assert w.model.hidden_sizes == (64, 64) and w.model.activation == "tanh"
+    # The same run and name give an equal spec: a reconnect keeps the envs.
+    again = session_from_run_spec(run_spec(actor_id=9, policy_version=30, session="x"), opts(), INFO)
+    assert again.spec == s.spec
+    assert session_from_run_spec(run_spec(), opts(num_envs=2), INFO).spec.num_envs == 2
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"protocol_version": 2}, "protocol_version"),
+        ({"model": None}, "model"),
+        ({"chunk_len": 0}, "chunk_len"),
+        ({"chunk_len": 1 << 20}, "chunk_len"),
+        ({"default_num_envs": 0}, "default_num_envs"),
+        ({"max_chunk_bytes": 10}, "max_chunk_bytes"),
+        ({"session": ""}, "session"),
+        ({"session": "a\nb"}, "session"),
+        ({"action_space": None}, "action_space"),
+        ({"action_space": pb.Space(discrete=pb.DiscreteSpace(n=0))}, "action_space"),
+        ({"observation_space": pb.Space(box=pb.BoxSpace(shape=[3]))}, "observation_space"),
+    ],
+)
+def test_unusable_specs_are_refused_naming_the_field(change, field):
+    with pytest.raises(Status) as e:
+        session_from_run_spec(run_spec(**change), opts(), INFO)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.fatal
+    assert f"`{field}`" in e.value.message or e.value.message.startswith(field), e.value.message
+
+
+def test_a_run_with_other_spaces_is_refused():
+    other = pb.Space(discrete=pb.DiscreteSpace(n=3))
+    with pytest.raises(Status, match="action_space: the learner's run has Discrete"):
+        session_from_run_spec(run_spec(action_space=other), opts(), INFO)
+
+
+def test_chunks_that_cannot_fit_the_learner_are_refused_with_advice():
+    # 64 steps x 8 envs of CartPole with values: about 18 kB per chunk.
+    with pytest.raises(Status, match=r"--num-envs \d+ or fewer"):
+        session_from_run_spec(run_spec(max_chunk_bytes=8_000), opts(), INFO)
+    with pytest.raises(Status, match="even one env is too many"):
+        session_from_run_spec(run_spec(max_chunk_bytes=1_024), opts(), INFO)
+
+
+def test_status_classification():
+    assert Status(grpc.StatusCode.UNAUTHENTICATED, "x").fatal
+    assert Status(grpc.StatusCode.PERMISSION_DENIED, "x").fatal
+    assert Status(grpc.StatusCode.INVALID_ARGUMENT, "x").fatal
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        assert not Status(code, "x").fatal

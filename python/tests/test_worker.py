@@ -1,0 +1,182 @@
+"""The environment thread's flow control, against snapshots published by
+hand: at most a batch's worth of chunks per policy version, exactly one in
+synchronous mode, acting on after the patience runs out."""
+
+import queue
+import time
+
+import numpy as np
+import pytest
+from chunk_check import decode
+from safetensors.numpy import save
+
+from flotilla.envs import EnvFactory, probe
+from flotilla.metrics import ActorMetrics
+from flotilla.policy import ModelSpec, zero_parameters
+from flotilla.spaces import Discrete
+from flotilla.worker import EnvWorker, FlowControl, Pacer, Snapshot, SnapshotBox, WorkerSpec, chunks_per_version
+
+MODEL = ModelSpec(hidden_sizes=(4,))
+FACTORY = EnvFactory("CartPole-v1")
+INFO = probe(FACTORY)
+
+
+def snapshot(version: int) -> Snapshot:
+    return Snapshot(version, save(zero_parameters(MODEL, 4, Discrete(2))))
+
+
+def spec(batch_samples: int, sync: bool = False) -> WorkerSpec:
+    # 2 envs x 8 steps = 16 samples per chunk.
+    return WorkerSpec(
+        env_id="CartPole-v1",
+        model=MODEL,
+        chunk_len=8,
+        num_envs=2,
+        observation_space=INFO.observation.space,
+        action_space=Discrete(2),
+        behavior_values=True,
+        sync=sync,
+        batch_samples=batch_samples,
+        seed=1,
+    )
+
+
+class Running:
+    def __init__(self, s: WorkerSpec, version: int | None, patience: float = 5.0):
+        self.box = SnapshotBox()
+        if version is not None:
+            self.box.publish(snapshot(version))
+        self.worker = EnvWorker(s, "run", FACTORY, INFO, "sync", self.box, ActorMetrics(), patience)
+        self.worker.start()
+
+    def next_chunks(self, n: int, timeout: float = 20.0):
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            try:
+                out.append(self.worker.chunks.get(timeout=max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"only {len(out)} of {n} chunks in {timeout} s") from None
+        return out
+
+    def next_versions(self, n: int):
+        return [c.policy_version for c in self.next_chunks(n)]
+
+    def quiet_for(self, seconds: float) -> bool:
+        """Whether no chunk arrives for `seconds` (a lower bound on a wait:
+        a busy machine can only make the worker later, never earlier)."""
+        time.sleep(seconds)
+        return self.worker.chunks.empty()
+
+    def finish(self):
+        self.worker.shut_down()
+        assert not self.worker.is_alive()
+        assert self.worker.error is None, self.worker.error
+
+
+def test_chunks_per_version_fills_a_batch():
+    assert chunks_per_version(2048, 2, 64) == 16
+    assert chunks_per_version(2049, 2, 64) == 17
+    assert chunks_per_version(100, 2, 64) == 1
+    assert chunks_per_version(0, 2, 64) is None
+
+
+def test_acts_at_most_a_batch_per_version():
+    w = Running(spec(40), version=1)  # 40 samples: 3 chunks of 16
+    chunks = w.next_chunks(3)
+    assert [c.policy_version for c in chunks] == [1, 1, 1]
+    for c in chunks:
+        d = decode(c, 4, Discrete(2), behavior_values=True)
+        np.testing.assert_allclose(d.logp, np.log(0.5), rtol=1e-6)
+        assert c.env_id == "CartPole-v1" and (c.t, c.n) == (8, 2)
+    assert w.quiet_for(0.4)
+    w.box.publish(snapshot(2))
+    assert w.next_versions(3) == [2, 2, 2]
+    assert w.quiet_for(0.4)
+    w.finish()
+
+
+def test_acts_on_after_patience_and_on_any_version_change():
+    patience = 1.5
+    t0 = time.monotonic()
+    w = Running(spec(40), version=5, patience=patience)
+    assert w.next_versions(3) == [5, 5, 5]
+    assert w.quiet_for(patience / 2), "acted on before its patience ran out"
+    # The patience runs out: a batch's worth more, not one chunk.
+    assert w.next_versions(3) == [5, 5, 5]
+    assert time.monotonic() - t0 >= patience
+    # A lower version (a learner restarted from an older checkpoint) counts.
+    w.box.publish(snapshot(2))
+    assert w.next_versions(3) == [2, 2, 2]
+    w.finish()
+
+
+def test_sync_mode_acts_one_chunk_per_version_and_waits_as_long_as_it_takes():
+    w = Running(spec(4096, sync=True), version=1, patience=0.2)
+    assert w.next_versions(1) == [1]
+    assert w.quiet_for(0.8)  # well past the patience: sync mode waits
+    w.box.publish(snapshot(2))
+    assert w.next_versions(1) == [2]
+    assert w.quiet_for(0.3)
+    w.finish()
+
+
+def test_no_batch_size_means_no_limit():
+    w = Running(spec(0), version=1)
+    assert w.next_versions(12) == [1] * 12
+    w.finish()
+
+
+def test_waits_for_a_first_policy_and_ignores_unusable_ones():
+    w = Running(spec(0), version=None)
+    assert w.quiet_for(0.3)
+    w.box.publish(Snapshot(3, b"not safetensors"))
+    assert w.quiet_for(0.3)
+    w.box.publish(snapshot(4))
+    assert w.next_versions(2) == [4, 4]
+    w.box.publish(Snapshot(5, b"broken"))  # acts on with version 4
+    versions = w.next_versions(6)
+    assert set(versions) == {4}
+    # A new run clears the box: no acting with the old run's weights.
+    w.box.publish(None)
+    while not w.worker.chunks.empty():
+        w.worker.chunks.get()
+    time.sleep(0.2)
+    while not w.worker.chunks.empty():  # at most the chunk in hand
+        w.worker.chunks.get()
+    assert w.quiet_for(0.3)
+    w.finish()
+
+
+def test_an_environment_that_raises_ends_the_thread_with_its_error():
+    factory = EnvFactory("Exploding-v0", "flotilla_test_envs:make_exploding")
+    info = probe(factory)
+    s = WorkerSpec("Exploding-v0", MODEL, 8, 2, info.observation.space, Discrete(2), False, False, 0, 1)
+    box = SnapshotBox()
+    box.publish(Snapshot(1, save(zero_parameters(MODEL, 2, Discrete(2)))))
+    w = EnvWorker(s, "run", factory, info, "sync", box, ActorMetrics())
+    w.start()
+    w.join(20)
+    assert not w.is_alive()
+    assert isinstance(w.error, RuntimeError) and "exploded" in str(w.error)
+
+
+def test_pacer_holds_the_mean_rate():
+    import threading
+
+    stop = threading.Event()
+    pacer = Pacer(2000.0)
+    t0 = time.monotonic()
+    for _ in range(5):
+        pacer.wait_for(100, stop)
+    # 500 steps at 2000/s are due 250 ms after the first call.
+    assert time.monotonic() - t0 >= 0.25 - 1e-3
+    stop.set()
+    t0 = time.monotonic()
+    Pacer(1.0).wait_for(1000, stop)
+    assert time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.parametrize("sync,limit", [(True, 1), (False, 3)])
+def test_flow_control_limits(sync, limit):
+    assert FlowControl(spec(40, sync=sync)).limit == limit

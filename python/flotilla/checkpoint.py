@@ -47,15 +47,19 @@ class LoadedPolicy:
     `obs` is one observation or a batch of them. Observations are what the
     actors send: flat float32 vectors of the run's observation space (any
     array whose trailing dimensions hold `obs_dim` values: the declared shape
-    or the flat vector). Pass the environment's Gymnasium spaces to
+    or the flat vector; for a one-value space, also a scalar, and an `(N,)`
+    array as a batch). Pass the environment's Gymnasium spaces to
     `load_policy` to feed raw observations of other kinds (a `Discrete`
     observation is one-hot encoded) and get actions in the environment's
-    terms (a `Discrete` with a `start`, a `Box` of its dtype).
+    terms (a `Discrete` with a `start`, a `Box` of its dtype and shape).
 
     Discrete actions come back as an int (one observation) or an int64 array
-    (a batch); continuous ones as float arrays clipped to the action box,
-    which is what an environment receives (set `clip=False` for the raw
-    Gaussian samples).
+    (a batch); continuous ones as arrays clipped to the action box, which is
+    what an environment receives: with the environment's action space given,
+    exactly as the actor hands them over (cast to the space's dtype, integer
+    dtypes rounded, then clipped to the space's own bounds); without it,
+    float32 clipped to the run's (f32) bounds. Set `clip=False` for the raw
+    float32 Gaussian samples.
     """
 
     def __init__(
@@ -95,6 +99,16 @@ class LoadedPolicy:
         a = np.asarray(obs, dtype=np.float32)
         d = self.obs_dim
         shape = self.observation_space.shape if isinstance(self.observation_space, Box) else (d,)
+        if d == 1:
+            # A scalar Box (Gymnasium shape (), declared as (1,)): one scalar
+            # is one observation and an `(N,)` array a batch of them (a
+            # `(1,)` array is one observation of the declared shape, unless
+            # the environment's space says its observations are scalars).
+            scalar_space = self._obs is not None and tuple(self._obs.gym_space.shape) == ()
+            if a.ndim == 0:
+                return a.reshape(1, 1), True
+            if a.ndim == 1 and (scalar_space or a.shape[0] != 1):
+                return a.reshape(-1, 1), False
         if a.shape == tuple(shape) or a.shape == (d,):
             return a.reshape(1, d), True
         if a.ndim >= 1 and a.size % d == 0 and (a.shape[1:] == tuple(shape) or a.shape[-1:] == (d,)):
@@ -113,11 +127,20 @@ class LoadedPolicy:
                 actions = actions + self._act.start
             return int(actions[0]) if single else actions
         actions = s.actions
+        if self._act is not None:
+            # As the actor hands them to the environment: cast to the
+            # space's dtype and clipped to its own bounds (not the f32
+            # rounding of them in the checkpoint).
+            if clip:
+                actions = self._act.box_to_env(actions)
+            else:
+                actions = actions.reshape((actions.shape[0], *self._act.shape))
+            # `[0, ...]`: an array also for a space of shape () (as the actor
+            # hands it over), not a numpy scalar.
+            return actions[0, ...] if single else actions
         if clip:
             actions = np.clip(actions, self.action_space.low, self.action_space.high)
-        if self._act is not None:
-            actions = actions.reshape((actions.shape[0], *self._act.shape)).astype(self._act.dtype, copy=False)
-        elif len(self.action_space.shape) > 1:
+        if len(self.action_space.shape) > 1:
             actions = actions.reshape((actions.shape[0], *self.action_space.shape))
         return actions[0] if single else actions
 

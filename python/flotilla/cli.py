@@ -8,10 +8,10 @@ SIGTERM or SIGINT. Every flag can also be given as an environment variable
 (`FLOTILLA_LEARNER`, `FLOTILLA_ENV`, ...; an empty variable counts as unset).
 
 Exit codes: 0 after a stop signal, 64 when the options are unusable or the
-learner refuses the actor (the reason is printed on stderr after `error: `),
-75 when a stop takes longer than the grace period, 130 on a second stop
-signal, 1 on any other failure (e.g. the environment raised), 2 on a command
-line that does not parse.
+learner refuses the actor or one of its chunks (the reason is printed on
+stderr after `error: `), 75 when a stop takes longer than the grace period,
+130 on a second stop signal, 1 on any other failure (e.g. the environment
+raised), 2 on a command line that does not parse.
 """
 
 from __future__ import annotations
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             max_steps_per_second=args.max_steps_per_second,
             auth_token=load_token(args.auth_token_file),
             tls=tls,
+            shutdown_grace=args.shutdown_grace_seconds,
         )
         info = probe(factory)
         if args.metrics_listen:

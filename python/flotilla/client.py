@@ -37,7 +37,7 @@ from .envs import EnvFactory, EnvInfo
 from .metrics import ActorMetrics
 from .policy import ModelSpec, PolicyError
 from .seeds import actor_seed
-from .spaces import Discrete, SpaceError, from_proto, to_proto
+from .spaces import Discrete, SpaceError, from_proto, space_difference, to_proto
 from .v1 import PROTOCOL_VERSION, SESSION_METADATA
 from .v1 import flotilla_pb2 as pb
 from .v1 import flotilla_pb2_grpc as pb_grpc
@@ -61,9 +61,12 @@ MAX_ENVS = 1 << 16
 MAX_SPACE_SIZE = 1 << 24
 MAX_SESSION_LEN = 128
 
-#: Deadline of one `Hello`, connecting included.
-HELLO_TIMEOUT = 30.0
-#: How long a stopping actor waits for the learner to acknowledge its stream.
+#: Deadline of one `Hello`, connecting included. Longer than the 30 s a
+#: learner that is starting up may hold a `Hello` before it answers, so that
+#: a slow start is not taken for an unreachable learner.
+HELLO_TIMEOUT = 45.0
+#: The most a stopping actor waits to close its stream and for the learner to
+#: acknowledge it (both together); at most half the shutdown grace.
 CLOSE_TIMEOUT = 5.0
 
 
@@ -130,6 +133,16 @@ class ActorOptions:
     max_steps_per_second: float | None = None
     auth_token: str | None = None
     tls: TlsOptions | None = None
+    #: `--shutdown-grace-seconds`: how long stopping may take in all.
+    shutdown_grace: float | None = None
+
+    def close_timeout(self) -> float:
+        """How long closing the stream may take when the actor stops: 5 s,
+        or half the grace when that is shorter, which leaves the other half
+        for stopping the environments."""
+        if self.shutdown_grace is None:
+            return CLOSE_TIMEOUT
+        return min(CLOSE_TIMEOUT, self.shutdown_grace / 2)
 
 
 @dataclass
@@ -256,6 +269,9 @@ class Session:
     version: int
     max_chunk_bytes: int
     spec: WorkerSpec
+    #: The run's `[env]` settings (a built-in run's), as TOML; an actor with
+    #: its own environment does not apply them.
+    env_config_toml: str = ""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -314,12 +330,14 @@ def session_from_run_spec(rs: pb.RunSpec, opts: ActorOptions, info: EnvInfo) -> 
         if size > MAX_SPACE_SIZE:
             raise _spec_error(name, f"expected at most {MAX_SPACE_SIZE} values, got {size}")
     # The learner checked our declaration; a run that still differs (an
-    # older learner, a built-in run) cannot be acted in with this env.
+    # older learner, a built-in run) cannot be acted in with this env. The
+    # comparison and its words are the learner's (f32 bit patterns).
     for name, ours in (("observation_space", info.observation.space), ("action_space", info.action.space)):
-        if spaces[name] != ours:
+        difference = space_difference(spaces[name], ours)
+        if difference is not None:
             raise Status(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"{name}: the learner's run has {spaces[name]!r}, this actor's environment {info.env_id} has {ours!r}",
+                f"{name}: the learner's run has {difference} (environment {info.env_id})",
             )
     spec = WorkerSpec(
         env_id=rs.env_id,
@@ -344,6 +362,7 @@ def session_from_run_spec(rs: pb.RunSpec, opts: ActorOptions, info: EnvInfo) -> 
         version=rs.policy_version,
         max_chunk_bytes=rs.max_chunk_bytes,
         spec=spec,
+        env_config_toml=rs.env_config_toml,
     )
 
 
@@ -425,13 +444,24 @@ def hello(conn: Connection, opts: ActorOptions, info: EnvInfo, stop: threading.E
 
 class _Subscription(threading.Thread):
     """Follows `SubscribePolicy` and publishes each snapshot; remembers the
-    newest version this learner has shown, and why the stream ended."""
+    newest version this learner has shown, and why the stream ended
+    (`status`, set before the thread ends, however it ends).
+
+    Once `cancel` has returned, the thread publishes nothing more: a snapshot
+    of this session that arrives late cannot land in the box after the actor
+    has cleared it for a new run."""
+
+    #: How long `cancel` waits for the thread to end.
+    JOIN_TIMEOUT = 2.0
 
     def __init__(self, conn: Connection, snapshots: SnapshotBox, known_version: int):
         super().__init__(name="policy", daemon=True)
         self.snapshots = snapshots
         self.known_version = known_version
         self.status: Status | None = None
+        # Held while publishing, and by `cancel` while it closes the gate.
+        self._gate = threading.Lock()
+        self._cancelled = False
         self.call = conn.stub.SubscribePolicy(
             pb.SubscribeRequest(actor_name="", have_version=0), metadata=conn.metadata
         )
@@ -439,16 +469,30 @@ class _Subscription(threading.Thread):
     def run(self) -> None:
         try:
             for snap in self.call:
-                # Known before published: a chunk acted with this version is
-                # never mistaken for one from a newer, unknown policy.
-                self.known_version = max(self.known_version, snap.version)
-                self.snapshots.publish(Snapshot(snap.version, snap.safetensors))
+                with self._gate:
+                    if self._cancelled:
+                        break
+                    # Known before published: a chunk acted with this version
+                    # is never mistaken for one from a newer, unknown policy.
+                    self.known_version = max(self.known_version, snap.version)
+                    self.snapshots.publish(Snapshot(snap.version, snap.safetensors))
             self.status = Status(grpc.StatusCode.UNAVAILABLE, "policy subscription ended")
         except grpc.RpcError as e:
             self.status = Status.of(e)
+        except Exception as e:  # a bug or a resource problem: end the session, not silently the thread
+            log.debug("policy subscription failed", exc_info=True)
+            self.status = Status(grpc.StatusCode.INTERNAL, f"policy subscription: {type(e).__name__}: {e}")
+        finally:
+            if self.status is None:  # a BaseException on its way out
+                self.status = Status(grpc.StatusCode.INTERNAL, "policy subscription thread stopped")
 
     def cancel(self) -> None:
+        """Ends the call; from its return on, nothing more is published."""
+        with self._gate:
+            self._cancelled = True
         self.call.cancel()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(self.JOIN_TIMEOUT)
 
 
 class _Upload:
@@ -486,15 +530,24 @@ class _Upload:
                     return False
 
     def close(self, timeout: float) -> None:
-        """Ends the stream from our side and lets the learner acknowledge it."""
-        try:
-            self.queue.put(self._END, timeout=timeout)
-        except queue.Full:
-            self._abandoned.set()
-        try:
-            self.future.result(timeout=timeout)
-        except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
-            pass
+        """Ends the stream from our side and lets the learner acknowledge it,
+        within `timeout` seconds for both: a learner that does not take the
+        last chunk (its ingest pushing back) must not hold the actor for two
+        timeouts."""
+        deadline = time.monotonic() + timeout
+        # A call that has ended (the learner closed the stream) takes
+        # nothing more from the queue: stop waiting for room as soon as it
+        # ends, not at the deadline.
+        while not self.future.done() and time.monotonic() < deadline:
+            try:
+                self.queue.put(self._END, timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+            except queue.Full:
+                continue
+            try:
+                self.future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+                pass
+            break
         self.abandon()
 
     def abandon(self) -> None:
@@ -521,22 +574,28 @@ def serve(
     stop: threading.Event,
     summary: ActorSummary,
     metrics: ActorMetrics,
+    close_timeout: float = CLOSE_TIMEOUT,
 ) -> int:
     """One session: follows snapshots and streams chunks until the actor is
-    asked to stop (returns the number of chunks sent) or the session fails
-    (raises `Status`)."""
+    asked to stop (returns the number of chunks sent; closing the stream takes
+    at most `close_timeout` seconds) or the session fails (raises `Status`).
+    Once it returns, the session's policy subscription publishes nothing."""
     subscription = _Subscription(conn, snapshots, session.version)
     subscription.start()
-    upload = _Upload(conn, session.credential)
+    upload: _Upload | None = None
     sequence = 0
     try:
+        upload = _Upload(conn, session.credential)
         while True:
             if stop.is_set():
                 # Close our side of the stream and let the learner acknowledge.
-                upload.close(CLOSE_TIMEOUT)
+                upload.close(close_timeout)
                 return sequence
             if subscription.status is not None:
                 raise subscription.status
+            if not subscription.is_alive():
+                # It sets its status before it ends; read it again to be sure.
+                raise subscription.status or Status(grpc.StatusCode.INTERNAL, "policy subscription thread stopped")
             if upload.future.done():
                 raise upload.outcome()
             if not worker.is_alive():
@@ -574,7 +633,8 @@ def serve(
             summary.chunks_sent += 1
     finally:
         subscription.cancel()
-        upload.abandon()
+        if upload is not None:
+            upload.abandon()
 
 
 class _Outage:
@@ -629,8 +689,12 @@ def run(
     outage = _Outage()
     summary = ActorSummary()
     first = True
+    warned_env_config = False
     try:
         while not stop.is_set():
+            # An environment thread that failed ends the actor, also while
+            # the learner is away (else it would only say "unreachable").
+            _raise_worker_error(worker)
             if not first:
                 summary.reconnects += 1
                 metrics.reconnects.inc()
@@ -657,6 +721,16 @@ def run(
                     session.spec.env_id,
                     session.spec.num_envs,
                 )
+                if session.env_config_toml.strip() and not warned_env_config:
+                    # Only a built-in run has settings here (an external run
+                    # refuses [env] keys); this actor builds its own env.
+                    warned_env_config = True
+                    log.warning(
+                        "the run's [env] settings are not applied to this actor's environment %s "
+                        "(give them to it with --env-kwargs if it needs them): %s",
+                        info.env_id,
+                        "; ".join(line.strip() for line in session.env_config_toml.splitlines() if line.strip()),
+                    )
                 same = (
                     worker is not None
                     and worker.is_alive()
@@ -683,7 +757,7 @@ def run(
                     worker.start()
                 sent_before = summary.chunks_sent
                 try:
-                    serve(conn, session, worker, snapshots, stop, summary, metrics)
+                    serve(conn, session, worker, snapshots, stop, summary, metrics, opts.close_timeout())
                     break
                 except Status as status:
                     if status.fatal:
@@ -711,6 +785,11 @@ def run(
 def _shut_down(worker: EnvWorker) -> None:
     """Stops the environment thread; its failure ends the actor."""
     worker.shut_down()
-    if worker.error is not None:
+    _raise_worker_error(worker)
+
+
+def _raise_worker_error(worker: EnvWorker | None) -> None:
+    """Ends the actor (`ActorError`, exit 1) when its environment thread failed."""
+    if worker is not None and worker.error is not None:
         e = worker.error
         raise ActorError(f"environment thread: {type(e).__name__}: {e}") from e

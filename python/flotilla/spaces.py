@@ -11,7 +11,8 @@ An actor that brings its own environment declares both spaces at `Hello`:
 * actions are a `Discrete(n)` (a Gymnasium `Discrete` with any `start`; the
   policy picks `0..n` and the environment receives `start + k`) or a `Box`
   of any shape (the policy samples flat f32 vectors; the environment receives
-  them clipped to the box, reshaped and cast to the space's dtype).
+  them reshaped, cast to the space's dtype and clipped to the space's own
+  bounds).
 
 `ObservationAdapter` and `ActionAdapter` hold these conversions; the actor and
 `flotilla.load_policy` share them.
@@ -19,6 +20,7 @@ An actor that brings its own environment declares both spaces at `Hello`:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +58,9 @@ class Discrete:
 @dataclass(frozen=True, eq=False)
 class Box:
     """Real arrays of `shape` with per-value bounds (`low`, `high`: flat
-    float32 arrays of `prod(shape)` values). Equality compares the bounds bit
-    for bit, as the learner does."""
+    float32 arrays of `prod(shape)` values). Equality compares the bounds'
+    f32 bit patterns, as the learner does (`space_difference`): -0.0 and 0.0
+    differ, a NaN equals a NaN of the same bits."""
 
     low: np.ndarray
     high: np.ndarray
@@ -79,12 +82,7 @@ class Box:
         object.__setattr__(self, "shape", shape)
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Box)
-            and other.shape == self.shape
-            and other.low.tobytes() == self.low.tobytes()
-            and other.high.tobytes() == self.high.tobytes()
-        )
+        return isinstance(other, Box) and space_difference(self, other) is None
 
     def __hash__(self) -> int:
         return hash(("Box", self.shape, self.low.tobytes(), self.high.tobytes()))
@@ -104,6 +102,36 @@ Space = Discrete | Box
 def action_outputs(space: Space) -> int:
     """Outputs of the policy head: logits for `Discrete`, means for `Box`."""
     return space.n if isinstance(space, Discrete) else space.flat_dim
+
+
+def _f32_text(x: np.floating) -> str:
+    """An f32 as Rust's `Display` writes it: the shortest text that reads
+    back to the same f32, never in exponent form (`-1`, `0.41887903`, `inf`,
+    `NaN`)."""
+    if np.isnan(x):
+        return "NaN"
+    return np.format_float_positional(np.float32(x), unique=True, trim="-")
+
+
+def space_difference(run: Space, got: Space) -> str | None:
+    """The first difference between the run's space and a declared one, in
+    the words of the learner (`space_difference` in `common/src/space.rs`),
+    or None when they are equal. Bounds are compared as the learner compares
+    them: by the bit patterns of their f32 values."""
+    if isinstance(run, Discrete) and isinstance(got, Discrete):
+        return None if run.n == got.n else f"Discrete({run.n}), the actor declared Discrete({got.n})"
+    if isinstance(run, Discrete):
+        return f"Discrete({run.n}), the actor declared a Box of shape {list(got.shape)}"
+    if isinstance(got, Discrete):
+        return f"a Box of shape {list(run.shape)}, the actor declared Discrete({got.n})"
+    if run.shape != got.shape:
+        return f"a Box of shape {list(run.shape)}, the actor declared shape {list(got.shape)}"
+    for name, ours, theirs in (("low", run.low, got.low), ("high", run.high, got.high)):
+        differs = np.flatnonzero(ours.view(np.uint32) != theirs.view(np.uint32))
+        if differs.size:
+            i = int(differs[0])
+            return f"{name}[{i}] = {_f32_text(ours[i])}, the actor declared {_f32_text(theirs[i])}"
+    return None
 
 
 # --- the wire ---------------------------------------------------------------
@@ -147,22 +175,68 @@ def from_json(value: Any, field: str = "space") -> Space:
     externally tagged enum: `{"Discrete": {"n": 2}}` or
     `{"Box": {"low": [...], "high": [...], "shape": [4]}}`.
 
-    JSON has no infinity: a `null` bound is read as unbounded (-inf in `low`,
-    +inf in `high`), which is how serde_json writes an infinite f32; bounds
-    written as strings ("inf", "-inf") are read too.
+    JSON has no infinity, so the learner writes a bound that is not finite as
+    a string: `"inf"`, `"-inf"` or `"nan"`. A bound is read exactly as the
+    learner reads it back (`common/src/space.rs`): a JSON number (as f32), or
+    one of the words `inf`, `infinity`, `-inf`, `-infinity`, `nan`, in any
+    case and with any leading `+`. Anything else, `null` included (the learner
+    never writes it and refuses it), is a `SpaceError` naming the bound.
     """
     if not isinstance(value, dict) or len(value) != 1:
         raise SpaceError(f'{field}: expected {{"Discrete": ...}} or {{"Box": ...}}, got {value!r}')
     ((kind, body),) = value.items()
+    if not isinstance(body, dict):
+        raise SpaceError(f"{field}: {kind}: expected an object, got {body!r}")
     if kind == "Discrete":
-        return Discrete(int(body["n"]))
+        n = body.get("n")
+        if not _is_json_int(n) or n < 1:
+            raise SpaceError(f"{field}: Discrete n must be an integer of at least 1, got {n!r}")
+        return Discrete(n)
     if kind == "Box":
-
-        def bounds(key: str, missing: float) -> np.ndarray:
-            return np.array([missing if x is None else float(x) for x in body[key]], dtype=np.float32)
-
-        return Box(bounds("low", -np.inf), bounds("high", np.inf), tuple(body["shape"]))
+        for key in ("low", "high", "shape"):
+            if not isinstance(body.get(key), list):
+                raise SpaceError(f"{field}: Box {key} must be a list, got {body.get(key)!r}")
+        shape = body["shape"]
+        if not all(_is_json_int(d) and d >= 0 for d in shape):
+            raise SpaceError(f"{field}: Box shape must list non-negative integers, got {shape!r}")
+        low = np.array([_json_bound(x, f"{field}: Box low[{i}]") for i, x in enumerate(body["low"])], np.float32)
+        high = np.array([_json_bound(x, f"{field}: Box high[{i}]") for i, x in enumerate(body["high"])], np.float32)
+        try:
+            return Box(low, high, tuple(shape))
+        except SpaceError as e:
+            raise SpaceError(f"{field}: {e}") from None
     raise SpaceError(f"{field}: unknown space kind {kind!r}")
+
+
+def _is_json_int(x: Any) -> bool:
+    # JSON's true and false are Python ints too; serde reads them as no number.
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+#: The words a bound may be (after lower-casing and dropping leading `+`).
+_BOUND_WORDS = {
+    "inf": np.inf,
+    "infinity": np.inf,
+    "-inf": -np.inf,
+    "-infinity": -np.inf,
+    "nan": np.nan,
+}
+
+
+def _json_bound(x: Any, where: str) -> float:
+    """One Box bound of a checkpoint's JSON (see `from_json`), as an f32 value."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        try:
+            v = float(x)
+        except OverflowError:  # an integer beyond f64: serde reads it as ±inf
+            v = math.inf if x > 0 else -math.inf
+        with np.errstate(over="ignore"):  # beyond f32: ±inf, as Rust's `as f32`
+            return float(np.float32(v))
+    if isinstance(x, str):
+        word = x.lower().lstrip("+")
+        if word in _BOUND_WORDS:
+            return float(_BOUND_WORDS[word])
+    raise SpaceError(f'{where}: {json.dumps(x)}: expected a number, "inf" or "-inf"')
 
 
 # --- Gymnasium --------------------------------------------------------------
@@ -225,9 +299,13 @@ class ActionAdapter:
     and declares the action space.
 
     Discrete: policy index `k` in `0..n` becomes `start + k`. Box: the flat
-    f32 sample is clipped to the box (the unclipped sample is what the chunk
-    carries and what its log-probability refers to), reshaped to the space's
-    shape and cast to its dtype.
+    f32 sample (what the chunk carries, unclipped, and what its
+    log-probability refers to) is reshaped to the space's shape, cast to its
+    dtype (rounded to the nearest integer for an integer dtype) and clipped
+    to the space's own bounds in that dtype, so that the environment's
+    `action_space.contains` holds: the declared bounds are rounded to f32,
+    and an f32 sample clipped to those can lie outside a float64 box (a bound
+    of -0.1 is -0.100000001 in f32).
     """
 
     def __init__(self, gym_space: Any):
@@ -244,27 +322,48 @@ class ActionAdapter:
             high = np.asarray(gym_space.high, dtype=np.float64).astype(np.float32).reshape(-1)
             self.space = Box(low, high, shape or (1,))
             self.start = 0
-            self.dtype = gym_space.dtype
+            self.dtype = np.dtype(gym_space.dtype)
             self.shape = shape
+            # The environment's own bounds, in its dtype, in its shape.
+            self._low = np.asarray(gym_space.low, dtype=self.dtype).reshape(shape)
+            self._high = np.asarray(gym_space.high, dtype=self.dtype).reshape(shape)
         else:
             raise SpaceError(
                 f"action space {gym_space} is not supported: Flotilla takes a Discrete or a Box action space"
             )
 
-    def clip(self, actions: np.ndarray) -> np.ndarray:
-        """Box actions `[..., act_dim]` clipped to the bounds (float32)."""
-        assert isinstance(self.space, Box)
-        return np.clip(actions, self.space.low, self.space.high)
+    def box_to_env(self, actions: np.ndarray) -> np.ndarray:
+        """Box actions `[N, act_dim]` (flat samples) as the environment takes
+        them: `[N, *shape]` of the space's dtype, within its bounds."""
+        a = np.asarray(actions).reshape((-1, *self.shape))
+        if self.dtype.kind in "biu":  # bool and integer boxes
+            # Round, then clip in float64 before the cast: casting a float
+            # beyond the integer type's range is undefined.
+            x = np.rint(a.astype(np.float64))
+            x = np.clip(x, self._low.astype(np.float64), self._high.astype(np.float64))
+            if self.dtype.kind != "b":
+                info = np.iinfo(self.dtype)
+                top = float(info.max)
+                if top > info.max:  # int64/uint64: the largest float64 below the type's max
+                    top = float(np.nextafter(top, 0.0))
+                x = np.clip(x, float(info.min), top)
+            with np.errstate(invalid="ignore"):  # NaN (a diverged policy) casts to some integer
+                out = x.astype(self.dtype)
+            if self.dtype.kind == "b":
+                return out
+        else:
+            with np.errstate(over="ignore"):  # beyond a float16 box: inf, clipped next
+                out = a.astype(self.dtype)
+        return np.clip(out, self._low, self._high)
 
     def to_env_batch(self, actions: np.ndarray) -> np.ndarray:
         """Actions of `N` environments, as a vector environment takes them."""
         if isinstance(self.space, Discrete):
             return (np.asarray(actions, dtype=np.int64) + self.start).astype(self.dtype, copy=False)
-        n = actions.shape[0]
-        return self.clip(actions).reshape((n, *self.shape)).astype(self.dtype, copy=False)
+        return self.box_to_env(actions)
 
     def to_env_one(self, action: np.ndarray | int) -> Any:
         """One action, as a single environment takes it."""
         if isinstance(self.space, Discrete):
             return int(action) + self.start
-        return self.clip(np.asarray(action)).reshape(self.shape).astype(self.dtype, copy=False)
+        return self.box_to_env(np.asarray(action).reshape(1, -1)).reshape(self.shape)

@@ -210,6 +210,10 @@ class EnvWorker(threading.Thread):
         #: an error of the actor.
         self.stopping = stopping or threading.Event()
         self.error: BaseException | None = None
+        #: The generation of the snapshot box (`SnapshotBox.latest`) that the
+        #: thread has taken in: every chunk acted before it took in a newer
+        #: one has been handed over by then.
+        self.followed_generation = -1
 
     def shut_down(self, timeout: float = 30.0) -> None:
         """Stops the thread and waits for it (its environments are closed)."""
@@ -240,12 +244,15 @@ class EnvWorker(threading.Thread):
                 if generation != seen_generation:
                     seen_generation = generation
                     policy = self._follow(snap, policy)
+                    self.followed_generation = generation
                 if policy is None:
                     # Nothing to act with yet: wait for the first snapshot.
                     stop.wait(0.02)
                     continue
                 version, p = policy
                 chunk = self._act_chunk(runner, builder, p, version, rng)
+                if chunk is None:
+                    break  # asked to stop halfway through a chunk
                 if pacer is not None:
                     pacer.wait_for(spec.chunk_len * spec.num_envs, stop)
                 if not self._hand_over(chunk):
@@ -274,11 +281,20 @@ class EnvWorker(threading.Thread):
         self.metrics.policy_version.set(snap.version)
         return snap.version, p
 
+    def _stopping(self) -> bool:
+        """Whether this thread, or the whole actor, is asked to stop."""
+        return self.stop_event.is_set() or self.stopping.is_set()
+
     def _act_chunk(self, runner: VectorRunner, builder: ChunkBuilder, policy: Policy, version: int, rng):
-        """Acts `chunk_len` steps of every environment and packs them."""
+        """Acts `chunk_len` steps of every environment and packs them; None
+        when asked to stop before the chunk is complete (the partial chunk is
+        dropped: a slow environment must not hold up a stopping actor for a
+        whole chunk, and nothing would send it anyway)."""
         spec, m = self.spec, self.metrics
         action_adapter = self.info.action
         for _ in range(spec.chunk_len):
+            if self._stopping():
+                return None
             t0 = time.perf_counter()
             s = policy.act(runner.obs, rng, greedy=False, with_value=spec.behavior_values)
             m.inference.observe(time.perf_counter() - t0)

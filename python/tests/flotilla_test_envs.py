@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -131,6 +134,49 @@ class Exploding(gym.Env):
         return np.zeros(2, np.float32), 0.0, False, False, {}
 
 
+class SlowEnv(gym.Env):
+    """An environment that takes `delay` seconds per step, with `size`
+    observations (large ones make large chunks). It raises on a step once the
+    file `explode_when` exists, and calls `on_step` (in-process tests) after
+    every step. Episodes are truncated after 50 steps."""
+
+    def __init__(self, delay: float = 0.1, size: int = 2, explode_when: str | None = None, on_step=None):
+        self.observation_space = spaces.Box(-1.0, 1.0, (size,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.delay, self.size = delay, size
+        self.explode_when, self.on_step = explode_when, on_step
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(self.size, np.float32), {}
+
+    def step(self, action):
+        if self.explode_when is not None and os.path.exists(self.explode_when):
+            raise RuntimeError("the environment exploded")
+        time.sleep(self.delay)
+        self.t += 1
+        if self.on_step is not None:
+            self.on_step()
+        return np.zeros(self.size, np.float32), 0.0, False, self.t >= 50, {}
+
+
+class Liar(gym.Env):
+    """Declares observations in [-1, 1] and sends 5.0 from the second step."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.full(2, 5.0, np.float32), 0.0, False, False, {}
+
+
 def make_counter() -> gym.Env:
     return CounterEnv()
 
@@ -149,3 +195,11 @@ def make_wide_cartpole() -> gym.Env:
 
 def make_exploding() -> gym.Env:
     return Exploding()
+
+
+def make_slow(**kwargs) -> gym.Env:
+    return SlowEnv(**kwargs)
+
+
+def make_liar() -> gym.Env:
+    return Liar()

@@ -63,7 +63,7 @@ def tiny(act: int, box: bool):
     return m
 
 
-OBS = {"Box": {"low": [-10.0, None], "high": [10.0, None], "shape": [2]}}
+OBS = {"Box": {"low": [-10.0, "-inf"], "high": [10.0, "inf"], "shape": [2]}}
 
 
 def test_a_discrete_policy_acts_greedily_by_default(tmp_path):
@@ -72,7 +72,7 @@ def test_a_discrete_policy_acts_greedily_by_default(tmp_path):
     )
     p = flotilla.load_policy(path)
     assert (p.env_id, p.version, p.run_id, p.obs_dim) == ("Two-v0", 12, "r1", 2)
-    assert p.observation_space.high.tolist()[1] == math.inf  # null: unbounded
+    assert p.observation_space.high.tolist()[1] == math.inf  # "inf": unbounded
     assert p.network.model == ModelSpec(hidden_sizes=(2,), activation="relu", shared_torso=True)
     assert p(np.array([3.0, 1.0])) == 0  # logits [3, 2]
     assert p([0.5, 1.0]) == 1  # logits [0.5, 2]
@@ -149,3 +149,76 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path):
     policy = flotilla.load_policy(write_checkpoint(tmp_path / "f", "X", good, tiny(2, False)))
     with pytest.raises(ValueError, match="does not fit"):
         policy(np.zeros(3))
+
+
+def scalar_model():
+    """obs_dim 1, one Box action: the mean is the observation itself
+    (relu(x) - relu(-x)), the value |x|."""
+    return {
+        "torso.0.weight": np.array([[1.0], [-1.0]], np.float32),
+        "torso.0.bias": np.zeros(2, np.float32),
+        "actor.head.weight": np.array([[1.0, -1.0]], np.float32),
+        "actor.head.bias": np.zeros(1, np.float32),
+        "critic.head.weight": np.array([[1.0, 1.0]], np.float32),
+        "critic.head.bias": np.zeros(1, np.float32),
+        "log_std": np.zeros(1, np.float32),
+    }
+
+
+SCALAR_SPACES = {
+    # What an actor declares for Box((), ...) spaces: shape [1].
+    "observation": {"Box": {"low": [-1.0], "high": [1.0], "shape": [1]}},
+    "action": {"Box": {"low": [-0.1], "high": [0.1], "shape": [1]}},
+}
+
+
+def test_scalar_observations_one_or_a_batch(tmp_path):
+    path = write_checkpoint(tmp_path / "c.safetensors", "Scalar-v0", SCALAR_SPACES, scalar_model())
+    p = flotilla.load_policy(path)
+    np.testing.assert_allclose(p(0.05), [0.05])  # one scalar
+    np.testing.assert_allclose(p(np.float64(-0.5)), [np.float32(-0.1)])
+    np.testing.assert_allclose(p(np.array([0.05])), [0.05])  # one observation of the declared shape
+    batch = p(np.array([0.05, -0.02, 3.0]))  # a batch of scalars
+    assert batch.shape == (3, 1)
+    np.testing.assert_allclose(batch[:, 0], [0.05, -0.02, np.float32(0.1)])
+    np.testing.assert_allclose(p.value(np.array([0.5, -2.0])), [0.5, 2.0])
+
+    # With the environment's spaces: scalars in, scalars of its dtype out,
+    # inside its own (float64) bounds.
+    obs_space, act_space = gs.Box(-1.0, 1.0, (), np.float32), gs.Box(-0.1, 0.1, (), np.float64)
+    p = flotilla.load_policy(path, observation_space=obs_space, action_space=act_space)
+    a = p(0.5)
+    assert a.shape == () and a.dtype == np.float64 and a == 0.1 and act_space.contains(a)
+    batch = p(np.array([0.5]))  # a batch of one scalar observation
+    assert batch.shape == (1,) and batch[0] == 0.1
+    batch = p(np.array([0.05, -3.0]))
+    assert batch.dtype == np.float64 and batch.tolist() == [float(np.float32(0.05)), -0.1]
+    assert all(act_space.contains(np.asarray(x)) for x in p(np.linspace(-1, 1, 201), greedy=False))
+    raw = p(np.array([3.0, -3.0]), clip=False)
+    assert raw.dtype == np.float32 and raw.tolist() == [3.0, -3.0]
+
+
+def test_integer_box_actions_are_rounded_not_truncated(tmp_path):
+    spaces = {
+        "observation": SCALAR_SPACES["observation"],
+        "action": {"Box": {"low": [-3.0], "high": [3.0], "shape": [1]}},
+    }
+    path = write_checkpoint(tmp_path / "c.safetensors", "Int-v0", spaces, scalar_model())
+    act_space = gs.Box(-3, 3, (), np.int64)
+    p = flotilla.load_policy(path, action_space=act_space)
+    out = p(np.array([[0.6], [-0.6], [2.4], [9.0]]))
+    assert out.dtype == np.int64 and out.tolist() == [1, -1, 2, 3]
+
+
+def test_malformed_spaces_are_checkpoint_errors_naming_the_problem(tmp_path):
+    box = {"Box": {"low": [-10.0, "-inf"], "high": [10.0, "huge"], "shape": [2]}}
+    cases = [
+        ({"observation": box, "action": {"Discrete": {"n": 2}}}, r"observation: Box high\[1\]: \"huge\""),
+        ({"observation": OBS, "action": {"Discrete": {"n": 0}}}, "action: Discrete n must be an integer of at least 1"),
+        ({"observation": {"Box": {"low": [None, 0], "high": [1, 1], "shape": [2]}}, "action": {"Discrete": {"n": 2}}},
+         r"observation: Box low\[0\]: null"),
+    ]  # fmt: skip
+    for i, (spaces, needle) in enumerate(cases):
+        path = write_checkpoint(tmp_path / f"c{i}", "X", spaces, tiny(2, False))
+        with pytest.raises(CheckpointError, match=needle):
+            flotilla.load_policy(path)

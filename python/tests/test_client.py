@@ -1,13 +1,17 @@
 """The network side without a network: backoff, URLs, tokens, and the
 checks of the learner's run spec."""
 
+import queue
 import random
+import time
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
 import pytest
 
 from flotilla.client import (
+    HELLO_TIMEOUT,
     ActorOptions,
     Backoff,
     Status,
@@ -17,12 +21,15 @@ from flotilla.client import (
     hello_request,
     is_loopback_host,
     parse_learner_url,
+    _Subscription,
+    _Upload,
     session_from_run_spec,
 )
 from flotilla.envs import EnvFactory, probe
 from flotilla.seeds import actor_seed
 from flotilla.spaces import to_proto
 from flotilla.v1 import flotilla_pb2 as pb
+from flotilla.worker import SnapshotBox
 
 INFO = probe(EnvFactory("CartPole-v1"))
 
@@ -159,3 +166,124 @@ def test_status_classification():
     assert Status(grpc.StatusCode.INVALID_ARGUMENT, "x").fatal
     for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
         assert not Status(code, "x").fatal
+
+
+def test_a_run_whose_bounds_differ_names_the_first_bound():
+    low = list(INFO.observation.space.low)
+    low[2] = -0.5
+    other = pb.Space(box=pb.BoxSpace(low=low, high=list(INFO.observation.space.high), shape=[4]))
+    with pytest.raises(Status) as e:
+        session_from_run_spec(run_spec(observation_space=other), opts(), INFO)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.message == (
+        "observation_space: the learner's run has low[2] = -0.5, the actor declared -0.41887903 "
+        "(environment CartPole-v1)"
+    )
+
+
+def test_the_run_spec_keeps_the_runs_env_settings():
+    s = session_from_run_spec(run_spec(env_config_toml="max_episode_steps = 200\n"), opts(), INFO)
+    assert s.env_config_toml == "max_episode_steps = 200\n"
+
+
+def test_closing_the_stream_takes_at_most_half_the_grace():
+    assert opts().close_timeout() == 5.0
+    assert opts(shutdown_grace=4.0).close_timeout() == 2.0
+    assert opts(shutdown_grace=60.0).close_timeout() == 5.0
+    assert HELLO_TIMEOUT > 30.0  # the learner may hold a Hello 30 s while it starts
+
+
+class _Call:
+    """A `SubscribePolicy` call: yields what `feed` gets; `cancel` does not
+    reach a message already on its way (as with a real call)."""
+
+    def __init__(self):
+        self.feed: queue.Queue = queue.Queue()
+
+    def __iter__(self):
+        while True:
+            item = self.feed.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def cancel(self):
+        pass
+
+
+class _Conn:
+    def __init__(self, call):
+        self.metadata = []
+        self.stub = SimpleNamespace(SubscribePolicy=lambda request, metadata: call)
+
+
+def test_no_snapshot_of_a_cancelled_subscription_is_published(monkeypatch):
+    monkeypatch.setattr(_Subscription, "JOIN_TIMEOUT", 0.1)
+    call, box = _Call(), SnapshotBox()
+    sub = _Subscription(_Conn(call), box, 0)
+    sub.start()
+    call.feed.put(pb.PolicySnapshot(version=1, safetensors=b"a"))
+    deadline = time.monotonic() + 10
+    while box.latest()[1] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sub.cancel()
+    box.publish(None)  # a new run
+    call.feed.put(pb.PolicySnapshot(version=2, safetensors=b"b"))  # late, of the old session
+    sub.join(10)
+    assert not sub.is_alive()
+    assert box.latest()[1] is None
+    assert sub.known_version == 1
+
+
+def test_a_subscription_that_fails_ends_its_session_with_internal():
+    class Broken(SnapshotBox):
+        def publish(self, snapshot):
+            raise RuntimeError("no room")
+
+    call = _Call()
+    sub = _Subscription(_Conn(call), Broken(), 0)
+    sub.start()
+    call.feed.put(pb.PolicySnapshot(version=1, safetensors=b"a"))
+    sub.join(10)
+    assert not sub.is_alive()
+    assert sub.status is not None and sub.status.code == grpc.StatusCode.INTERNAL and not sub.status.fatal
+    assert "RuntimeError: no room" in sub.status.message
+
+    # The call's own error is kept as the status.
+    class Gone(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "learner gone"
+
+    call = _Call()
+    sub = _Subscription(_Conn(call), SnapshotBox(), 0)
+    sub.start()
+    call.feed.put(Gone())
+    sub.join(10)
+    assert (sub.status.code, sub.status.message) == (grpc.StatusCode.UNAVAILABLE, "learner gone")
+
+
+class _EndedCall:
+    """A `StreamTrajectories` call the learner has already ended."""
+
+    def done(self):
+        return True
+
+    def cancel(self):
+        return False
+
+    def result(self, timeout=None):
+        return pb.IngestSummary()
+
+
+def test_closing_a_stream_the_learner_ended_does_not_wait():
+    stream = SimpleNamespace(future=lambda requests, metadata: _EndedCall())
+    conn = SimpleNamespace(metadata=[], stub=SimpleNamespace(StreamTrajectories=stream))
+    upload = _Upload(conn, "session")
+    upload.queue.put(pb.Chunk())  # the slot is full and nobody takes from it
+    t0 = time.monotonic()
+    upload.close(5.0)
+    assert time.monotonic() - t0 < 1.0

@@ -1,12 +1,15 @@
 """The Python actor against the real `learner` binary (separate processes,
 real gRPC): its chunks pass the learner's validation for every kind of space,
-a declaration that differs from the run's is refused with exit code 64, a
-token and TLS are spoken, and connections lost are found again.
+a declaration that differs from the run's is refused with exit code 64 (and
+so is a chunk the learner refuses), a token and TLS are spoken, connections
+lost are found again, and the numpy network computes the learner's
+log-probabilities.
 
 Each test reads the learner's own account, its Prometheus metrics
 (`flotilla_chunks_received_total`, `flotilla_chunks_dropped_total{reason}`)
 and its `--summary-json`."""
 
+import json
 import shutil
 import signal
 import subprocess
@@ -131,6 +134,16 @@ def test_a_declaration_that_differs_from_the_run_is_refused(start_learner, actor
     time.sleep(0.5)
     assert actors[0].poll() is None
     assert_nothing_refused(learner.metrics(), learner.log())
+
+
+def test_a_chunk_the_learner_refuses_ends_the_actor_with_64(start_learner):
+    # Observations outside the declared bounds: the learner ends the stream
+    # with INVALID_ARGUMENT, which a retry would meet again.
+    learner = start_learner(external_config("Liar-v0"))
+    code, err = run_actor(learner.port, "--env", "Liar-v0", "--make", "flotilla_test_envs:make_liar")
+    assert code == 64, err
+    assert "error: the learner refused this actor (INVALID_ARGUMENT): field `obs`" in err, err
+    assert "observation space" in err, err
 
 
 def test_a_learner_with_a_token_admits_only_actors_that_carry_it(start_learner, actors, tmp_path):
@@ -304,3 +317,75 @@ def test_sync_mode_acts_one_chunk_per_version_and_is_repeatable(start_learner, t
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name].tobytes() == b[name].tobytes(), f"{name} differs between two runs of one seed"
+
+
+def cross_check_config(env_id: str, model: str) -> str:
+    # One actor of 4 envs x 16 steps: a batch is exactly its one chunk per
+    # version, trained in one epoch of one minibatch.
+    return f"""
+sync = true
+
+[run]
+total_env_steps = 256
+seed = 3
+checkpoint_every = 1000
+
+[env]
+id = "{env_id}"
+source = "external"
+
+[model]
+{model}
+
+[rollout]
+chunk_len = 16
+num_envs = 4
+behavior_values = true
+
+[ppo]
+batch_size = 64
+num_minibatches = 1
+update_epochs = 1
+"""
+
+
+CROSS_CHECKS = {
+    # id: (env id, actor flags, [model])
+    "box-actions": ("Pendulum-v1", [], "hidden_sizes = [16, 16]"),
+    "discrete-start-actions": (
+        "Grid-v0",
+        ["--make", "flotilla_test_envs:make_grid"],
+        'hidden_sizes = [16]\nactivation = "relu"\nshared_torso = true',
+    ),
+    "one-hot-observations": (
+        "Square-v0",
+        ["--make", "flotilla_test_envs:make_square"],
+        "hidden_sizes = [8, 8]\ninit_log_std = -0.5",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CROSS_CHECKS))
+def test_the_numpy_policy_is_the_learners_policy(case, start_learner, tmp_path):
+    """The log-probabilities the actor computes with its numpy network are
+    the learner's (libtorch): in synchronous mode with one epoch of one
+    minibatch, the learner evaluates each batch with exactly the weights the
+    actor acted with, so every update's KL between the two (measured against
+    the chunks' `behavior_logp`) is zero up to rounding, and no ratio is
+    clipped."""
+    env_id, flags, model = CROSS_CHECKS[case]
+    learner = start_learner(cross_check_config(env_id, model))
+    log = tmp_path / "actor.log"
+    actor = start_actor(learner.port, "--env", env_id, *flags, name="check-0", log=log)
+    try:
+        assert learner.wait(120) == 0, learner.log()
+    finally:
+        assert stop_process(actor) == 0, log.read_text()
+    rows = [json.loads(line) for line in (learner.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4, rows
+    for row in rows:
+        u = row["update"]
+        assert row["policy_lags"] == [0], row
+        assert u["epochs"] == 1 and u["samples"] == 64, row
+        assert abs(u["approx_kl"]) < 1e-5, f"the actor's log-probabilities are not the learner's: {row}"
+        assert u["clip_fraction"] == 0.0, row

@@ -15,6 +15,7 @@ from flotilla.spaces import (
     SpaceError,
     from_json,
     from_proto,
+    space_difference,
     to_proto,
 )
 
@@ -82,10 +83,11 @@ def test_wire_round_trip_keeps_infinities_and_shapes():
         Box(np.zeros(3), np.zeros(3), (4,))
 
 
-def test_checkpoint_json_reads_null_bounds_as_unbounded():
+def test_checkpoint_json_reads_bounds_as_the_learner_writes_them():
+    # What the learner writes for CartPole-v1 (`common/src/space.rs`).
     text = (
-        '{"observation":{"Box":{"low":[-4.8,null,-0.41887903,null],'
-        '"high":[4.8,null,0.41887903,null],"shape":[4]}},"action":{"Discrete":{"n":2}}}'
+        '{"observation":{"Box":{"low":[-4.8,"-inf",-0.41887903,"-inf"],'
+        '"high":[4.8,"inf",0.41887903,"inf"],"shape":[4]}},"action":{"Discrete":{"n":2}}}'
     )
     spaces = json.loads(text)
     obs = from_json(spaces["observation"])
@@ -96,5 +98,117 @@ def test_checkpoint_json_reads_null_bounds_as_unbounded():
     import gymnasium
 
     assert ObservationAdapter(gymnasium.make("CartPole-v1").observation_space).space == obs
-    with pytest.raises(SpaceError):
-        from_json({"Tuple": {}})
+
+
+@pytest.mark.parametrize(
+    "bound,value",
+    [
+        (1, 1.0),
+        (-2.5, -2.5),
+        (1e39, np.inf),  # beyond f32, as Rust's `as f32`
+        ("inf", np.inf),
+        ("-inf", -np.inf),
+        ("+inf", np.inf),
+        ("INF", np.inf),
+        ("Infinity", np.inf),
+        ("-Infinity", -np.inf),
+        ("+INFINITY", np.inf),
+        ("nan", np.nan),
+        ("NaN", np.nan),
+    ],
+)
+def test_checkpoint_json_bounds_accept_what_the_learner_reads(bound, value):
+    box = from_json({"Box": {"low": [bound], "high": [bound], "shape": [1]}})
+    np.testing.assert_array_equal(box.low, np.array([value], np.float32))
+    np.testing.assert_array_equal(box.high, np.array([value], np.float32))
+
+
+@pytest.mark.parametrize("bound", [None, "big", "1.5", "- inf", "-+inf", "", True, [1.0], {"x": 1}])
+def test_checkpoint_json_refuses_other_bounds_naming_them(bound):
+    with pytest.raises(SpaceError, match=r"action: Box high\[1\]: .*expected a number"):
+        from_json({"Box": {"low": [0, 0], "high": [1, bound], "shape": [2]}}, "action")
+
+
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ({"Tuple": {}}, "unknown space kind"),
+        ({"Discrete": {"n": 0}}, "at least 1"),
+        ({"Discrete": {"n": -3}}, "at least 1"),
+        ({"Discrete": {"n": 2.0}}, "integer"),
+        ({"Discrete": {"n": True}}, "integer"),
+        ({"Discrete": {}}, "integer"),
+        ({"Box": {"low": [0], "high": [1]}}, "shape"),
+        ({"Box": {"low": [0], "high": [1], "shape": [2]}}, "does not match"),
+        ({"Box": {"low": [0], "high": [1], "shape": ["1"]}}, "shape"),
+        ({"Box": [1]}, "expected an object"),
+        ([1], "expected"),
+    ],
+)
+def test_checkpoint_json_refuses_malformed_spaces(value, needle):
+    with pytest.raises(SpaceError, match=needle):
+        from_json(value)
+
+
+def test_box_equality_and_differences_are_the_learners():
+    def box(low, high):
+        return Box(np.array(low, np.float32), np.array(high, np.float32), (len(low),))
+
+    run = box([-1.0, 0.0, -1.0], [1.0, 1.0, 1.0])
+    assert run == box([-1.0, 0.0, -1.0], [1.0, 1.0, 1.0])
+    assert space_difference(run, run) is None
+    # f32 bit patterns: -0.0 is not 0.0 (the learner refuses it too) ...
+    assert run != box([-1.0, -0.0, -1.0], [1.0, 1.0, 1.0])
+    assert space_difference(run, box([-1.0, -0.0, -1.0], [1.0, 1.0, 1.0])) == "low[1] = 0, the actor declared -0"
+    # ... and a NaN equals the same NaN.
+    nan = box([np.nan], [1.0])
+    assert nan == box([np.nan], [1.0]) and space_difference(nan, nan) is None
+    # The first differing bound, in the learner's words.
+    assert (
+        space_difference(run, box([-1.0, -2.0, -1.0], [1.0, 1.0, 1.0]))
+        == "low[1] = 0, the actor declared -2"
+    )
+    assert (
+        space_difference(run, box([-1.0, 0.0, -1.0], [1.0, 1.0, 0.41887903]))
+        == "high[2] = 1, the actor declared 0.41887903"
+    )
+    assert space_difference(run, box([-1.0] * 4, [1.0] * 4)) == "a Box of shape [3], the actor declared shape [4]"
+    assert (
+        space_difference(box([-np.inf], [np.inf]), box([-np.inf], [3.5]))
+        == "high[0] = inf, the actor declared 3.5"
+    )
+    assert space_difference(Discrete(2), Discrete(3)) == "Discrete(2), the actor declared Discrete(3)"
+    assert space_difference(Discrete(2), run) == "Discrete(2), the actor declared a Box of shape [3]"
+    assert space_difference(run, Discrete(2)) == "a Box of shape [3], the actor declared Discrete(2)"
+
+
+def test_float64_box_actions_stay_inside_the_environments_own_bounds():
+    # -0.1 and 0.1 are not f32 values: the declared bounds round to
+    # ±0.100000001, outside the float64 box.
+    space = gs.Box(-0.1, 0.1, (3,), np.float64)
+    a = ActionAdapter(space)
+    assert a.space.high[0] == np.float32(0.1) and float(np.float32(0.1)) > 0.1
+    rng = np.random.default_rng(0)
+    raw = (rng.normal(size=(2000, 3)) * 0.2).astype(np.float32)
+    env = a.to_env_batch(raw)
+    assert env.dtype == np.float64 and env.shape == (2000, 3)
+    assert all(space.contains(x) for x in env)
+    assert (env == 0.1).any() and (env == -0.1).any()
+    inside = np.abs(raw) < 0.05
+    np.testing.assert_array_equal(env[inside], raw[inside].astype(np.float64))  # exact where not clipped
+    assert space.contains(a.to_env_one(raw[0]))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_integer_box_actions_are_rounded_and_clipped(dtype):
+    space = gs.Box(0, 5, (2,), dtype)
+    a = ActionAdapter(space)
+    raw = np.array([[0.6, 4.4], [-0.7, 2.5], [1e30, -1e30], [5.49, 3.51]], np.float32)
+    env = a.to_env_batch(raw)
+    assert env.dtype == dtype
+    # Rounded to the nearest (ties to even), not truncated toward zero.
+    assert env.tolist() == [[1, 4], [0, 2], [5, 0], [5, 4]]
+    assert all(space.contains(x) for x in env)
+    wide = gs.Box(np.iinfo(np.int64).min, np.iinfo(np.int64).max, (1,), np.int64)
+    out = ActionAdapter(wide).to_env_batch(np.array([[3e38], [-3e38], [-2.4]], np.float32))
+    assert out.dtype == np.int64 and out[0, 0] > 0 and out[1, 0] == np.iinfo(np.int64).min and out[2, 0] == -2

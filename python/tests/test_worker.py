@@ -1,6 +1,7 @@
 """The environment thread's flow control, against snapshots published by
 hand: at most a batch's worth of chunks per policy version, exactly one in
-synchronous mode, acting on after the patience runs out."""
+synchronous mode, acting on after the patience runs out; and stopping
+halfway through a chunk."""
 
 import queue
 import time
@@ -67,6 +68,10 @@ class Running:
         a busy machine can only make the worker later, never earlier)."""
         time.sleep(seconds)
         return self.worker.chunks.empty()
+
+    def drain(self) -> None:
+        while not self.worker.chunks.empty():
+            self.worker.chunks.get()
 
     def finish(self):
         self.worker.shut_down()
@@ -139,11 +144,16 @@ def test_waits_for_a_first_policy_and_ignores_unusable_ones():
     assert set(versions) == {4}
     # A new run clears the box: no acting with the old run's weights.
     w.box.publish(None)
-    while not w.worker.chunks.empty():
-        w.worker.chunks.get()
-    time.sleep(0.2)
-    while not w.worker.chunks.empty():  # at most the chunk in hand
-        w.worker.chunks.get()
+    cleared, _ = w.box.latest()
+    # Once the thread has taken in the cleared box, the chunks acted before
+    # are all in the queue (draining it meanwhile: a full queue holds the
+    # thread at its hand-over).
+    deadline = time.monotonic() + 20
+    while w.worker.followed_generation != cleared:
+        assert time.monotonic() < deadline, "the environment thread never took in the cleared box"
+        w.drain()
+        time.sleep(0.01)
+    w.drain()
     assert w.quiet_for(0.3)
     w.finish()
 
@@ -159,6 +169,42 @@ def test_an_environment_that_raises_ends_the_thread_with_its_error():
     w.join(20)
     assert not w.is_alive()
     assert isinstance(w.error, RuntimeError) and "exploded" in str(w.error)
+
+
+def _slow_worker(stopping=None):
+    """A worker whose chunks take 20 s (400 steps of 50 ms), and an event set
+    at its first step."""
+    import threading
+
+    stepped = threading.Event()
+    factory = EnvFactory("Slow-v0", "flotilla_test_envs:make_slow", {"delay": 0.05, "on_step": stepped.set})
+    info = probe(factory)
+    s = WorkerSpec("Slow-v0", MODEL, 400, 1, info.observation.space, Discrete(2), False, False, 0, 1)
+    box = SnapshotBox()
+    box.publish(Snapshot(1, save(zero_parameters(MODEL, 2, Discrete(2)))))
+    w = EnvWorker(s, "run", factory, info, "sync", box, ActorMetrics(), stopping=stopping)
+    w.start()
+    assert stepped.wait(20), "the environment never stepped"
+    return w
+
+
+def test_a_stop_halfway_through_a_chunk_drops_it_at_once():
+    w = _slow_worker()
+    t0 = time.monotonic()
+    w.shut_down()
+    assert not w.is_alive() and time.monotonic() - t0 < 2.0
+    assert w.chunks.empty() and w.error is None
+
+
+def test_the_actors_stop_ends_the_environment_thread_within_a_step():
+    import threading
+
+    stopping = threading.Event()
+    w = _slow_worker(stopping)
+    stopping.set()
+    w.join(2.0)
+    assert not w.is_alive()
+    assert w.chunks.empty() and w.error is None
 
 
 def test_pacer_holds_the_mean_rate():

@@ -85,6 +85,15 @@ impl Space {
         }
     }
 
+    /// A short description for logs: `Discrete(3)`, `Box(shape [84, 84, 4])`
+    /// (the bounds are left out: an image space has thousands).
+    pub fn summary(&self) -> String {
+        match self {
+            Space::Discrete { n } => format!("Discrete({n})"),
+            Space::Box { shape, .. } => format!("Box(shape {shape:?})"),
+        }
+    }
+
     /// Number of f32 values in one element: 1 for `Discrete`, the flat size for `Box`.
     pub fn flat_dim(&self) -> usize {
         match self {
@@ -259,6 +268,8 @@ mod tests {
             Space::uniform_box(-1.0, 1.0, 2),
         );
         ok.check_declared().unwrap();
+        assert_eq!(ok.observation.summary(), "Box(shape [2, 3])");
+        assert_eq!(Space::Discrete { n: 3 }.summary(), "Discrete(3)");
         spaces(Space::uniform_box(0.0, 1.0, 4), Space::Discrete { n: 2 })
             .check_declared()
             .unwrap();

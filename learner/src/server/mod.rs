@@ -436,8 +436,8 @@ impl Front {
                     if let Some(first) = first {
                         info!(
                             env = %id,
-                            observation_space = ?spaces.observation,
-                            action_space = ?spaces.action,
+                            observation_space = %spaces.observation.summary(),
+                            action_space = %spaces.action.summary(),
                             actor = %req.actor_name.escape_debug(),
                             "the first actor declared the environment's spaces"
                         );

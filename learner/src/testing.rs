@@ -30,72 +30,26 @@ impl TestLearner {
         token: Option<AuthToken>,
         tls: Option<ServerTlsConfig>,
     ) -> Self {
-        let mut set: Vec<String> = vec![
-            "ppo.batch_size=64".into(),
-            "ppo.num_minibatches=2".into(),
-            format!("rollout.chunk_len={T}"),
-            format!("rollout.num_envs={N}"),
-            "run.total_env_steps=100000".into(),
-            "run.progress_every_seconds=60".into(),
-        ];
-        set.extend(extra.iter().map(|s| s.to_string()));
-        let config = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &set)
-            .expect("test config is valid");
-        let dir = TempDir::new(tag);
-        let learner = start(
-            RunOptions {
-                config,
-                run_dir: dir.join("run"),
-                listen: "127.0.0.1:0".parse().expect("loopback address"),
-                device: DeviceChoice::Cpu,
-                resume: false,
-                force_new: false,
-                insecure: false,
-                auth_token: token,
-                tls,
-                torch_threads: None,
-            },
-            std::future::pending(),
-        )
-        .await
-        .expect("test learner starts");
+        let (mut opts, dir) = options(tag, "id = \"CartPole-v1\"\n", extra);
+        opts.auth_token = token;
+        opts.tls = tls;
+        let learner = start(opts, std::future::pending())
+            .await
+            .expect("test learner starts");
         TestLearner { learner, dir }
     }
 
-    /// Like [`TestLearner::start`] with the `[env]` table `env_toml`, but
-    /// only bound: the run starts with [`Starting::start`] (for an external
-    /// environment, once an actor declares its spaces). Keep the folder.
+    /// Like [`TestLearner::start`] with the `[env]` table `env_toml` and a
+    /// checkpoint every update, but only bound: the run starts with
+    /// [`Starting::start`] (for an external environment, once an actor
+    /// declares its spaces). Keep the folder.
     pub async fn bind(tag: &str, env_toml: &str, extra: &[&str]) -> (Starting, TempDir) {
-        let mut set: Vec<String> = vec![
-            "ppo.batch_size=64".into(),
-            "ppo.num_minibatches=2".into(),
-            format!("rollout.chunk_len={T}"),
-            format!("rollout.num_envs={N}"),
-            "run.total_env_steps=100000".into(),
-            "run.progress_every_seconds=60".into(),
-            "run.checkpoint_every=1".into(),
-        ];
-        set.extend(extra.iter().map(|s| s.to_string()));
-        let config = RunConfig::from_toml(&format!("[env]\n{env_toml}"), "test", &set)
-            .expect("test config is valid");
-        let dir = TempDir::new(tag);
-        let starting = bind(
-            RunOptions {
-                config,
-                run_dir: dir.join("run"),
-                listen: "127.0.0.1:0".parse().expect("loopback address"),
-                device: DeviceChoice::Cpu,
-                resume: false,
-                force_new: false,
-                insecure: false,
-                auth_token: None,
-                tls: None,
-                torch_threads: None,
-            },
-            std::future::pending(),
-        )
-        .await
-        .expect("test learner binds");
+        let mut extra: Vec<&str> = extra.to_vec();
+        extra.insert(0, "run.checkpoint_every=1");
+        let (opts, dir) = options(tag, env_toml, &extra);
+        let starting = bind(opts, std::future::pending())
+            .await
+            .expect("test learner binds");
         (starting, dir)
     }
 
@@ -113,4 +67,33 @@ impl TestLearner {
         drop(self.dir);
         summary
     }
+}
+
+/// The test run's options (see [`TestLearner::start`]) in a new folder.
+fn options(tag: &str, env_toml: &str, extra: &[&str]) -> (RunOptions, TempDir) {
+    let mut set: Vec<String> = vec![
+        "ppo.batch_size=64".into(),
+        "ppo.num_minibatches=2".into(),
+        format!("rollout.chunk_len={T}"),
+        format!("rollout.num_envs={N}"),
+        "run.total_env_steps=100000".into(),
+        "run.progress_every_seconds=60".into(),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    let config = RunConfig::from_toml(&format!("[env]\n{env_toml}"), "test", &set)
+        .expect("test config is valid");
+    let dir = TempDir::new(tag);
+    let opts = RunOptions {
+        config,
+        run_dir: dir.join("run"),
+        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        device: DeviceChoice::Cpu,
+        resume: false,
+        force_new: false,
+        insecure: false,
+        auth_token: None,
+        tls: None,
+        torch_threads: None,
+    };
+    (opts, dir)
 }

@@ -95,6 +95,16 @@ pub fn summary_final_checkpoint(run_dir: &std::path::Path) -> Option<PathBuf> {
 /// with gRPC and metrics on ephemeral loopback ports, and its JSON summary at
 /// [`summary_path`].
 pub fn learner_command(config: &str, run_dir: &std::path::Path) -> std::process::Command {
+    learner_command_on(config, run_dir, 0)
+}
+
+/// [`learner_command`] with gRPC on loopback port `port` (0: an ephemeral one),
+/// for actor processes started beside it.
+pub fn learner_command_on(
+    config: &str,
+    run_dir: &std::path::Path,
+    port: u16,
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(bin("learner"));
     cmd.arg("--config")
         .arg(configs().join(config))
@@ -104,7 +114,7 @@ pub fn learner_command(config: &str, run_dir: &std::path::Path) -> std::process:
         .arg(summary_path(run_dir))
         .args([
             "--listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{port}"),
             "--metrics-listen",
             "127.0.0.1:0",
             "--device",

@@ -8,26 +8,12 @@
 use std::process::{Child, Command, Stdio};
 
 use flotilla_tests::{
-    bin, configs, free_port, summary, summary_final_checkpoint, summary_mean_return, summary_path,
+    bin, free_port, learner_command_on, summary, summary_final_checkpoint, summary_mean_return,
     wait_for_exit, TempDir,
 };
 
 fn learner(run: &std::path::Path, port: u16, extra: &[&str]) -> Child {
-    Command::new(bin("learner"))
-        .arg("--config")
-        .arg(configs().join("dial.toml"))
-        .arg("--run-dir")
-        .arg(run)
-        .arg("--summary-json")
-        .arg(summary_path(run))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--device",
-            "cpu",
-        ])
+    learner_command_on("dial.toml", run, port)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -45,6 +45,11 @@ pub mod key {
     /// The run's observation and action spaces, JSON (`crate::Spaces`);
     /// what an external environment's run resumes with.
     pub const SPACES: &str = "spaces";
+    /// The running statistics of observation and reward normalization, JSON
+    /// (`crate::normalize::NormalizationState`, exact f64); the model
+    /// section also carries the observation statistics as f32 tensors, the
+    /// way snapshots do.
+    pub const NORMALIZATION: &str = "normalization";
 }
 
 /// The file name of the checkpoint of `version`.

@@ -12,6 +12,7 @@ pub mod env;
 pub mod fastmath;
 pub mod metrics;
 pub mod model;
+pub mod normalize;
 pub mod policy;
 pub mod proto;
 pub mod rollout;

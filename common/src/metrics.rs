@@ -30,6 +30,7 @@ pub const CHECKPOINTS_WRITTEN: &str = "flotilla_checkpoints_written_total";
 pub const AUTH_FAILURES: &str = "flotilla_auth_failures_total";
 pub const KL_REFERENCE: &str = "flotilla_kl_reference";
 pub const KL_COEF: &str = "flotilla_kl_coef";
+pub const RETURN_STD: &str = "flotilla_return_std";
 pub const UPDATES_SKIPPED: &str = "flotilla_updates_skipped_total";
 pub const LAST_UPDATE_TIME: &str = "flotilla_last_update_timestamp_seconds";
 
@@ -205,6 +206,10 @@ pub fn describe_learner() {
     describe_gauge!(
         KL_COEF,
         "KL penalty coefficient of the last batch (KL penalty runs)"
+    );
+    describe_gauge!(
+        RETURN_STD,
+        "sqrt(var + 1e-8) of the discounted returns that scaled the last batch's rewards (ppo.normalize_rewards runs)"
     );
     describe_counter!(
         UPDATES_SKIPPED,

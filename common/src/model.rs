@@ -12,6 +12,10 @@
 //! Heads: `actor.head.weight/bias` (`[A, h]`: logits for `Discrete(A)`, the
 //! Gaussian mean for a `Box` of `A` dims), `critic.head.weight/bias` (`[1, h]`),
 //! and `log_std` (`[A]`, state-independent) for `Box` actions only.
+//!
+//! With `normalize_observations` a snapshot also carries the observation
+//! statistics `obs_norm.mean` and `obs_norm.var` (`[obs_dim]`, see
+//! [`crate::normalize`]); they are not trained, so they are not parameters.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +41,11 @@ pub struct ModelSpec {
     pub shared_torso: bool,
     /// Initial log standard deviation of the Gaussian policy (Box actions).
     pub init_log_std: f32,
+    /// Normalize observations by the learner's running mean and variance
+    /// before the network (see [`crate::normalize`]).
+    pub normalize_observations: bool,
+    /// Clip of normalized observations.
+    pub observation_clip: f32,
 }
 
 impl Default for ModelSpec {
@@ -46,6 +55,8 @@ impl Default for ModelSpec {
             activation: Activation::Tanh,
             shared_torso: false,
             init_log_std: 0.0,
+            normalize_observations: false,
+            observation_clip: 10.0,
         }
     }
 }
@@ -82,6 +93,14 @@ impl ModelSpec {
             p.push((
                 "model.init_log_std",
                 format!("must be finite and within ±20, got {}", self.init_log_std),
+            ));
+        }
+        if self.normalize_observations
+            && !(self.observation_clip.is_finite() && self.observation_clip > 0.0)
+        {
+            p.push((
+                "model.observation_clip",
+                format!("must be finite and above 0, got {}", self.observation_clip),
             ));
         }
         p
@@ -121,6 +140,20 @@ impl ModelSpec {
     }
 }
 
+impl ModelSpec {
+    /// Names and shapes of the observation statistics a snapshot carries
+    /// (none without `normalize_observations`).
+    pub fn statistics_shapes(&self, obs_dim: usize) -> Vec<(String, Vec<usize>)> {
+        if !self.normalize_observations {
+            return Vec::new();
+        }
+        vec![
+            (crate::normalize::MEAN.to_owned(), vec![obs_dim]),
+            (crate::normalize::VAR.to_owned(), vec![obs_dim]),
+        ]
+    }
+}
+
 /// Number of policy-head outputs: logits for `Discrete`, means for `Box`.
 pub fn action_outputs(space: &Space) -> usize {
     match space {
@@ -139,6 +172,8 @@ impl From<&ModelSpec> for proto::ModelSpec {
             } as i32,
             shared_torso: m.shared_torso,
             init_log_std: m.init_log_std,
+            normalize_observations: m.normalize_observations,
+            observation_clip: m.observation_clip,
         }
     }
 }
@@ -162,6 +197,8 @@ impl TryFrom<&proto::ModelSpec> for ModelSpec {
             activation,
             shared_torso: m.shared_torso,
             init_log_std: m.init_log_std,
+            normalize_observations: m.normalize_observations,
+            observation_clip: m.observation_clip,
         };
         match spec.problems().first() {
             Some((key, msg)) => Err(format!("field `{key}`: {msg}")),
@@ -284,6 +321,8 @@ mod tests {
             activation: Activation::Relu,
             shared_torso: true,
             init_log_std: -0.5,
+            normalize_observations: true,
+            observation_clip: 5.0,
         };
         assert_eq!(
             ModelSpec::try_from(&proto::ModelSpec::from(&spec)).unwrap(),
@@ -306,6 +345,13 @@ mod tests {
         };
         let keys: Vec<_> = bad.problems().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["model.hidden_sizes", "model.init_log_std"]);
+        let unclipped = ModelSpec {
+            normalize_observations: true,
+            observation_clip: 0.0,
+            ..Default::default()
+        };
+        let keys: Vec<_> = unclipped.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["model.observation_clip"]);
         let wire = proto::ModelSpec {
             hidden_sizes: vec![0],
             activation: 1,

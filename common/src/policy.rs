@@ -10,6 +10,7 @@ use rand_distr::StandardNormal;
 
 use crate::fastmath;
 use crate::model::{action_outputs, Activation, ModelSpec};
+use crate::normalize::ObsNormalizer;
 use crate::space::Space;
 
 /// Errors loading a snapshot.
@@ -29,6 +30,8 @@ pub enum PolicyError {
     Dtype(String),
     #[error("parameter `{0}` holds non-finite values")]
     NonFinite(String),
+    #[error("`{0}` holds a negative variance")]
+    NegativeVariance(String),
 }
 
 struct Linear {
@@ -75,6 +78,7 @@ pub struct CpuPolicy {
     actor_head: Linear,
     critic_head: Linear,
     log_std: Option<Array1<f32>>,
+    obs_norm: Option<ObsNormalizer>,
 }
 
 impl CpuPolicy {
@@ -87,7 +91,8 @@ impl CpuPolicy {
     ) -> Result<Self, PolicyError> {
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| PolicyError::Format(e.to_string()))?;
-        let shapes = spec.parameter_shapes(obs_dim, action_space);
+        let mut shapes = spec.parameter_shapes(obs_dim, action_space);
+        shapes.extend(spec.statistics_shapes(obs_dim));
         let get = |name: &str| -> Result<Vec<f32>, PolicyError> {
             let expected = &shapes
                 .iter()
@@ -142,6 +147,18 @@ impl CpuPolicy {
             Space::Box { .. } => Some(Array1::from_vec(get("log_std")?)),
             Space::Discrete { .. } => None,
         };
+        let obs_norm = if spec.normalize_observations {
+            let mean = get(crate::normalize::MEAN)?;
+            let var = get(crate::normalize::VAR)?;
+            if var.iter().any(|&v| v < 0.0) {
+                return Err(PolicyError::NegativeVariance(
+                    crate::normalize::VAR.to_owned(),
+                ));
+            }
+            Some(ObsNormalizer::new(&mean, &var, spec.observation_clip))
+        } else {
+            None
+        };
         Ok(CpuPolicy {
             spec: spec.clone(),
             action_space: action_space.clone(),
@@ -152,6 +169,7 @@ impl CpuPolicy {
             actor_head: linear("actor.head")?,
             critic_head: linear("critic.head")?,
             log_std,
+            obs_norm,
         })
     }
 
@@ -182,9 +200,13 @@ impl CpuPolicy {
         x
     }
 
-    /// Batched forward pass over `obs` `[N, obs_dim]`.
+    /// Batched forward pass over raw observations `obs` `[N, obs_dim]`
+    /// (normalized here when the snapshot carries statistics).
     pub fn forward(&self, obs: ArrayView2<'_, f32>, with_value: bool) -> Forward {
-        let obs = obs.to_owned();
+        let mut obs = obs.as_standard_layout().into_owned();
+        if let Some(norm) = &self.obs_norm {
+            norm.apply(obs.as_slice_mut().expect("standard layout"));
+        }
         let h = self.torso(&self.actor, &obs);
         let head = self.actor_head.forward(&h);
         let value = with_value.then(|| {
@@ -393,6 +415,7 @@ mod tests {
             activation: Activation::Relu,
             shared_torso: true,
             init_log_std: 0.0,
+            ..Default::default()
         };
         let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
             (
@@ -488,5 +511,57 @@ mod tests {
                 .unwrap(),
             PolicyError::Format(_)
         ));
+    }
+
+    /// The tiny network with observation statistics appended.
+    fn with_statistics(bytes: &[u8], mean: &[f32], var: &[f32]) -> Vec<u8> {
+        let mut named = read_safetensors(bytes).unwrap();
+        named.push((crate::normalize::MEAN.into(), vec![2], mean.to_vec()));
+        named.push((crate::normalize::VAR.into(), vec![2], var.to_vec()));
+        write_safetensors(
+            named
+                .iter()
+                .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
+            None,
+        )
+    }
+
+    #[test]
+    fn snapshot_statistics_normalize_the_raw_observations() {
+        let space = Space::Discrete { n: 2 };
+        let (plain_spec, plain) = tiny_bytes(&space);
+        let spec = ModelSpec {
+            normalize_observations: true,
+            observation_clip: 3.0,
+            ..plain_spec.clone()
+        };
+        let bytes = with_statistics(&plain, &[1.0, -2.0], &[4.0, 0.25]);
+        let p = CpuPolicy::from_safetensors(&spec, 2, &space, &bytes).unwrap();
+        // (5 − 1)/2 = 2; (−1 + 2)/0.5 = 2 → relu → logits [2, 4], value 4.5;
+        // (−100 − 1)/2 → −3 (clip) → relu 0; (10 + 2)/0.5 = 24 → 3 (clip)
+        let raw = ndarray::arr2(&[[5.0f32, -1.0], [-100.0, 10.0]]);
+        let f = p.forward(raw.view(), true);
+        assert_eq!(f.head, ndarray::arr2(&[[2.0f32, 4.0], [0.0, 6.0]]));
+        assert_eq!(f.value.unwrap().to_vec(), vec![4.5, 3.5]);
+        // The same as the plain network fed the normalized observations.
+        let plain = CpuPolicy::from_safetensors(&plain_spec, 2, &space, &plain).unwrap();
+        let normalized = ndarray::arr2(&[[2.0f32, 2.0], [-3.0, 3.0]]);
+        assert_eq!(plain.forward(normalized.view(), true).head, f.head);
+        // A plain run ignores statistics; a normalized one needs both, sound.
+        assert!(CpuPolicy::from_safetensors(&plain_spec, 2, &space, &bytes).is_ok());
+        let (_, no_stats) = tiny_bytes(&space);
+        assert_eq!(
+            CpuPolicy::from_safetensors(&spec, 2, &space, &no_stats)
+                .err()
+                .unwrap(),
+            PolicyError::Missing("obs_norm.mean".into())
+        );
+        let negative = with_statistics(&no_stats, &[0.0, 0.0], &[1.0, -0.5]);
+        assert_eq!(
+            CpuPolicy::from_safetensors(&spec, 2, &space, &negative)
+                .err()
+                .unwrap(),
+            PolicyError::NegativeVariance("obs_norm.var".into())
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use flotilla_common::checkpoint::{self as format, key, CheckpointFile, FormatError};
+use flotilla_common::normalize::NormalizationState;
 use flotilla_common::Spaces;
 use tracing::warn;
 
@@ -42,6 +43,8 @@ pub struct CheckpointMeta {
     /// The run's spaces (absent in checkpoints written before they were
     /// recorded; a built-in environment's can be rebuilt from the config).
     pub spaces: Option<Spaces>,
+    /// The running statistics of normalization, when the run normalizes.
+    pub normalization: Option<NormalizationState>,
 }
 
 /// Host copies of everything a checkpoint holds.
@@ -111,12 +114,22 @@ pub fn save(
             serde_json::to_string(s).expect("spaces always serialize"),
         )
     }))
+    .chain(m.normalization.as_ref().map(|n| {
+        (
+            key::NORMALIZATION,
+            serde_json::to_string(n).expect("finite statistics always serialize"),
+        )
+    }))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    // The observation statistics also sit beside the parameters, as in a
+    // snapshot, so the model section is a loadable policy by itself.
+    let mut model = data.model.clone();
+    model.extend(m.normalization.iter().flat_map(|n| n.tensors()));
     let bytes = CheckpointFile::encode(
         metadata,
         &[
-            (format::MODEL, &data.model),
+            (format::MODEL, &model),
             (format::ADAM_M, &data.adam_m),
             (format::ADAM_V, &data.adam_v),
         ],
@@ -210,7 +223,13 @@ pub fn load(
         .sum();
     // Three f32 copies of the parameters plus a generous allowance for the
     // JSON header (names, shapes, and the run config in the metadata).
-    let max_len = (params * 3 * 4 + (1 << 20)) as u64;
+    // Observation statistics add two f32 rows and their exact f64 values as
+    // JSON text (under 64 bytes per observation value).
+    let obs_dim = expected
+        .first()
+        .and_then(|(_, s)| s.get(1).copied())
+        .unwrap_or(0);
+    let max_len = (params * 3 * 4 + obs_dim * 64 + (1 << 20)) as u64;
     let file = CheckpointFile::read(path, max_len).map_err(|source| match source {
         FormatError::Io(source) => CheckpointError::Io {
             path: path.to_owned(),
@@ -239,6 +258,14 @@ pub fn load(
             Err(e) => return Err(format_err(e)),
         },
         spaces: spaces_of(&file.metadata).map_err(invalid)?,
+        normalization: file
+            .metadata
+            .get(key::NORMALIZATION)
+            .map(|text| {
+                serde_json::from_str(text)
+                    .map_err(|e| invalid(format!("metadata `{}`: {e}", key::NORMALIZATION)))
+            })
+            .transpose()?,
     };
     let pick = |section: &str| -> Result<NamedTensors, CheckpointError> {
         expected
@@ -361,6 +388,7 @@ mod tests {
                     observation: flotilla_common::Space::uniform_box(-1.0, f32::INFINITY, 3),
                     action: flotilla_common::Space::Discrete { n: 2 },
                 }),
+                normalization: None,
             },
             model: t(1.0),
             adam_m: t(0.1),
@@ -384,6 +412,42 @@ mod tests {
         let (path, got) = load_latest(&d, &shapes()).unwrap();
         assert_eq!(path, path_for(&d, 5));
         assert_eq!(got, sample(5));
+    }
+
+    /// Statistics come back exactly (f64), and the model section carries
+    /// the f32 observation statistics beside the parameters.
+    #[test]
+    fn normalization_statistics_round_trip() {
+        use flotilla_common::normalize::{RunningMeanStd, MEAN, VAR};
+        let tmp = TempDir::new("ckpt-norm");
+        let d = tmp.path().to_owned();
+        let state = NormalizationState {
+            observations: Some(RunningMeanStd {
+                count: 12_345.000_1,
+                mean: vec![0.1, -12_345.678_9, 1.0 / 3.0],
+                var: vec![2.0f64.sqrt(), 0.0, 1e-12],
+            }),
+            returns: Some(RunningMeanStd {
+                count: 3.5,
+                mean: vec![7.25],
+                var: vec![0.3],
+            }),
+        };
+        let data = CheckpointData {
+            meta: CheckpointMeta {
+                normalization: Some(state.clone()),
+                ..sample(2).meta
+            },
+            ..sample(2)
+        };
+        let path = save(&d, &data, 3).unwrap();
+        let back = load(&path, &shapes()).unwrap();
+        assert_eq!(back, data);
+        let file = CheckpointFile::read(&path, 1 << 20).unwrap();
+        let policy = flotilla_common::policy::read_safetensors(&file.policy_safetensors()).unwrap();
+        let names: Vec<&str> = policy.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.bias", "a.weight", MEAN, VAR]);
+        assert_eq!(policy[2].2, vec![0.1f32, -12_345.679, 1.0 / 3.0]);
     }
 
     #[test]

@@ -241,6 +241,12 @@ pub struct PpoSection {
     pub adam_eps: f64,
     /// Advantage estimator of `ppo` and `a2c`: `gae` or `vtrace`.
     pub advantage: AdvantageEstimator,
+    /// Divide rewards by the running standard deviation of the discounted
+    /// return (γ = `ppo.gamma`) before estimating advantages, as SB3's
+    /// `VecNormalize` and Gymnasium's `NormalizeReward` do.
+    pub normalize_rewards: bool,
+    /// Clip of scaled rewards.
+    pub reward_clip: f64,
 }
 
 impl Default for PpoSection {
@@ -262,6 +268,8 @@ impl Default for PpoSection {
             target_kl: None,
             adam_eps: 1e-5,
             advantage: AdvantageEstimator::Gae,
+            normalize_rewards: false,
+            reward_clip: 10.0,
         }
     }
 }
@@ -487,6 +495,12 @@ impl RunConfig {
                 format!("must be in (0, 1), got {}", o.clip_eps),
             );
         }
+        if o.normalize_rewards && !(o.reward_clip > 0.0 && o.reward_clip.is_finite()) {
+            bad(
+                "ppo.reward_clip",
+                format!("must be finite and above 0, got {}", o.reward_clip),
+            );
+        }
         if !(o.vf_clip >= 0.0 && o.vf_clip.is_finite()) {
             bad(
                 "ppo.vf_clip",
@@ -576,6 +590,14 @@ impl RunConfig {
             bad(
                 "sync",
                 "cannot be combined with algo = \"reinforce\" (it holds chunks across versions until their episodes end)".into(),
+            );
+        }
+        if self.ppo.normalize_rewards && self.algo == Algo::Reinforce {
+            // Its returns from after a chunk are summed from raw rewards
+            // when the episode ends, after the chunk's scale was chosen.
+            bad(
+                "ppo.normalize_rewards",
+                "cannot be combined with algo = \"reinforce\" (its Monte-Carlo returns span chunks scaled at different times)".into(),
             );
         }
         let i = &self.ingest;
@@ -839,6 +861,34 @@ mod tests {
         for k in ["ppo.num_minibatches", "ppo.gamma", "rollout.chunk_len"] {
             assert!(m.contains(k), "{m} should name {k}");
         }
+    }
+
+    #[test]
+    fn normalization_keys_are_checked() {
+        let e = RunConfig::from_toml(
+            MINIMAL,
+            "t",
+            &[
+                "model.normalize_observations=true".into(),
+                "model.observation_clip=0".into(),
+                "ppo.normalize_rewards=true".into(),
+                "ppo.reward_clip=-1".into(),
+                "algo=\"reinforce\"".into(),
+            ],
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        for k in [
+            "model.observation_clip",
+            "ppo.reward_clip",
+            "ppo.normalize_rewards",
+        ] {
+            assert!(m.contains(k), "{m} should name {k}");
+        }
+        let c = RunConfig::from_toml(MINIMAL, "t", &["model.normalize_observations=true".into()])
+            .unwrap();
+        let back = RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap();
+        assert!(back.model.normalize_observations && back.model.observation_clip == 10.0);
     }
 
     #[test]

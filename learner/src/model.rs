@@ -64,6 +64,8 @@ pub enum ModelError {
     },
     #[error("parameter `{0}` holds non-finite values")]
     NonFinite(String),
+    #[error("normalization statistics: {0}")]
+    Statistics(String),
 }
 
 impl Policy {

@@ -652,7 +652,7 @@ fn build_trainer(
             stitcher,
             counters.clone(),
         ),
-        publisher: Publisher::new(&learning.policy, version),
+        publisher: Publisher::new(learning.snapshot(), version),
         learning,
         recorder: Recorder::new(counters.clone(), log, started, cfg.kl.enabled()),
         counters,

@@ -273,19 +273,19 @@ async fn handshake_rejects_bad_requests() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("actor_name"), "{}", err.message());
-    // An actor of protocol 2 (no environment declarations) is told both versions.
+    // An actor of protocol 3 (no observation statistics) is told both versions.
     let err = c
         .hello(proto::HelloRequest {
             actor_name: "old".into(),
             num_envs: 1,
-            protocol_version: 2,
+            protocol_version: 3,
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
-        err.message().contains("protocol 3") && err.message().contains("the actor 2"),
+        err.message().contains("protocol 4") && err.message().contains("the actor 3"),
         "{}",
         err.message()
     );
@@ -929,7 +929,7 @@ async fn an_external_run_takes_its_spaces_from_the_first_declaring_actor() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("protocol 3"), "{}", e.message());
+    assert!(e.message().contains("protocol 4"), "{}", e.message());
 
     // The first declaration starts the run with its spaces.
     let spec = c

@@ -83,6 +83,7 @@ fn discrete_shared_relu_torso() {
         activation: Activation::Relu,
         shared_torso: true,
         init_log_std: 0.0,
+        ..Default::default()
     };
     check(&spec, 6, &Space::Discrete { n: 5 }, 11);
 }
@@ -95,4 +96,61 @@ fn continuous_gaussian() {
     };
     check(&spec, 3, &Space::uniform_box(-2.0, 2.0, 1), 5);
     check(&spec, 8, &Space::uniform_box(-1.0, 1.0, 3), 6);
+}
+
+/// With observation normalization the actor loads the statistics from the
+/// learner's snapshot and feeds raw observations; the learner normalizes the
+/// same raw observations with its own copy: same outputs.
+#[test]
+fn normalized_observations() {
+    use flotilla_common::normalize::Moments;
+    use flotilla_learner::config::RunConfig;
+    use flotilla_learner::train::learn::Learning;
+
+    let cfg = RunConfig::from_toml(
+        "[env]\nid = \"Pendulum-v1\"\n",
+        "test",
+        &[
+            "model.normalize_observations=true".into(),
+            "model.observation_clip=5".into(),
+        ],
+    )
+    .unwrap();
+    let space = Space::uniform_box(-2.0, 2.0, 1);
+    let policy = Policy::new(&cfg.model, 3, &space, Device::Cpu, 9);
+    let mut learning = Learning::new(policy, None, &cfg);
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(9);
+    let seen: Vec<f32> = (0..300)
+        .map(|k| 50.0 * (k % 3) as f32 + rng.random_range(-2.0..2.0))
+        .collect();
+    learning
+        .norm
+        .merge_observations(&Moments::of_rows(3, seen.chunks_exact(3)));
+    let cpu = CpuPolicy::from_safetensors(&cfg.model, 3, &space, &learning.snapshot()).unwrap();
+    let raw: Vec<f32> = (0..40 * 3)
+        .map(|k| 50.0 * (k % 3) as f32 + rng.random_range(-30.0..30.0))
+        .collect();
+    let raw_t = Tensor::from_slice(&raw).view([40, 3]);
+    let (head_t, value_t) = tch::no_grad(|| {
+        learning
+            .policy
+            .forward(&learning.norm.observations(raw_t, Device::Cpu))
+    });
+    let f = cpu.forward(
+        ndarray::ArrayView2::from_shape((40, 3), &raw).unwrap(),
+        true,
+    );
+    close(&tensor_to_vec(&head_t), f.head.as_slice().unwrap(), "head");
+    close(
+        &tensor_to_vec(&value_t),
+        f.value.as_ref().unwrap().as_slice().unwrap(),
+        "value",
+    );
+    // And the statistics matter: without them the outputs differ.
+    let (plain, _) = tch::no_grad(|| {
+        learning
+            .policy
+            .forward(&Tensor::from_slice(&raw).view([40, 3]))
+    });
+    assert!(tensor_to_vec(&plain) != tensor_to_vec(&head_t));
 }

@@ -6,7 +6,10 @@ safetensors file (`common/src/checkpoint.rs`): the policy's f32 tensors under
 string metadata: `format` (`flotilla-checkpoint-v1`), `run_id`, `version`,
 the run configuration as TOML under `config` (its `[model]` gives the
 network, its `[env]` the environment id) and, in checkpoints of current
-learners, the run's spaces as JSON under `spaces`.
+learners, the run's spaces as JSON under `spaces`. A run with `[model]
+normalize_observations` also has its observation statistics in `model/`
+(`obs_norm.mean`, `obs_norm.var`): the policy applies them to the raw
+observations it is given, as the actors' network does.
 
     policy = flotilla.load_policy("runs/cartpole/checkpoints/ckpt-0000000244.safetensors")
     obs, _ = env.reset(seed=0)

@@ -13,6 +13,19 @@ Heads: `actor.head.weight/bias` (`[A, h]`: logits for `Discrete(A)`, the
 Gaussian mean for a `Box` of `A` values), `critic.head.weight/bias`
 (`[1, h]`), and `log_std` (`[A]`, state-independent) for `Box` actions only.
 
+With `normalize_observations` a snapshot also carries the learner's
+observation statistics `obs_norm.mean` and `obs_norm.var` (`[obs_dim]`, f32;
+not trained, so not parameters), and the network sees
+
+    std = sqrt(var + 1e-8)                          (once per snapshot)
+    x   = clip((obs - mean) / std, -observation_clip, observation_clip)
+
+in f32, as `common/src/normalize.rs` computes it: these are correctly rounded
+IEEE operations, so numpy, the Rust actors and the learner (libtorch) get
+the same bits, and the log-probabilities an actor sends are the ones the
+learner recomputes with the same statistics. Actors send the raw
+observations.
+
 Acting: a discrete action is sampled from the softmax of the logits (its
 log-probability is the log-softmax); a continuous one is
 `mean + exp(log_std) * z` with `z ~ N(0, 1)`, and its log-probability is that
@@ -38,6 +51,13 @@ MAX_LAYERS = 16
 
 _HALF_LOG_2PI = np.float32(0.5 * math.log(2.0 * math.pi))
 
+#: Names of the observation statistics in snapshots and checkpoints.
+OBS_MEAN = "obs_norm.mean"
+OBS_VAR = "obs_norm.var"
+#: Added to the variance before its square root (fixed: the learner's
+#: `normalize::EPSILON`, rounded to f32 as it rounds it).
+OBS_NORM_EPSILON = np.float32(1e-8)
+
 
 class PolicyError(ValueError):
     """Parameters that do not fit the model spec (a missing name, a wrong
@@ -52,6 +72,8 @@ class ModelSpec:
     activation: str = "tanh"
     shared_torso: bool = False
     init_log_std: float = 0.0
+    normalize_observations: bool = False
+    observation_clip: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -76,6 +98,11 @@ class ModelSpec:
             p.append(("model.activation", f'must be "tanh" or "relu", got {self.activation!r}'))
         if not math.isfinite(self.init_log_std) or abs(self.init_log_std) > 20.0:
             p.append(("model.init_log_std", f"must be finite and within ±20, got {self.init_log_std}"))
+        # Checked with or without normalization, as the learner checks it.
+        if self.normalize_observations and not (
+            math.isfinite(self.observation_clip) and self.observation_clip > 0.0
+        ):
+            p.append(("model.observation_clip", f"must be finite and above 0, got {self.observation_clip}"))
         return p
 
     @classmethod
@@ -88,13 +115,22 @@ class ModelSpec:
             activation=activation,
             shared_torso=bool(m.shared_torso),
             init_log_std=float(m.init_log_std),
+            normalize_observations=bool(m.normalize_observations),
+            observation_clip=float(m.observation_clip),
         )
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any] | None) -> "ModelSpec":
         """From a run config's `[model]` table (missing keys take the defaults)."""
         table = dict(table or {})
-        known = {"hidden_sizes", "activation", "shared_torso", "init_log_std"}
+        known = {
+            "hidden_sizes",
+            "activation",
+            "shared_torso",
+            "init_log_std",
+            "normalize_observations",
+            "observation_clip",
+        }
         unknown = sorted(set(table) - known)
         if unknown:
             raise PolicyError(f"[model]: unknown keys {unknown}")
@@ -120,6 +156,13 @@ class ModelSpec:
         if isinstance(action_space, Box):
             out.append(("log_std", (act,)))
         return out
+
+    def statistics_shapes(self, obs_dim: int) -> list[tuple[str, tuple[int, ...]]]:
+        """The observation statistics a snapshot carries besides the
+        parameters: none without `normalize_observations`."""
+        if not self.normalize_observations:
+            return []
+        return [(OBS_MEAN, (obs_dim,)), (OBS_VAR, (obs_dim,))]
 
 
 @dataclass
@@ -148,28 +191,28 @@ class _Linear:
 
 @dataclass
 class Policy:
-    """The policy network over `obs_dim` flat observations and `action_space`."""
+    """The policy network over `obs_dim` flat observations and `action_space`.
+
+    `params` holds the tensors of a snapshot: the parameters and, with
+    `model.normalize_observations`, the observation statistics, which move
+    to `statistics`; other names are ignored."""
 
     model: ModelSpec
     obs_dim: int
     action_space: Space
     params: dict[str, np.ndarray] = field(repr=False)
+    statistics: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        shapes = self.model.parameter_shapes(self.obs_dim, self.action_space)
-        checked: dict[str, np.ndarray] = {}
-        for name, shape in shapes:
-            if name not in self.params:
-                raise PolicyError(f"parameter `{name}` is missing")
-            t = np.asarray(self.params[name])
-            if t.dtype != np.float32:
-                raise PolicyError(f"parameter `{name}` is {t.dtype}, expected float32")
-            if t.shape != shape:
-                raise PolicyError(f"parameter `{name}` has shape {list(t.shape)}, expected {list(shape)}")
-            if not np.all(np.isfinite(t)):
-                raise PolicyError(f"parameter `{name}` holds non-finite values")
-            checked[name] = t
+        checked = _checked("parameter", self.params, self.model.parameter_shapes(self.obs_dim, self.action_space))
+        self.statistics = _checked("observation statistic", self.params, self.model.statistics_shapes(self.obs_dim))
+        if self.statistics and np.any(self.statistics[OBS_VAR] < 0):
+            raise PolicyError(f"observation statistic `{OBS_VAR}` holds negative variances")
         self.params = checked
+        self._norm: tuple[np.ndarray, np.ndarray, np.float32] | None = None
+        if self.statistics:
+            std = np.sqrt(self.statistics[OBS_VAR] + OBS_NORM_EPSILON)
+            self._norm = (self.statistics[OBS_MEAN].copy(), std, np.float32(self.model.observation_clip))
 
         def linear(prefix: str) -> _Linear:
             w = checked[f"{prefix}.weight"]
@@ -199,6 +242,15 @@ class Policy:
             raise PolicyError(f"snapshot is not a valid safetensors file: {e}") from None
         return cls(model, obs_dim, action_space, params)
 
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """What the network sees of observation rows `[N, obs_dim]` (float32):
+        `clip((obs - mean) / std, -clip, clip)` with the snapshot's
+        statistics, or the rows themselves without normalization."""
+        if self._norm is None:
+            return obs
+        mean, std, clip = self._norm
+        return np.clip((obs - mean) / std, -clip, clip)
+
     def _torso(self, layers: list[_Linear], x: np.ndarray) -> np.ndarray:
         for layer in layers:
             x = self._activate(layer(x))
@@ -210,6 +262,7 @@ class Policy:
         x = np.asarray(obs, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.obs_dim:
             raise ValueError(f"observations must be [N, {self.obs_dim}], got {list(x.shape)}")
+        x = self.normalize(x)
         h = self._torso(self._actor, x)
         head = self._actor_head(h)
         value = None
@@ -254,6 +307,26 @@ class Policy:
                 actions = head + self._std * z
             logp = gaussian_log_prob(actions, head, self._log_std).sum(axis=1, dtype=np.float32)
         return Sampled(actions, logp.astype(np.float32, copy=False), value)
+
+
+def _checked(
+    kind: str, tensors: Mapping[str, np.ndarray], shapes: list[tuple[str, tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    """The tensors named in `shapes`, each checked to be there, float32, of
+    its shape and finite; `kind` names them in errors."""
+    out: dict[str, np.ndarray] = {}
+    for name, shape in shapes:
+        if name not in tensors:
+            raise PolicyError(f"{kind} `{name}` is missing")
+        t = np.asarray(tensors[name])
+        if t.dtype != np.float32:
+            raise PolicyError(f"{kind} `{name}` is {t.dtype}, expected float32")
+        if t.shape != shape:
+            raise PolicyError(f"{kind} `{name}` has shape {list(t.shape)}, expected {list(shape)}")
+        if not np.all(np.isfinite(t)):
+            raise PolicyError(f"{kind} `{name}` holds non-finite values")
+        out[name] = t
+    return out
 
 
 def _relu(x: np.ndarray) -> np.ndarray:

@@ -85,7 +85,11 @@ class FakeLearner(pb_grpc.LearnerServicer):
             run_id="fake-run",
             env_id=request.env_id,
             env_config_toml=self.env_config_toml,
-            model=pb.ModelSpec(hidden_sizes=list(MODEL.hidden_sizes), activation=pb.ACTIVATION_TANH),
+            model=pb.ModelSpec(
+                hidden_sizes=list(MODEL.hidden_sizes),
+                activation=pb.ACTIVATION_TANH,
+                observation_clip=MODEL.observation_clip,
+            ),
             chunk_len=self.chunk_len,
             observation_space=request.observation_space,
             action_space=request.action_space,

@@ -222,3 +222,51 @@ def test_malformed_spaces_are_checkpoint_errors_naming_the_problem(tmp_path):
         path = write_checkpoint(tmp_path / f"c{i}", "X", spaces, tiny(2, False))
         with pytest.raises(CheckpointError, match=needle):
             flotilla.load_policy(path)
+
+
+def test_a_normalizing_run_plays_on_normalized_observations(tmp_path):
+    # The learner's effective config names every [model] key.
+    config = CONFIG.format(env="Norm-v0") + "normalize_observations = true\nobservation_clip = 5.0\n"
+    stats = {"obs_norm.mean": np.array([1.0, 4.0], np.float32), "obs_norm.var": np.array([4.0, 1.0], np.float32)}
+    spaces = {"observation": OBS, "action": {"Discrete": {"n": 2}}}
+    model = {**tiny(2, False), **stats}
+    path = write_checkpoint(tmp_path / "c.safetensors", "Norm-v0", spaces, model, {"config": config})
+    p = flotilla.load_policy(path)
+    assert p.network.model.normalize_observations and p.network.model.observation_clip == 5.0
+    # [5, 3] is seen as [(5 - 1) / 2, (3 - 4) / 1] = [2, -1]: relu [2, 0],
+    # logits [2, 0], value 2.5 (raw, it would be logits [5, 6], value 8.5).
+    assert p(np.array([5.0, 3.0])) == 0
+    np.testing.assert_array_equal(p.value(np.array([5.0, 3.0])), 2.5)
+    # [100, 4] is seen as [49.5, 0], clipped to [5, 0]: value 5.5.
+    np.testing.assert_array_equal(p.value(np.array([[100.0, 4.0], [5.0, 3.0]])), [5.5, 2.5])
+    raw = p.act(np.array([[5.0, 3.0]], np.float32), greedy=True, with_value=True)
+    assert raw.actions.tolist() == [0] and raw.value.tolist() == [2.5]
+
+    # The same weights in a run without normalization ignore the statistics.
+    plain = write_checkpoint(tmp_path / "p.safetensors", "Norm-v0", spaces, model)
+    assert flotilla.load_policy(plain)(np.array([5.0, 3.0])) == 1
+
+    # A normalizing run's checkpoint without its statistics is refused, naming the missing one.
+    broken = write_checkpoint(tmp_path / "b", "Norm-v0", spaces, model, {"config": config}, drop=("obs_norm.var",))
+    with pytest.raises(CheckpointError, match="`obs_norm.var` is missing"):
+        flotilla.load_policy(broken)
+    bad_clip = write_checkpoint(
+        tmp_path / "k.safetensors", "Norm-v0", spaces, tiny(2, False), {"config": config.replace("5.0", "-1.0")}
+    )
+    with pytest.raises(CheckpointError, match="model.observation_clip"):
+        flotilla.load_policy(bad_clip)
+
+
+def test_one_hot_observations_are_normalized_after_encoding(tmp_path):
+    config = CONFIG.format(env="Lake-v0") + "normalize_observations = true\n"
+    one_hot = {"Box": {"low": [0.0, 0.0], "high": [1.0, 1.0], "shape": [2]}}
+    spaces = {"observation": one_hot, "action": {"Discrete": {"n": 3}}}
+    # Observation 0 is [1, 0], normalized to [(1 - 0.5) / 0.5, (0 - 0.5) / 0.5] = [1, -1]:
+    # relu [1, 0], logits [1, 0, 1], value 1.5.
+    stats = {"obs_norm.mean": np.full(2, 0.5, np.float32), "obs_norm.var": np.full(2, 0.25, np.float32)}
+    model = {**tiny(3, False), **stats}
+    path = write_checkpoint(tmp_path / "c.safetensors", "Lake-v0", spaces, model, {"config": config})
+    p = flotilla.load_policy(path, observation_space=gs.Discrete(2))
+    np.testing.assert_allclose(p.value(0), 1.5, rtol=1e-6)
+    # Observation 1 is [0, 1] -> [-1, 1]: relu [0, 1], value 1.5 as well, logits [0, 2, 1] -> action 1.
+    assert p(1) == 1

@@ -42,12 +42,12 @@ def run_spec(**kw) -> pb.RunSpec:
     rs = pb.RunSpec(
         run_id="r1",
         env_id="CartPole-v1",
-        model=pb.ModelSpec(hidden_sizes=[64, 64], activation=pb.ACTIVATION_TANH),
+        model=pb.ModelSpec(hidden_sizes=[64, 64], activation=pb.ACTIVATION_TANH, observation_clip=10.0),
         chunk_len=64,
         observation_space=to_proto(INFO.observation.space),
         action_space=to_proto(INFO.action.space),
         policy_version=7,
-        protocol_version=3,
+        protocol_version=4,
         actor_id=3,
         send_behavior_values=True,
         seed=42,
@@ -61,7 +61,7 @@ def run_spec(**kw) -> pb.RunSpec:
         if v is None:
             rs.ClearField(k)
         else:
-            setattr(rs, k, v) if not isinstance(v, pb.Space) else getattr(rs, k).CopyFrom(v)
+            setattr(rs, k, v) if not isinstance(v, (pb.Space, pb.ModelSpec)) else getattr(rs, k).CopyFrom(v)
     return rs
 
 
@@ -103,7 +103,7 @@ def test_tokens_are_checked_like_the_learner_does():
 
 def test_hello_declares_the_environment():
     req = hello_request(opts(num_envs=3), INFO)
-    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 3, "CartPole-v1")
+    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 4, "CartPole-v1")
     assert list(req.observation_space.box.shape) == [4]
     assert req.observation_space.box.low[1] == -np.inf
     assert req.action_space.discrete.n == 2
@@ -126,7 +126,7 @@ def test_a_good_spec_becomes_the_worker_spec():
 @pytest.mark.parametrize(
     "change,field",
     [
-        ({"protocol_version": 2}, "protocol_version"),
+        ({"protocol_version": 3}, "protocol_version"),
         ({"model": None}, "model"),
         ({"chunk_len": 0}, "chunk_len"),
         ({"chunk_len": 1 << 20}, "chunk_len"),
@@ -144,6 +144,18 @@ def test_unusable_specs_are_refused_naming_the_field(change, field):
         session_from_run_spec(run_spec(**change), opts(), INFO)
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.fatal
     assert f"`{field}`" in e.value.message or e.value.message.startswith(field), e.value.message
+
+
+def test_a_normalizing_run_reaches_the_worker_and_a_bad_clip_is_refused():
+    model = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH, normalize_observations=True)
+    model.observation_clip = 5.0
+    w = session_from_run_spec(run_spec(model=model), opts(), INFO).spec
+    assert w.model.normalize_observations and w.model.observation_clip == 5.0
+    model.observation_clip = 0.0
+    with pytest.raises(Status) as e:
+        session_from_run_spec(run_spec(model=model), opts(), INFO)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.fatal
+    assert e.value.message.startswith("run spec field `model`: model.observation_clip: "), e.value.message
 
 
 def test_a_run_with_other_spaces_is_refused():

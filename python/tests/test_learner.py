@@ -3,7 +3,8 @@ real gRPC): its chunks pass the learner's validation for every kind of space,
 a declaration that differs from the run's is refused with exit code 64 (and
 so is a chunk the learner refuses), a token and TLS are spoken, connections
 lost are found again, and the numpy network computes the learner's
-log-probabilities.
+log-probabilities, also over observations normalized with the statistics
+the snapshots carry.
 
 Each test reads the learner's own account, its Prometheus metrics
 (`flotilla_chunks_received_total`, `flotilla_chunks_dropped_total{reason}`)
@@ -13,8 +14,10 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
+import numpy as np
 import pytest
 from harness import BAD_DROP_REASONS, dropped, free_port, parse_metrics, run_actor, skip, start_actor, stop_process
 
@@ -349,20 +352,57 @@ update_epochs = 1
 """
 
 
+#: Learner flags of a run that normalizes observations.
+NORMALIZE = ("--set", "model.normalize_observations=true")
+
 CROSS_CHECKS = {
-    # id: (env id, actor flags, [model])
-    "box-actions": ("Pendulum-v1", [], "hidden_sizes = [16, 16]"),
+    # id: (env id, actor flags, [model], learner flags)
+    "box-actions": ("Pendulum-v1", [], "hidden_sizes = [16, 16]", ()),
     "discrete-start-actions": (
         "Grid-v0",
         ["--make", "flotilla_test_envs:make_grid"],
         'hidden_sizes = [16]\nactivation = "relu"\nshared_torso = true',
+        (),
     ),
     "one-hot-observations": (
         "Square-v0",
         ["--make", "flotilla_test_envs:make_square"],
         "hidden_sizes = [8, 8]\ninit_log_std = -0.5",
+        (),
+    ),
+    # With observation normalization the actor applies the statistics of
+    # its snapshot: the learner holds them fixed during an update, so the
+    # KL stays zero only if both compute the same bits. A clip of 1.5 clips
+    # some of Pendulum's observations, and Square's one-hot ones (a position
+    # seen a quarter of the time normalizes to 1.73); Square's last position
+    # (4) is only ever an episode's final observation, of variance 0.
+    "box-normalized": ("Pendulum-v1", [], "hidden_sizes = [16, 16]", NORMALIZE),
+    "box-normalized-clipped": (
+        "Pendulum-v1",
+        [],
+        "hidden_sizes = [16]",
+        (*NORMALIZE, "--set", "model.observation_clip=1.5"),
+    ),
+    "discrete-normalized": (
+        "Grid-v0",
+        ["--make", "flotilla_test_envs:make_grid"],
+        'hidden_sizes = [16]\nactivation = "relu"\nshared_torso = true',
+        NORMALIZE,
+    ),
+    "one-hot-normalized-clipped": (
+        "Square-v0",
+        ["--make", "flotilla_test_envs:make_square"],
+        "hidden_sizes = [8, 8]",
+        (*NORMALIZE, "--set", "model.observation_clip=1.5"),
     ),
 }
+
+#: Bound on an update's approx_kl when actor and learner agree. Rounding
+#: alone (a few ulps of log-probability) gives below 1e-12 (0.0 on the
+#: machines measured), while these runs' small networks barely depend on
+#: their input at first: an actor that skipped the normalization, or its
+#: clip, measured 6e-8 to 1.3e-5, so a looser bound would not notice.
+KL_BOUND = 1e-9
 
 
 @pytest.mark.parametrize("case", list(CROSS_CHECKS))
@@ -373,8 +413,8 @@ def test_the_numpy_policy_is_the_learners_policy(case, start_learner, tmp_path):
     actor acted with, so every update's KL between the two (measured against
     the chunks' `behavior_logp`) is zero up to rounding, and no ratio is
     clipped."""
-    env_id, flags, model = CROSS_CHECKS[case]
-    learner = start_learner(cross_check_config(env_id, model))
+    env_id, flags, model, learner_flags = CROSS_CHECKS[case]
+    learner = start_learner(cross_check_config(env_id, model), *learner_flags)
     log = tmp_path / "actor.log"
     actor = start_actor(learner.port, "--env", env_id, *flags, name="check-0", log=log)
     try:
@@ -387,5 +427,121 @@ def test_the_numpy_policy_is_the_learners_policy(case, start_learner, tmp_path):
         u = row["update"]
         assert row["policy_lags"] == [0], row
         assert u["epochs"] == 1 and u["samples"] == 64, row
-        assert abs(u["approx_kl"]) < 1e-5, f"the actor's log-probabilities are not the learner's: {row}"
+        assert abs(u["approx_kl"]) < KL_BOUND, f"the actor's log-probabilities are not the learner's: {row}"
         assert u["clip_fraction"] == 0.0, row
+
+
+class SnapshotWatcher(threading.Thread):
+    """Follows `SubscribePolicy` as an actor does (no `Hello` needed),
+    retrying while the run has not started, and keeps every snapshot's
+    tensors by version."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.target = url.removeprefix("http://")
+        self.snapshots: dict[int, dict] = {}
+        self._done = threading.Event()
+        self._call = None
+
+    def run(self) -> None:
+        import grpc
+        from safetensors.numpy import load
+
+        from flotilla.v1 import flotilla_pb2 as pb
+        from flotilla.v1 import flotilla_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            stub = pb_grpc.LearnerStub(channel)
+            while not self._done.is_set():
+                self._call = stub.SubscribePolicy(pb.SubscribeRequest(actor_name="watcher"))
+                if self._done.is_set():  # stopped before the call could be cancelled
+                    self._call.cancel()
+                    break
+                try:
+                    for snap in self._call:
+                        self.snapshots[snap.version] = load(snap.safetensors)
+                except grpc.RpcError:
+                    pass  # not started yet (UNAVAILABLE), or gone
+                self._done.wait(0.05)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._call is not None:
+            self._call.cancel()
+        self.join(10)
+
+
+def test_snapshots_carry_the_learners_observation_statistics(start_learner, tmp_path):
+    """Every snapshot of a normalizing run, from the first, carries
+    `obs_norm.mean` and `obs_norm.var` ([obs_dim] f32), they change with
+    every update (the statistics are shipped, not only kept), and they are
+    the statistics of the learner's checkpoint of the same version."""
+    from safetensors.numpy import load_file
+
+    import flotilla
+    from flotilla.policy import ModelSpec, Policy
+    from flotilla.spaces import Box
+
+    learner = start_learner(
+        cross_check_config("Pendulum-v1", "hidden_sizes = [16]"),
+        *NORMALIZE,
+        "--set", "run.checkpoint_every=1",
+        "--set", "run.keep_checkpoints=100",
+    )  # fmt: skip
+    watcher = SnapshotWatcher(learner.url)
+    watcher.start()
+    log = tmp_path / "actor.log"
+    # Paced to a chunk (64 steps) every 2 s: the watcher, retrying every
+    # 50 ms until the run starts, sees the first snapshot before an update.
+    actor = start_actor(learner.port, "--env", "Pendulum-v1", "--max-steps-per-second", "32", name="n-0", log=log)
+    try:
+        assert learner.wait(120) == 0, learner.log()
+    finally:
+        assert stop_process(actor) == 0, log.read_text()
+        watcher.stop()
+    snaps = watcher.snapshots
+    versions = sorted(snaps)
+    model = ModelSpec(hidden_sizes=(16,), normalize_observations=True)
+    torque = Box(np.full(1, -2.0, np.float32), np.full(1, 2.0, np.float32), (1,))
+    # Version 0 (the new run's weights, before any update) and at least
+    # three of the four updates' (the last may come as the run ends).
+    assert versions[0] == 0 and len(versions) >= 4, f"snapshots of versions {versions}"
+    stats = {}
+    for v in versions:
+        t = snaps[v]
+        assert "obs_norm.mean" in t and "obs_norm.var" in t, f"version {v} carries {sorted(t)}"
+        mean, var = t["obs_norm.mean"], t["obs_norm.var"]
+        assert mean.dtype == var.dtype == np.float32 and mean.shape == var.shape == (3,), (v, mean, var)
+        assert np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all(), (v, mean, var)
+        stats[v] = (mean, var)
+        Policy(model, 3, torque, t)  # as the actor loads it
+    for before, after in zip(versions, versions[1:]):
+        assert not np.array_equal(stats[before][0], stats[after][0]), (
+            f"the mean did not change from version {before} to {after}: {stats[before]} {stats[after]}"
+        )
+        assert not np.array_equal(stats[before][1], stats[after][1]), (before, after, stats)
+    # Pendulum observes (cos, sin, angular velocity): the means of the
+    # first two lie in [-1, 1], their variances at most 1.
+    mean, var = stats[versions[-1]]
+    assert (np.abs(mean[:2]) <= 1).all() and (var[:2] <= 1 + 1e-6).all(), stats[versions[-1]]
+
+    folder = learner.run_dir / "checkpoints"
+    compared = 0
+    for path in folder.glob("ckpt-*.safetensors"):
+        version = int(path.stem.removeprefix("ckpt-"))
+        if version in snaps:
+            tensors = load_file(str(path))
+            for name in ("obs_norm.mean", "obs_norm.var"):
+                assert tensors[f"model/{name}"].tobytes() == snaps[version][name].tobytes(), (path, name)
+            compared += 1
+    assert compared >= 2, f"snapshots {versions}, checkpoints {sorted(p.name for p in folder.iterdir())}"
+
+    # The final checkpoint plays with its statistics (its run config, as the
+    # learner writes it, names the normalization).
+    path = learner.summary()["final_checkpoint"]
+    policy = flotilla.load_policy(path)
+    assert policy.network.model == model
+    tensors = load_file(path)
+    for name in ("obs_norm.mean", "obs_norm.var"):
+        assert policy.network.statistics[name].tobytes() == tensors[f"model/{name}"].tobytes(), name
+    assert np.isfinite(policy(np.array([1.0, 0.0, 9.0]))).all()

@@ -209,3 +209,136 @@ def test_model_specs_are_checked():
     with pytest.raises(PolicyError, match="unknown keys"):
         ModelSpec.from_config({"hidden": [3]})
     assert ModelSpec.from_config({"hidden_sizes": [8], "activation": "relu"}).hidden_sizes == (8,)
+
+
+def statistics(mean, var) -> dict[str, np.ndarray]:
+    return {"obs_norm.mean": np.array(mean, np.float32), "obs_norm.var": np.array(var, np.float32)}
+
+
+def normalizing(obs_dim: int, mean, var, clip: float = 10.0, space=Discrete(2)) -> Policy:
+    """Zero weights over normalized observations with these statistics."""
+    spec = ModelSpec(hidden_sizes=(2,), normalize_observations=True, observation_clip=clip)
+    return Policy(spec, obs_dim, space, {**zero_parameters(spec, obs_dim, space), **statistics(mean, var)})
+
+
+def test_hand_worked_observation_normalization():
+    # The Rust actor's case (common/src/normalize.rs): (3 - 1) / sqrt(4) = 1;
+    # (-100 - 0) / sqrt(1) = -100, clipped to -10; a variance of 0 divides
+    # by sqrt(1e-8) = 1e-4, so 2 + 1e-5 (in f32) is about 0.1 from its mean 2.
+    p = normalizing(3, [1, 0, 2], [4, 1, 0])
+    x = p.normalize(np.array([[3, -100, 2], [1, 0.5, 2 + 1e-5]], np.float32))
+    assert x.dtype == np.float32
+    assert x[0].tolist() == [1.0, -10.0, 0.0]
+    assert x[1, :2].tolist() == [0.0, 0.5]
+    assert abs(x[1, 2] - 0.1) < 5e-3, x[1, 2]
+    # The clip is the run's: ±0.5 here.
+    x = normalizing(2, [0, 0], [1, 1], clip=0.5).normalize(np.array([[0.25, 7]], np.float32))
+    assert x.tolist() == [[0.25, 0.5]]
+
+
+def test_normalization_is_computed_in_f32_in_the_specified_order():
+    """The learner and the Rust actors compute `sqrt(var + 1e-8)` in f32,
+    then `(obs - mean) / std` in f32: the same bits here, which the same
+    formula evaluated in f64 and rounded once would not give."""
+    rng = np.random.default_rng(5)
+    mean = rng.normal(0, 3, 6).astype(np.float32)
+    var = np.concatenate([rng.uniform(0, 2, 5), [0.0]]).astype(np.float32)
+    obs = rng.normal(0, 4, (500, 6)).astype(np.float32)
+    got = normalizing(6, mean, var, clip=3.0).normalize(obs)
+    std = np.sqrt(var + np.float32(1e-8))
+    assert std.dtype == np.float32
+    want = np.clip((obs - mean) / std, np.float32(-3.0), np.float32(3.0))
+    assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    wide = np.clip((obs.astype(np.float64) - mean) / np.sqrt(var.astype(np.float64) + 1e-8), -3.0, 3.0)
+    assert (wide.astype(np.float32) != got).any(), "the check cannot tell f32 from f64"
+    # A variance of 1 divides by exactly 1 (1 + 1e-8 is 1 in f32).
+    assert normalizing(6, [0] * 6, [1] * 6).normalize(obs).tobytes() == np.clip(obs, -10, 10).tobytes()
+
+
+def test_observation_statistics_are_checked_when_normalizing():
+    spec = ModelSpec(hidden_sizes=(2,), normalize_observations=True)
+    params = zero_parameters(spec, 3, Discrete(2))
+    good = statistics([0, 0, 0], [1, 1, 1])
+    assert sorted(Policy(spec, 3, Discrete(2), {**params, **good}).statistics) == ["obs_norm.mean", "obs_norm.var"]
+    cases = [
+        ({"obs_norm.mean": good["obs_norm.mean"]}, r"observation statistic `obs_norm.var` is missing"),
+        ({"obs_norm.var": good["obs_norm.var"]}, r"observation statistic `obs_norm.mean` is missing"),
+        (statistics([0, 0], [1, 1]), r"`obs_norm.mean` has shape \[2\], expected \[3\]"),
+        (statistics([0, 0, 0], [[1, 1, 1]]), r"`obs_norm.var` has shape \[1, 3\], expected \[3\]"),
+        ({**good, "obs_norm.var": np.ones(3, np.float64)}, r"`obs_norm.var` is float64, expected float32"),
+        (statistics([0, np.inf, 0], [1, 1, 1]), r"`obs_norm.mean` holds non-finite values"),
+        (statistics([0, 0, 0], [1, np.nan, 1]), r"`obs_norm.var` holds non-finite values"),
+        (statistics([0, 0, 0], [1, -1e-6, 1]), r"`obs_norm.var` holds negative variances"),
+    ]
+    for stats, needle in cases:
+        with pytest.raises(PolicyError, match=needle):
+            Policy.from_safetensors(spec, 3, Discrete(2), save({**params, **stats}))
+
+
+def test_without_normalization_the_statistics_are_neither_needed_nor_used():
+    spec = ModelSpec(hidden_sizes=(2,))
+    params = zero_parameters(spec, 3, Discrete(2))
+    assert Policy(spec, 3, Discrete(2), params).statistics == {}
+    # Present (even unusable), they are ignored.
+    p = Policy.from_safetensors(spec, 3, Discrete(2), save({**params, **statistics([5, 5], [-1, -1])}))
+    assert p.statistics == {} and sorted(p.params) == sorted(params)
+    obs = np.array([[100.0, -3.0, 0.5]], np.float32)
+    assert p.normalize(obs) is obs
+
+
+@pytest.mark.parametrize("space", [Discrete(3), box(-1, 1, 2)], ids=["discrete", "box"])
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_act_and_value_see_the_normalized_observations(space, shared):
+    """A normalizing policy acts on raw observations exactly as the same
+    weights without normalization act on observations normalized by hand:
+    the same actions, log-probabilities and values, bit for bit."""
+    rng = np.random.default_rng(9)
+    plain = ModelSpec(hidden_sizes=(8, 8), shared_torso=shared)
+    norm = ModelSpec(hidden_sizes=(8, 8), shared_torso=shared, normalize_observations=True, observation_clip=2.5)
+    params = {n: rng.normal(0, 0.5, s).astype(np.float32) for n, s in plain.parameter_shapes(4, space)}
+    mean = np.array([100.0, -2.0, 0.0, 0.5], np.float32)
+    var = np.array([400.0, 0.25, 1.0, 0.0], np.float32)
+    raw = (mean + rng.normal(0, 1, (64, 4)) * np.sqrt(var + 1.0) * 2).astype(np.float32)
+    by_hand = np.clip((raw - mean) / np.sqrt(var + np.float32(1e-8)), np.float32(-2.5), np.float32(2.5))
+    assert by_hand.dtype == np.float32 and (np.abs(by_hand) == np.float32(2.5)).any()  # some are clipped
+
+    normalizing_policy = Policy.from_safetensors(norm, 4, space, save({**params, **statistics(mean, var)}))
+    plain_policy = Policy.from_safetensors(plain, 4, space, save(params))
+    for greedy in (False, True):
+        a = normalizing_policy.act(raw, np.random.default_rng(1), greedy=greedy, with_value=True)
+        b = plain_policy.act(by_hand, np.random.default_rng(1), greedy=greedy, with_value=True)
+        assert a.actions.tobytes() == b.actions.tobytes()
+        assert a.logp.tobytes() == b.logp.tobytes()
+        assert a.value.tobytes() == b.value.tobytes()
+    # ... and not what the raw observations give.
+    c = plain_policy.act(raw, np.random.default_rng(1), with_value=True)
+    assert not np.array_equal(c.value, a.value)
+
+
+def test_normalization_settings_are_read_from_configs_and_the_wire():
+    from flotilla.v1 import flotilla_pb2 as pb
+
+    default = ModelSpec.from_config({})
+    assert (default.normalize_observations, default.observation_clip) == (False, 10.0)
+    spec = ModelSpec.from_config({"normalize_observations": True, "observation_clip": 5})
+    assert (spec.normalize_observations, spec.observation_clip) == (True, 5)
+    assert spec.statistics_shapes(3) == [("obs_norm.mean", (3,)), ("obs_norm.var", (3,))]
+    assert default.statistics_shapes(3) == []
+    for clip in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(PolicyError, match="model.observation_clip: must be finite and above 0"):
+            ModelSpec.from_config({"normalize_observations": True, "observation_clip": clip})
+
+    wire = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_RELU, observation_clip=0.3)
+    wire.normalize_observations = True
+    spec = ModelSpec.from_proto(wire)
+    # The f32 of the wire, which is the clip the learner applies.
+    assert spec.normalize_observations and spec.observation_clip == float(np.float32(0.3))
+    plain = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH, observation_clip=10.0)
+    assert not ModelSpec.from_proto(plain).normalize_observations
+    # The clip only matters, and is only checked, when normalizing (as in Rust).
+    unset = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH)
+    assert ModelSpec.from_proto(unset).observation_clip == 0.0
+    for clip in (0.0, -2.0, math.inf, math.nan):
+        wire.observation_clip = clip
+        with pytest.raises(PolicyError, match="model.observation_clip"):
+            ModelSpec.from_proto(wire)

@@ -47,7 +47,7 @@ def test_stubs_import_from_the_package():
     from flotilla.v1 import flotilla_pb2 as pb
     from flotilla.v1 import flotilla_pb2_grpc as pb_grpc
 
-    assert PROTOCOL_VERSION == 3 and SESSION_METADATA == "x-flotilla-session"
+    assert PROTOCOL_VERSION == 4 and SESSION_METADATA == "x-flotilla-session"
     assert pb.DESCRIPTOR.name == "flotilla/v1/flotilla.proto"
     assert pb.DESCRIPTOR.package == "flotilla.v1"
     service = pb.DESCRIPTOR.services_by_name["Learner"]
@@ -56,3 +56,6 @@ def test_stubs_import_from_the_package():
     # The v3 declaration fields exist.
     req = pb.HelloRequest(env_id="X", observation_space=pb.Space(box=pb.BoxSpace(shape=[1])))
     assert req.HasField("observation_space") and not req.HasField("action_space")
+    # The v4 normalization fields exist.
+    m = pb.ModelSpec(normalize_observations=True, observation_clip=5.0)
+    assert m.normalize_observations and m.observation_clip == 5.0

@@ -158,6 +158,36 @@ def test_waits_for_a_first_policy_and_ignores_unusable_ones():
     w.finish()
 
 
+def test_a_normalizing_run_sends_raw_observations_and_values_of_normalized_ones():
+    # Statistics that put every CartPole observation (all within ±5) at
+    # -3 after clipping; the critic's value is the sum of tanh of its input.
+    model = ModelSpec(hidden_sizes=(4,), normalize_observations=True, observation_clip=3.0)
+    params = zero_parameters(model, 4, Discrete(2))
+    params["critic.0.weight"] = np.eye(4, dtype=np.float32)
+    params["critic.head.weight"] = np.ones((1, 4), np.float32)
+    params["obs_norm.mean"] = np.full(4, 1000.0, np.float32)
+    params["obs_norm.var"] = np.ones(4, np.float32)
+    s = WorkerSpec("CartPole-v1", model, 8, 2, INFO.observation.space, Discrete(2), True, False, 0, 1)
+    w = Running(s, version=None)
+    w.box.publish(Snapshot(1, save(params)))
+    for c in w.next_chunks(2):
+        d = decode(c, 4, Discrete(2), behavior_values=True)
+        assert np.abs(d.obs).max() < 5.0, "the chunk carries normalized observations"
+        np.testing.assert_allclose(d.value, 4 * np.tanh(-3.0), rtol=1e-6)
+    # A snapshot without the statistics does not fit the run: it is ignored.
+    del params["obs_norm.var"]
+    w.box.publish(Snapshot(2, save(params)))
+    broken, _ = w.box.latest()
+    deadline = time.monotonic() + 20
+    while w.worker.followed_generation != broken:
+        assert time.monotonic() < deadline, "the environment thread never took in the snapshot"
+        w.drain()
+        time.sleep(0.01)
+    w.drain()
+    assert w.next_versions(2) == [1, 1]
+    w.finish()
+
+
 def test_an_environment_that_raises_ends_the_thread_with_its_error():
     factory = EnvFactory("Exploding-v0", "flotilla_test_envs:make_exploding")
     info = probe(factory)

@@ -12,6 +12,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::batch::{assemble, GroupTensors, Item};
+use super::normalize::Normalization;
 use super::update::{evaluate, policy_update, Batch, UpdateStats};
 use crate::algo::adam::Adam;
 use crate::algo::gae::gae;
@@ -37,6 +38,8 @@ pub struct KlPenalty {
 pub struct Learning {
     pub policy: Policy,
     pub adam: Adam,
+    /// Observation and reward statistics (see [`super::normalize`]).
+    pub norm: Normalization,
     plan: UpdatePlan,
     kl: Option<KlPenalty>,
 }
@@ -45,6 +48,7 @@ impl Learning {
     pub fn new(policy: Policy, kl: Option<KlPenalty>, cfg: &RunConfig) -> Self {
         let adam = Adam::new(&policy.trainable(), cfg.ppo.adam_eps);
         Learning {
+            norm: Normalization::new(cfg, policy.obs_dim()),
             policy,
             adam,
             plan: UpdatePlan::from_config(cfg),
@@ -60,9 +64,16 @@ impl Learning {
     /// One update on `items`, `env_steps` transitions into the run. An
     /// update whose losses, gradient norm, parameters or optimizer moments
     /// come out non-finite (one poisoned chunk is enough) is undone: the
-    /// policy and Adam are left exactly as they were, and `Err` says so.
+    /// policy, Adam and the normalization statistics are left exactly as
+    /// they were, and `Err` says so.
     pub fn update(&mut self, items: Vec<Item>, env_steps: u64) -> Result<UpdateStats, NonFinite> {
         let t0 = Instant::now();
+        let saved_norm = self.norm.is_on().then(|| self.norm.clone());
+        self.norm.observe_rewards(&items);
+        if let Some(std) = self.norm.return_std() {
+            metrics::gauge!(flotilla_common::metrics::RETURN_STD).set(std);
+        }
+        let observed = self.norm.observation_moments(&items);
         let (batch, kl_mean) = self.batch(&items);
         // The device batch holds everything now; free the host chunks.
         drop(items);
@@ -72,7 +83,15 @@ impl Learning {
         stats.seconds = t0.elapsed().as_secs_f64();
         if !self.all_finite(&stats) {
             self.restore(saved);
+            if let Some(norm) = saved_norm {
+                self.norm = norm;
+            }
             return Err(NonFinite { stats });
+        }
+        // Trained with the statistics the actors acted with; the next
+        // snapshot carries these observations too.
+        if let Some(moments) = &observed {
+            self.norm.merge_observations(moments);
         }
         if let Some(kl) = self.kl.as_mut() {
             stats.kl_reference = kl_mean;
@@ -80,6 +99,19 @@ impl Learning {
             kl.controller.update(kl_mean, batch.len as usize);
         }
         Ok(stats)
+    }
+
+    /// The policy as actors load it: the parameters and, with observation
+    /// normalization, the statistics (safetensors).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut tensors = self.policy.host_parameters();
+        tensors.extend(self.norm.state().tensors());
+        flotilla_common::policy::write_safetensors(
+            tensors
+                .iter()
+                .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
+            None,
+        )
     }
 
     /// Copies of the parameters and Adam's state.
@@ -123,7 +155,11 @@ impl Learning {
         let mut parts: Vec<Batch> = assemble(items, d)
             .iter()
             .map(|g| {
-                let (part, kl) = self.targets(g.to_device(device, d));
+                let mut g = g.to_device(device, d);
+                g.obs = self.norm.observations(g.obs, device);
+                g.final_obs = self.norm.observations(g.final_obs, device);
+                g.rewards = self.norm.scale_rewards(g.rewards);
+                let (part, kl) = self.targets(g);
                 kl_sum += kl * part.len as f64;
                 kl_n += part.len;
                 part
@@ -396,6 +432,104 @@ mod tests {
                 }
             }
             col += c.n;
+        }
+    }
+
+    /// A chunk acted by a lagging actor — older weights *and* older
+    /// observation statistics — is trained on with the true ratio of the
+    /// newest policy to the one it acted with, both over raw observations;
+    /// a chunk acted with the newest snapshot starts at ratio 1.
+    #[test]
+    fn lagging_chunks_get_the_true_ratio_under_observation_normalization() {
+        use flotilla_common::model::ModelSpec;
+        use flotilla_common::policy::CpuPolicy;
+
+        let cfg = RunConfig::from_toml(
+            "[env]\nid = \"CartPole-v1\"\n",
+            "test",
+            &[
+                "model.normalize_observations=true".into(),
+                "ppo.update_epochs=1".into(),
+                "ppo.num_minibatches=1".into(),
+            ],
+        )
+        .unwrap();
+        let space = Space::Discrete { n: 2 };
+        let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 5);
+        let mut learning = Learning::new(policy, None, &cfg);
+        let actor = |bytes: &[u8], spec: &ModelSpec| {
+            CpuPolicy::from_safetensors(spec, D, &space, bytes).unwrap()
+        };
+        // Raw observations far from the unit scale, so statistics matter.
+        let raw = |a: u32| {
+            let mut c = chunk(a, 8, 2, &[]);
+            for (k, x) in c.obs.iter_mut().enumerate() {
+                *x = *x * 40.0 + [100.0, -3.0, 7.0, 0.5][k % D];
+            }
+            c.actions = Actions::Discrete((0..16).map(|i| i % 2).collect());
+            c
+        };
+        // Behavior log-probabilities as an actor computes them.
+        let acted = |mut c: Chunk, p: &CpuPolicy| {
+            let rows =
+                ndarray::ArrayView2::from_shape((c.t * c.n, D), &c.obs[..c.t * c.n * D]).unwrap();
+            let Actions::Discrete(a) = &c.actions else {
+                unreachable!()
+            };
+            let a: Vec<usize> = a.iter().map(|&x| x as usize).collect();
+            c.behavior_logp = p.log_prob_discrete(&p.forward(rows, false).head, &a);
+            c
+        };
+        let old_bytes = learning.snapshot();
+        let old = actor(&old_bytes, &cfg.model);
+        let lagging = acted(raw(1), &old);
+        // Two updates move the weights and the statistics on. Each trains
+        // on a chunk acted with the newest snapshot, with that snapshot's
+        // statistics: its one epoch starts exactly on-policy.
+        for a in [2, 3] {
+            let fresh = acted(raw(a), &actor(&learning.snapshot(), &cfg.model));
+            let stats = learning.update(vec![Item::new(fresh)], 0).unwrap();
+            assert!(stats.approx_kl.abs() < 1e-7, "update {a}: {stats:?}");
+            assert_eq!(stats.clip_fraction, 0.0);
+        }
+        let now_bytes = learning.snapshot();
+        let mean = |b: &[u8]| {
+            flotilla_common::policy::read_safetensors(b)
+                .unwrap()
+                .into_iter()
+                .find(|(n, _, _)| n == flotilla_common::normalize::MEAN)
+                .unwrap()
+                .2
+        };
+        assert_ne!(mean(&old_bytes), mean(&now_bytes), "the statistics moved");
+        let now = actor(&now_bytes, &cfg.model);
+        let ratio = |c: &Chunk| {
+            let (batch, _) = learning.batch(&[Item::new(c.clone())]);
+            let logp = tch::no_grad(|| evaluate(&learning.policy, &batch.obs, &batch.actions).0);
+            host(&(logp - &batch.old_logp).exp())
+        };
+        // The learner's ratios against the two actors' own log-probabilities.
+        let truth = |c: &Chunk| {
+            let relogged = acted(c.clone(), &now);
+            relogged
+                .behavior_logp
+                .iter()
+                .zip(&c.behavior_logp)
+                .map(|(n, b)| f64::from(n - b).exp())
+                .collect::<Vec<_>>()
+        };
+        let got = ratio(&lagging);
+        let want = truth(&lagging);
+        assert!(
+            want.iter().any(|r| (r - 1.0).abs() > 2e-3),
+            "the lag must show in the ratio: {want:?}"
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4 * w.max(1.0), "{got:?} vs {want:?}");
+        }
+        let current = acted(raw(4), &now);
+        for r in ratio(&current) {
+            assert!((r - 1.0).abs() < 1e-5, "on-policy ratio {r}");
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod batcher;
 pub mod learn;
+pub mod normalize;
 pub mod publisher;
 pub mod recorder;
 pub mod update;
@@ -137,7 +138,7 @@ impl Trainer {
             }
         };
         let t0 = std::time::Instant::now();
-        let snapshot = self.publisher.next(&self.learning.policy);
+        let snapshot = self.publisher.next(self.learning.snapshot());
         stats.seconds += t0.elapsed().as_secs_f64();
         let version = snapshot.version;
         // Recorded before actors can see the version: in sync mode nothing
@@ -162,6 +163,7 @@ impl Trainer {
                 config_toml: self.checkpoints.config_toml.clone(),
                 kl_coef: l.kl_coef(),
                 spaces: Some(self.checkpoints.spaces.clone()),
+                normalization: l.norm.is_on().then(|| l.norm.state()),
             },
             model: l.policy.host_parameters(),
             adam_m: l.policy.split_flat(&l.adam.m),
@@ -193,6 +195,10 @@ pub fn restore(
     learning.adam.m = learning.policy.join_flat(&data.adam_m)?;
     learning.adam.v = learning.policy.join_flat(&data.adam_v)?;
     learning.adam.step = data.meta.adam_step;
+    learning
+        .norm
+        .restore(data.meta.normalization.as_ref())
+        .map_err(crate::model::ModelError::Statistics)?;
     counters
         .env_steps
         .store(data.meta.env_steps, Ordering::Relaxed);

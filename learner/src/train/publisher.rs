@@ -12,17 +12,16 @@ use flotilla_common::metrics as m;
 use flotilla_common::Snapshot;
 use tokio::sync::watch;
 
-use crate::model::Policy;
-
 /// Publishes policy versions.
 pub struct Publisher {
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
 impl Publisher {
-    /// Publishes `policy` as `version` (the run's first snapshot).
-    pub fn new(policy: &Policy, version: u64) -> Self {
-        let (tx, _) = watch::channel(Arc::new(snapshot(policy, version)));
+    /// Publishes `safetensors` (see [`crate::train::learn::Learning::snapshot`])
+    /// as `version` (the run's first snapshot).
+    pub fn new(safetensors: Vec<u8>, version: u64) -> Self {
+        let (tx, _) = watch::channel(Arc::new(snapshot(safetensors, version)));
         metrics::gauge!(m::POLICY_VERSION).set(version as f64);
         Publisher { tx }
     }
@@ -37,9 +36,9 @@ impl Publisher {
         self.tx.subscribe()
     }
 
-    /// Serializes `policy` as the next version, to be [`Publisher::publish`]ed.
-    pub fn next(&self, policy: &Policy) -> Snapshot {
-        snapshot(policy, self.version() + 1)
+    /// `safetensors` as the next version, to be [`Publisher::publish`]ed.
+    pub fn next(&self, safetensors: Vec<u8>) -> Snapshot {
+        snapshot(safetensors, self.version() + 1)
     }
 
     /// Makes `snapshot` the newest version for every reader.
@@ -51,9 +50,9 @@ impl Publisher {
     }
 }
 
-fn snapshot(policy: &Policy, version: u64) -> Snapshot {
+fn snapshot(safetensors: Vec<u8>, version: u64) -> Snapshot {
     Snapshot {
         version,
-        safetensors: Bytes::from(policy.to_safetensors()),
+        safetensors: Bytes::from(safetensors),
     }
 }

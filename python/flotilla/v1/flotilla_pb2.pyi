@@ -57,16 +57,20 @@ class Space(_message.Message):
     def __init__(self, discrete: _Optional[_Union[DiscreteSpace, _Mapping]] = ..., box: _Optional[_Union[BoxSpace, _Mapping]] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("hidden_sizes", "activation", "shared_torso", "init_log_std")
+    __slots__ = ("hidden_sizes", "activation", "shared_torso", "init_log_std", "normalize_observations", "observation_clip")
     HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_TORSO_FIELD_NUMBER: _ClassVar[int]
     INIT_LOG_STD_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_CLIP_FIELD_NUMBER: _ClassVar[int]
     hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
     activation: Activation
     shared_torso: bool
     init_log_std: float
-    def __init__(self, hidden_sizes: _Optional[_Iterable[int]] = ..., activation: _Optional[_Union[Activation, str]] = ..., shared_torso: _Optional[bool] = ..., init_log_std: _Optional[float] = ...) -> None: ...
+    normalize_observations: bool
+    observation_clip: float
+    def __init__(self, hidden_sizes: _Optional[_Iterable[int]] = ..., activation: _Optional[_Union[Activation, str]] = ..., shared_torso: _Optional[bool] = ..., init_log_std: _Optional[float] = ..., normalize_observations: _Optional[bool] = ..., observation_clip: _Optional[float] = ...) -> None: ...
 
 class RunSpec(_message.Message):
     __slots__ = ("run_id", "env_id", "env_config_toml", "model", "chunk_len", "observation_space", "action_space", "policy_version", "protocol_version", "actor_id", "send_behavior_values", "seed", "max_chunk_bytes", "default_num_envs", "sync", "batch_samples", "session")

@@ -15,14 +15,20 @@ actors and Prometheus with deploy/docker-compose.yml, and checks that:
 4. a learner restart heals itself: the learner resumes from its checkpoint
    (its version does not go back to 0) and all four actors reconnect;
 5. every query of the Grafana dashboard names a metric the running system
-   exports.
+   exports;
+6. the `gymnasium` profile trains: a learner with configs/gym-cartpole.toml
+   (source = "external") and two Python actors (flotilla/actor-python, with
+   Gymnasium's CartPole-v1) start in a project of their own; the policy
+   version advances, the env steps grow, the mean return rises, both actors
+   serve their metrics, the containers run hardened, and a Python actor
+   without the token is refused with exit code 64.
 
 Then it removes every container, network, volume and image it created. Without
 a usable Docker engine it prints why and exits 0 (skipped), unless
 FLOTILLA_ALLOW_SKIP is set without "compose" in it (as CI sets it): then it
 exits 1.
 
-    python3 deploy/compose-test.py [--keep]
+    python3 deploy/compose-test.py [--keep] [--only cluster|gymnasium]
 
 The cluster runs with shared-token authentication on. Actors are paced (FLOTILLA_MAX_STEPS_PER_SECOND) so that they, not the learner,
 bound the throughput on a 2-core machine; otherwise more actors could not go
@@ -44,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE_FILE = os.path.join(ROOT, "deploy", "docker-compose.yml")
 TAG = "compose-test"
 STEPS_PER_ACTOR = 1500
+IMAGES = ("actor", "learner", "prometheus", "actor-python")
 
 
 def log(msg):
@@ -81,7 +88,7 @@ def skip_reason():
 
 
 class Cluster:
-    def __init__(self, project):
+    def __init__(self, project, profile=None):
         self.ports = {
             "FLOTILLA_GRPC_PORT": free_port(),
             "FLOTILLA_LEARNER_METRICS_PORT": free_port(),
@@ -94,6 +101,7 @@ class Cluster:
             FLOTILLA_LEARNER_IMAGE=f"flotilla/learner:{TAG}",
             FLOTILLA_ACTOR_IMAGE=f"flotilla/actor:{TAG}",
             FLOTILLA_PROMETHEUS_IMAGE=f"flotilla/prometheus:{TAG}",
+            FLOTILLA_ACTOR_PYTHON_IMAGE=f"flotilla/actor-python:{TAG}",
             FLOTILLA_TOTAL_ENV_STEPS="100000000",
             FLOTILLA_NUM_ENVS="4",
             FLOTILLA_MAX_STEPS_PER_SECOND=str(STEPS_PER_ACTOR),
@@ -102,6 +110,8 @@ class Cluster:
         )
         self.project = project
         self.compose = compose_command() + ["-f", COMPOSE_FILE]
+        if profile:
+            self.compose += ["--profile", profile]
 
     def run(self, *args, check=True, capture=False):
         p = subprocess.run(self.compose + list(args), env=self.env, text=True,
@@ -185,10 +195,12 @@ def exported_names(text):
     return {m.group(1) for m in map(METRIC_LINE.match, text.splitlines()) if m}
 
 
-def check_hardening(cluster):
+def check_hardening(cluster, learner="learner", actor="actor", image="actor",
+                    refused="token", *actor_args):
     """Learner and actors run without capabilities or privilege escalation,
-    the learner requires the token, and a client without it is refused."""
-    for service in ("learner", "actor"):
+    on a read-only root, the learner requires the token, and a client
+    without it (an `image` container; `refused` in its output) is refused."""
+    for service in (learner, actor):
         for cid in cluster.containers(service):
             host = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True,
                                              text=True, check=True).stdout)[0]["HostConfig"]
@@ -196,16 +208,18 @@ def check_hardening(cluster):
                 fail(f"{service} {cid[:12]} keeps capabilities: CapDrop={host.get('CapDrop')}")
             if not any("no-new-privileges" in o for o in host.get("SecurityOpt") or []):
                 fail(f"{service} {cid[:12]} lacks no-new-privileges: {host.get('SecurityOpt')}")
-    if "every gRPC call must carry the shared token" not in cluster.logs("learner"):
+            if not host.get("ReadonlyRootfs"):
+                fail(f"{service} {cid[:12]} has a writable root file system")
+    if "every gRPC call must carry the shared token" not in cluster.logs(learner):
         fail("the learner does not require the shared token")
     p = subprocess.run(["docker", "run", "--rm", "--network", f"{cluster.project}_default",
-                        f"flotilla/actor:{TAG}", "--learner", "http://learner:50051",
-                        "--name", "no-token"],
+                        f"flotilla/{image}:{TAG}", "--learner", "http://learner:50051",
+                        "--name", "no-token", *actor_args],
                        capture_output=True, text=True, timeout=120)
-    if p.returncode != 64 or "token" not in p.stdout + p.stderr:
-        fail(f"an actor without the token was not refused (exit {p.returncode}): "
+    if p.returncode != 64 or refused not in p.stdout + p.stderr:
+        fail(f"an actor ({image}) without the token was not refused (exit {p.returncode}): "
              f"{(p.stdout + p.stderr)[-1000:]}")
-    log("learner and actors run hardened; an actor without the token is refused (exit 64)")
+    log(f"{learner} and {actor} run hardened; an actor without the token is refused (exit 64)")
 
 
 def scenario(cluster):
@@ -292,9 +306,70 @@ def scenario(cluster):
     log("every dashboard query names an exported metric")
 
 
+def actor_metrics(cid):
+    """The metrics a Python actor serves inside its container, read there."""
+    p = subprocess.run(["docker", "exec", cid, "python3", "-c",
+                        "import urllib.request as u; "
+                        "print(u.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())"],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        fail(f"reading the metrics of Python actor {cid[:12]}: {p.stderr[-1000:]}")
+    return parse_metrics(p.stdout)
+
+
+def gymnasium_scenario(cluster):
+    """The `gymnasium` profile: learner on configs/gym-cartpole.toml, two
+    Python actors bringing Gymnasium's CartPole-v1."""
+    log("gymnasium profile: starting the learner and 2 Python actors (Gymnasium's CartPole-v1)")
+    cluster.run("up", "-d", "--scale", "gym-actor=2", "gym-actor")
+    first = wait_for("policy version >= 3 with 2 Python actors",
+                     lambda: (lambda m: m if m.get("flotilla_policy_version", 0) >= 3
+                              and m.get("flotilla_actors_connected", 0) == 2 else None)(
+                         cluster.learner_metrics()), 240)
+    log(f"training: version {first['flotilla_policy_version']:.0f}, "
+        f"{first['flotilla_learner_samples_received_total']:.0f} env steps, "
+        f"return {first['flotilla_episode_return_mean']:.1f}")
+    check_hardening(cluster, "gym-learner", "gym-actor", "actor-python", "UNAUTHENTICATED",
+                    "--env", "CartPole-v1")
+    for cid in cluster.containers("gym-actor"):
+        user = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True,
+                                         text=True, check=True).stdout)[0]["Config"]["User"]
+        if user != "10001":
+            fail(f"Python actor {cid[:12]} runs as user {user!r}, not 10001")
+        steps = actor_metrics(cid).get("flotilla_actor_env_steps_total", 0)
+        if steps <= 0:
+            fail(f"Python actor {cid[:12]} reports no env steps")
+    later = wait_for("the mean return to rise by more than 10", lambda: (lambda m: m if m[
+        "flotilla_episode_return_mean"] > first["flotilla_episode_return_mean"] + 10 else None)(
+        cluster.learner_metrics()), 120)
+    log(f"later: version {later['flotilla_policy_version']:.0f}, "
+        f"{later['flotilla_learner_samples_received_total']:.0f} env steps, "
+        f"return {later['flotilla_episode_return_mean']:.1f}")
+    if later["flotilla_policy_version"] <= first["flotilla_policy_version"]:
+        fail("the policy version did not advance")
+    if later["flotilla_learner_samples_received_total"] <= first["flotilla_learner_samples_received_total"]:
+        fail("the env steps did not grow")
+    log("the gymnasium profile trains: 2 Python actors, version and env steps up, return up")
+
+
+def run_cluster(cluster, scenario, services, keep):
+    ok = False
+    try:
+        scenario(cluster)
+        ok = True
+    finally:
+        if not ok:
+            for service in services:
+                print(cluster.logs(service)[-4000:], file=sys.stderr)
+        if not keep:
+            cluster.run("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    parser.add_argument("--only", choices=("cluster", "gymnasium"),
+                        help="run one scenario: steps 1-5 (cluster) or step 6 (gymnasium)")
     args = parser.parse_args()
     reason = skip_reason()
     if reason:
@@ -308,19 +383,16 @@ def main():
         return
     log("building images")
     subprocess.run([os.path.join(ROOT, "deploy", "build-images.sh"), TAG], check=True)
-    cluster = Cluster(f"flotillatest{os.getpid()}")
-    ok = False
     try:
-        scenario(cluster)
-        ok = True
+        if args.only in (None, "cluster"):
+            run_cluster(Cluster(f"flotillatest{os.getpid()}"), scenario,
+                        ("learner", "actor", "prometheus"), args.keep)
+        if args.only in (None, "gymnasium"):
+            run_cluster(Cluster(f"flotillagym{os.getpid()}", profile="gymnasium"),
+                        gymnasium_scenario, ("gym-learner", "gym-actor"), args.keep)
     finally:
-        if not ok:
-            for service in ("learner", "actor", "prometheus"):
-                print(cluster.logs(service)[-4000:], file=sys.stderr)
         if not args.keep:
-            cluster.run("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
-            subprocess.run(["docker", "image", "rm", *(f"flotilla/{n}:{TAG}" for n in
-                                                       ("actor", "learner", "prometheus"))],
+            subprocess.run(["docker", "image", "rm", *(f"flotilla/{n}:{TAG}" for n in IMAGES)],
                            capture_output=True)
     log("passed")
 

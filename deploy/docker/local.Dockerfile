@@ -3,7 +3,37 @@
 # deploy/build-images.sh prepares the context and runs this file.
 
 ARG BASE=flotilla/base:bookworm
-# (Stages in build order: the classic builder builds every stage before the target.)
+# (Stages in build order: the classic builder builds every stage before the
+# target. So the Python actor comes first: it builds from a context with
+# wheels/ alone, no Rust binaries; every later target needs wheels/ too.)
+
+# The Python actor (`flotilla-actor`, Gymnasium) in a venv, installed from the
+# wheels build-images.sh downloads on the host (wheels/: ./python and its
+# dependencies), so the build reaches no package index. (One stage: a build
+# stage would be left behind as an untagged image by the classic builder.)
+FROM ${BASE} AS actor-python
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla \
+ && mkdir -p /app
+COPY wheels/ /tmp/wheels/
+RUN python3 -m venv /opt/flotilla-actor \
+ && /opt/flotilla-actor/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels flotilla \
+ && rm -rf /tmp/wheels \
+ && /opt/flotilla-actor/bin/flotilla-actor --version
+# Your environment's module goes in /app (the working directory, where
+# `--make module:callable` looks first).
+WORKDIR /app
+USER 10001
+ENV VIRTUAL_ENV=/opt/flotilla-actor \
+    PATH=/opt/flotilla-actor/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FLOTILLA_LEARNER=http://learner:50051 \
+    FLOTILLA_METRICS_LISTEN=0.0.0.0:9100
+EXPOSE 9100
+ENTRYPOINT ["/opt/flotilla-actor/bin/flotilla-actor"]
 
 # Prometheus from Debian's packages, for hosts that cannot pull prom/prometheus.
 FROM ${BASE} AS prometheus

@@ -210,7 +210,7 @@ def main():
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="learner config override (repeatable)")
     ap.add_argument("--torch-threads", type=int, default=1,
-                    help="the learner's libtorch threads (default 1: the actors keep the other cores)")
+                    help="the learner's libtorch threads (default 1: the actors keep the other cores; 0: libtorch's default)")
     ap.add_argument("--out", help="append each result as a JSON line to this file")
     args = ap.parse_args()
 

@@ -119,11 +119,18 @@ impl RunningMeanStd {
         self.count = total;
     }
 
-    /// The statistics as snapshots carry them: f32 mean and variance.
+    /// The statistics as snapshots carry them: f32 mean and variance,
+    /// saturated at f32's largest finite value (observations near f32's
+    /// limit have a variance f32 cannot hold; actors refuse non-finite
+    /// statistics).
     pub fn to_f32(&self) -> (Vec<f32>, Vec<f32>) {
+        let max = f64::from(f32::MAX);
         (
-            self.mean.iter().map(|&m| m as f32).collect(),
-            self.var.iter().map(|&v| v as f32).collect(),
+            self.mean
+                .iter()
+                .map(|&m| m.clamp(-max, max) as f32)
+                .collect(),
+            self.var.iter().map(|&v| v.min(max) as f32).collect(),
         )
     }
 
@@ -276,6 +283,15 @@ mod tests {
         assert_eq!(rows[3], 0.0);
         assert_eq!(rows[4], 0.5);
         assert!((rows[5] - 0.1).abs() < 5e-3, "{}", rows[5]);
+    }
+
+    #[test]
+    fn huge_observations_give_finite_f32_statistics() {
+        let mut rms = RunningMeanStd::new(1);
+        rms.merge(&Moments::of_values(&[-3e38, 3e38]));
+        assert!(rms.var[0] > f64::from(f32::MAX));
+        let (mean, var) = rms.to_f32();
+        assert!(mean[0].is_finite() && var[0] == f32::MAX);
     }
 
     #[test]

@@ -424,8 +424,10 @@ mod tests {
         let state = NormalizationState {
             observations: Some(RunningMeanStd {
                 count: 12_345.000_1,
-                mean: vec![0.1, -12_345.678_9, 1.0 / 3.0],
-                var: vec![2.0f64.sqrt(), 0.0, 1e-12],
+                // 130.65331632653061 is a value serde_json's default
+                // parser reads back one unit off; float_roundtrip fixes it.
+                mean: vec![0.1, -12_345.678_9, 1.0 / 3.0, 130.653_316_326_530_61],
+                var: vec![2.0f64.sqrt(), 0.0, 1e-12, 7.0],
             }),
             returns: Some(RunningMeanStd {
                 count: 3.5,
@@ -447,7 +449,15 @@ mod tests {
         let policy = flotilla_common::policy::read_safetensors(&file.policy_safetensors()).unwrap();
         let names: Vec<&str> = policy.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(names, ["a.bias", "a.weight", MEAN, VAR]);
-        assert_eq!(policy[2].2, vec![0.1f32, -12_345.679, 1.0 / 3.0]);
+        assert_eq!(
+            policy[2].2,
+            vec![
+                0.1f32,
+                -12_345.679,
+                1.0 / 3.0,
+                130.653_316_326_530_61_f64 as f32
+            ]
+        );
     }
 
     #[test]

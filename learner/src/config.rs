@@ -592,6 +592,14 @@ impl RunConfig {
                 "cannot be combined with algo = \"reinforce\" (it holds chunks across versions until their episodes end)".into(),
             );
         }
+        if self.kl.enabled() && self.model.normalize_observations {
+            // The frozen reference would see observations normalized with
+            // statistics it was not trained with.
+            bad(
+                "model.normalize_observations",
+                "cannot be combined with a KL penalty (kl.coef > 0) yet: the reference policy has no statistics of its own".into(),
+            );
+        }
         if self.ppo.normalize_rewards && self.algo == Algo::Reinforce {
             // Its returns from after a chunk are summed from raw rewards
             // when the episode ends, after the chunk's scale was chosen.
@@ -874,6 +882,7 @@ mod tests {
                 "ppo.normalize_rewards=true".into(),
                 "ppo.reward_clip=-1".into(),
                 "algo=\"reinforce\"".into(),
+                "kl.coef=0.1".into(),
             ],
         )
         .unwrap_err();
@@ -882,6 +891,7 @@ mod tests {
             "model.observation_clip",
             "ppo.reward_clip",
             "ppo.normalize_rewards",
+            "model.normalize_observations",
         ] {
             assert!(m.contains(k), "{m} should name {k}");
         }

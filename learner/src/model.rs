@@ -292,8 +292,9 @@ impl Policy {
             .collect()
     }
 
-    /// The parameters as a safetensors file (f32, spec names), the format of
-    /// policy snapshots and of the model part of checkpoints.
+    /// The parameters alone as a safetensors file (f32, spec names). A
+    /// snapshot is [`crate::train::learn::Learning::snapshot`]: these plus
+    /// the observation statistics of a normalizing run.
     pub fn to_safetensors(&self) -> Vec<u8> {
         let host = self.host_parameters();
         write_safetensors(

@@ -134,9 +134,9 @@ def run_flotilla(python, env_id, seed, actors, steps=None, sets=(), torch_thread
         launched = time.monotonic()
         with open(os.path.join(work, "learner.log"), "w") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            logs = [open(os.path.join(work, f"a{k}.log"), "w") for k in range(actors)]
             procs = [subprocess.Popen([actor, "--learner", f"http://127.0.0.1:{port}", "--env", env_id,
-                                       "--name", f"a{k}"], stdout=subprocess.DEVNULL,
-                                      stderr=open(os.path.join(work, f"a{k}.log"), "w"))
+                                       "--name", f"a{k}"], stdout=subprocess.DEVNULL, stderr=logs[k])
                      for k in range(actors)]
             code = proc.wait()
             wall = time.monotonic() - launched
@@ -147,6 +147,8 @@ def run_flotilla(python, env_id, seed, actors, steps=None, sets=(), torch_thread
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+            for f in logs:
+                f.close()
         if code != 0 or not os.path.exists(summary):
             sys.exit(f"learner exited with {code}:\n{open(os.path.join(work, 'learner.log')).read()[-3000:]}")
         s = json.load(open(summary))
@@ -154,7 +156,7 @@ def run_flotilla(python, env_id, seed, actors, steps=None, sets=(), torch_thread
             last = [json.loads(line) for line in f if line.strip()][-1]
     return {"system": "Flotilla", "env": env_id, "seed": seed, "actors": actors,
             "env_steps": s["env_steps"], "stepped": last["samples_received"], "stale": last["stale_samples"],
-            "wall_s": wall, "steps_per_s": s["env_steps"] / s["wall_seconds"],
+            "wall_s": wall, "steps_per_s": s["env_steps"] / wall,
             "return": s["mean_return"], "learner_busy": last["busy_seconds"] / last["wall_seconds"]}
 
 

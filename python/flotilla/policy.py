@@ -98,10 +98,11 @@ class ModelSpec:
             p.append(("model.activation", f'must be "tanh" or "relu", got {self.activation!r}'))
         if not math.isfinite(self.init_log_std) or abs(self.init_log_std) > 20.0:
             p.append(("model.init_log_std", f"must be finite and within ±20, got {self.init_log_std}"))
-        # Checked with or without normalization, as the learner checks it.
-        if self.normalize_observations and not (
-            math.isfinite(self.observation_clip) and self.observation_clip > 0.0
-        ):
+        # Checked when normalizing, as the learner checks it: in f32, the
+        # precision the clip travels and is applied in.
+        with np.errstate(over="ignore"):
+            clip = np.float32(self.observation_clip)
+        if self.normalize_observations and not (np.isfinite(clip) and clip > 0.0):
             p.append(("model.observation_clip", f"must be finite and above 0, got {self.observation_clip}"))
         return p
 

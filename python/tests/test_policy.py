@@ -324,7 +324,9 @@ def test_normalization_settings_are_read_from_configs_and_the_wire():
     assert (spec.normalize_observations, spec.observation_clip) == (True, 5)
     assert spec.statistics_shapes(3) == [("obs_norm.mean", (3,)), ("obs_norm.var", (3,))]
     assert default.statistics_shapes(3) == []
-    for clip in (0.0, -1.0, math.inf, math.nan):
+    # 1e39 and 1e-46 are finite and positive in f64 but not in f32, the
+    # precision the learner checks and applies the clip in.
+    for clip in (0.0, -1.0, math.inf, math.nan, 1e39, 1e-46):
         with pytest.raises(PolicyError, match="model.observation_clip: must be finite and above 0"):
             ModelSpec.from_config({"normalize_observations": True, "observation_clip": clip})
 

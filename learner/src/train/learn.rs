@@ -70,9 +70,6 @@ impl Learning {
         let t0 = Instant::now();
         let saved_norm = self.norm.is_on().then(|| self.norm.clone());
         self.norm.observe_rewards(&items);
-        if let Some(std) = self.norm.return_std() {
-            metrics::gauge!(flotilla_common::metrics::RETURN_STD).set(std);
-        }
         let observed = self.norm.observation_moments(&items);
         let (batch, kl_mean) = self.batch(&items);
         // The device batch holds everything now; free the host chunks.
@@ -92,6 +89,9 @@ impl Learning {
         // snapshot carries these observations too.
         if let Some(moments) = &observed {
             self.norm.merge_observations(moments);
+        }
+        if let Some(std) = self.norm.return_std() {
+            metrics::gauge!(flotilla_common::metrics::RETURN_STD).set(std);
         }
         if let Some(kl) = self.kl.as_mut() {
             stats.kl_reference = kl_mean;
@@ -348,7 +348,15 @@ mod tests {
     /// policy and Adam stay bit for bit as they were; honest data then trains.
     #[test]
     fn a_non_finite_update_is_undone() {
-        let cfg = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "test", &[]).unwrap();
+        let cfg = RunConfig::from_toml(
+            "[env]\nid = \"CartPole-v1\"\n",
+            "test",
+            &[
+                "model.normalize_observations=true".into(),
+                "ppo.normalize_rewards=true".into(),
+            ],
+        )
+        .unwrap();
         let space = Space::Discrete { n: 2 };
         let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 3);
         let mut learning = Learning::new(policy, None, &cfg);
@@ -358,6 +366,7 @@ mod tests {
                 host(&l.adam.m),
                 host(&l.adam.v),
                 l.adam.step,
+                l.norm.state(),
             )
         };
         let before = host_state(&learning);
@@ -373,6 +382,17 @@ mod tests {
             .expect("honest data trains");
         assert!(stats.policy_loss.is_finite());
         assert_ne!(host_state(&learning).0, before.0);
+        // The undone batch left no trace in the statistics (nor in the
+        // streams' running returns): as if only the honest batch was seen.
+        let mut fresh = super::Normalization::new(&cfg, D);
+        fresh.observe_rewards(&[Item::new(chunk(2, 4, 2, &[]))]);
+        fresh.merge_observations(
+            &fresh
+                .observation_moments(&[Item::new(chunk(2, 4, 2, &[]))])
+                .unwrap(),
+        );
+        assert_eq!(learning.norm.state(), fresh.state());
+        assert_ne!(learning.norm.state(), before.4);
     }
 
     /// With λ = 0 the value target of step t is the one-step TD target

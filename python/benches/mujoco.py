@@ -136,7 +136,8 @@ def run_flotilla(python, env_id, seed, actors, steps=None, sets=(), torch_thread
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
             logs = [open(os.path.join(work, f"a{k}.log"), "w") for k in range(actors)]
             procs = [subprocess.Popen([actor, "--learner", f"http://127.0.0.1:{port}", "--env", env_id,
-                                       "--name", f"a{k}"], stdout=subprocess.DEVNULL, stderr=logs[k])
+                                       "--name", f"a{k}"], stdout=subprocess.DEVNULL, stderr=logs[k],
+                                      cwd=work)  # MuJoCo writes MUJOCO_LOG.TXT into its folder
                      for k in range(actors)]
             code = proc.wait()
             wall = time.monotonic() - launched

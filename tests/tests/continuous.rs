@@ -35,13 +35,12 @@ fn rollout(dir: &TempDir, tag: &str, args: &[&str]) -> (f64, Vec<serde_json::Val
     (mean, rows)
 }
 
-#[test]
-fn pendulum_learns_and_its_checkpoint_plays() {
-    let dir = TempDir::new("continuous");
-    let run = dir.path().join("run");
-    let out = learner_command("pendulum.toml", &run)
+/// 150k steps of configs/pendulum.toml, seed 1, local cluster of 2 actors.
+fn train_pendulum(run: &std::path::Path, extra: &[&str]) {
+    let out = learner_command("pendulum.toml", run)
         .args(["--local-actors", "2", "--seed", "1"])
         .args(["--total-env-steps", "150000"])
+        .args(extra)
         .output()
         .expect("learner runs");
     assert!(
@@ -49,6 +48,13 @@ fn pendulum_learns_and_its_checkpoint_plays() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn pendulum_learns_and_its_checkpoint_plays() {
+    let dir = TempDir::new("continuous");
+    let run = dir.path().join("run");
+    train_pendulum(&run, &[]);
     // A random policy scores about -1200. Seeds 1-3 measured -289.2 to
     // -249.9 at 150k steps (4 runs, seed 1 twice; 2-core machine,
     // 2026-12-02, debug build); the floor is 20% under the worst.
@@ -96,17 +102,14 @@ fn pendulum_learns_with_normalization_and_rollout_uses_its_statistics() {
 
     let dir = TempDir::new("continuous-norm");
     let run = dir.path().join("run");
-    let out = learner_command("pendulum.toml", &run)
-        .args(["--local-actors", "2", "--seed", "1"])
-        .args(["--total-env-steps", "150000"])
-        .args(["--set", "model.normalize_observations=true"])
-        .args(["--set", "ppo.normalize_rewards=true"])
-        .output()
-        .expect("learner runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    train_pendulum(
+        &run,
+        &[
+            "--set",
+            "model.normalize_observations=true",
+            "--set",
+            "ppo.normalize_rewards=true",
+        ],
     );
     let ret = summary_mean_return(&run).expect("a mean return");
     eprintln!("Pendulum-v1 normalized: mean return {ret:.1} after 150k steps");

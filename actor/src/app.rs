@@ -211,7 +211,7 @@ fn act_main(args: RunArgs, own: Option<OwnEnv>) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match cli::runtime(Some(2)) {
+    let runtime = match cli::current_thread_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };

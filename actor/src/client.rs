@@ -512,7 +512,11 @@ async fn serve(
             snap = snapshots.next() => match snap {
                 Some(Ok(s)) => {
                     known_version = known_version.max(s.version);
-                    snap_tx.send_replace(Some(Snapshot { version: s.version, safetensors: s.safetensors }));
+                    snap_tx.send_replace(Some(Snapshot {
+                        version: s.version,
+                        safetensors: s.safetensors,
+                        samples_per_version: s.samples_per_version,
+                    }));
                 }
                 Some(Err(status)) => return Err(status),
                 None => return Err(Status::unavailable("policy subscription ended")),

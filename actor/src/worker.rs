@@ -82,7 +82,7 @@ fn run_with_patience(
     while !stop.load(Ordering::Relaxed) {
         // Between chunks: take the newest snapshot, if any arrived.
         if snapshots.has_changed().unwrap_or(false) || policy.is_none() {
-            follow(&mut snapshots, &mut policy, &spec);
+            follow(&mut snapshots, &mut policy, &spec, &mut flow);
         }
         let Some((version, p)) = policy.as_ref() else {
             // Nothing to act with yet: wait for the first snapshot.
@@ -105,12 +105,14 @@ fn run_with_patience(
     Ok(())
 }
 
-/// Loads the newest snapshot into `policy` when its version is new to us;
-/// a snapshot that does not fit the spec is logged and ignored.
+/// Loads the newest snapshot into `policy` when its version is new to us,
+/// and takes its advice on how much to act with it; a snapshot that does not
+/// fit the spec is logged and ignored.
 fn follow(
     snapshots: &mut watch::Receiver<Option<Snapshot>>,
     policy: &mut Option<(u64, CpuPolicy)>,
     spec: &WorkerSpec,
+    flow: &mut FlowControl,
 ) {
     let Some(s) = snapshots.borrow_and_update().clone() else {
         return;
@@ -123,6 +125,7 @@ fn follow(
         Ok(p) => {
             debug!(version = s.version, "policy updated");
             metrics::gauge!(m::ACTOR_POLICY_VERSION).set(s.version as f64);
+            flow.advise(spec, s.samples_per_version);
             *policy = Some((s.version, p));
         }
         Err(e) => warn!(version = s.version, error = %e, "ignoring unusable policy snapshot"),
@@ -192,7 +195,9 @@ impl Acting {
 }
 
 /// How many chunks are acted with one policy version before waiting for
-/// another: a batch's worth (`RunSpec.batch_samples`), or one in sync mode.
+/// another: a batch's worth (`RunSpec.batch_samples`) or the learner's
+/// advice for the version (`PolicySnapshot.samples_per_version`), or one in
+/// sync mode.
 struct FlowControl {
     limit: Option<usize>,
     /// `None` in sync mode: wait as long as it takes.
@@ -214,6 +219,21 @@ impl FlowControl {
             same_version: (u64::MAX, 0),
             warned_version: None,
         }
+    }
+
+    /// Takes the learner's advice for the version about to be acted with:
+    /// `samples` per version (0: none, a batch's worth). Sync mode keeps one
+    /// chunk per version.
+    fn advise(&mut self, spec: &WorkerSpec, samples: u64) {
+        if spec.sync {
+            return;
+        }
+        let share = if samples > 0 {
+            usize::try_from(samples).unwrap_or(usize::MAX)
+        } else {
+            spec.batch_samples
+        };
+        self.limit = chunks_per_version(share, spec.num_envs, spec.chunk_len);
     }
 
     /// Counts a chunk acted with `acted_with`; when that version's share is
@@ -385,6 +405,7 @@ mod tests {
         Snapshot {
             version,
             safetensors: flotilla_common::policy::write_safetensors(tensors, None).into(),
+            samples_per_version: 0,
         }
     }
 
@@ -449,7 +470,14 @@ mod tests {
         }
 
         fn publish(&self, version: u64) {
-            let snap = zero_snapshot(&self.model, 4, &self.act, version);
+            self.publish_advising(version, 0);
+        }
+
+        fn publish_advising(&self, version: u64, samples_per_version: u64) {
+            let snap = Snapshot {
+                samples_per_version,
+                ..zero_snapshot(&self.model, 4, &self.act, version)
+            };
             self.snapshots.send_replace(Some(snap));
         }
 
@@ -512,6 +540,21 @@ mod tests {
         assert!(w.quiet_for(Duration::from_millis(300)));
         w.publish(2);
         assert_eq!(w.next_versions(3), vec![2, 2, 2]);
+        assert!(w.quiet_for(Duration::from_millis(300)));
+        w.finish();
+    }
+
+    /// The learner's advice replaces the batch's worth for its version:
+    /// 17 samples are 2 chunks of 16; no advice is a batch's worth again.
+    #[test]
+    fn acts_the_learners_advice_per_version() {
+        let mut w = Running::start(1, AHEAD_PATIENCE);
+        assert_eq!(w.next_versions(3), vec![1, 1, 1]);
+        w.publish_advising(2, 17);
+        assert_eq!(w.next_versions(2), vec![2, 2]);
+        assert!(w.quiet_for(Duration::from_millis(300)));
+        w.publish_advising(3, 0);
+        assert_eq!(w.next_versions(3), vec![3, 3, 3]);
         assert!(w.quiet_for(Duration::from_millis(300)));
         w.finish();
     }

@@ -128,6 +128,20 @@ pub fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime,
     })
 }
 
+/// A tokio runtime on the calling thread alone, every driver enabled: for
+/// processes whose async side is light (the actor's connection, its policy
+/// subscription and uploads) next to a thread that does the work. Extra
+/// worker threads there only add wake-ups that preempt the work.
+pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C), and from then on
 /// guarantees the process ends: a second signal ends it at once (exit 130),
 /// and if it is still running `grace` later it prints so and exits with

@@ -33,6 +33,7 @@ pub const KL_COEF: &str = "flotilla_kl_coef";
 pub const RETURN_STD: &str = "flotilla_return_std";
 pub const UPDATES_SKIPPED: &str = "flotilla_updates_skipped_total";
 pub const LAST_UPDATE_TIME: &str = "flotilla_last_update_timestamp_seconds";
+pub const TORCH_THREADS: &str = "flotilla_learner_torch_threads";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
 pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
@@ -154,6 +155,10 @@ pub fn describe_learner() {
     describe_gauge!(INGEST_QUEUE_DEPTH, "chunks waiting for the trainer");
     describe_histogram!(UPDATE_DURATION, Unit::Seconds, "wall time of one update");
     describe_gauge!(
+        TORCH_THREADS,
+        "libtorch threads of the trainer (while the first updates measure the candidates, the one in use)"
+    );
+    describe_gauge!(
         LOSS,
         "loss terms of the last update: policy, value, entropy"
     );
@@ -271,7 +276,7 @@ pub fn describe_actor() {
     describe_histogram!(
         ACTOR_POLICY_WAIT,
         Unit::Seconds,
-        "waits for a newer policy after acting a batch's worth of chunks (or one, in sync mode)"
+        "waits for a newer policy after acting its share of chunks with one version (a batch's worth or the learner's advice; one in sync mode)"
     );
     describe_counter!(
         ACTOR_RECONNECTS,

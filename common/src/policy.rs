@@ -353,6 +353,9 @@ pub fn gaussian_log_prob(x: f32, mean: f32, log_std: f32) -> f32 {
 pub struct Snapshot {
     pub version: u64,
     pub safetensors: bytes::Bytes,
+    /// Samples one actor should act with this version (0: no advice; see
+    /// `PolicySnapshot.samples_per_version` in the proto).
+    pub samples_per_version: u64,
 }
 
 /// Host tensors: `(name, shape, values)`.

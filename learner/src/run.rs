@@ -37,8 +37,10 @@ use crate::server::{
 };
 use crate::train::batcher::{Batcher, StalenessRule};
 use crate::train::learn::{KlPenalty, Learning};
+use crate::train::publisher::Pacing;
 use crate::train::publisher::Publisher;
 use crate::train::recorder::{self, Counters, Recorder};
+use crate::train::threads::TorchThreads;
 use crate::train::{self, Checkpoints, TrainError, TrainSummary, Trainer};
 
 /// How to run.
@@ -58,8 +60,8 @@ pub struct RunOptions {
     pub auth_token: Option<AuthToken>,
     /// Serve gRPC over TLS (`None`: plaintext).
     pub tls: Option<ServerTlsConfig>,
-    /// libtorch intra-op threads of the trainer (`None`: libtorch's default,
-    /// one per physical core).
+    /// libtorch intra-op threads of the trainer (`None`: measured over the
+    /// first updates, see [`crate::train::threads`]).
     pub torch_threads: Option<usize>,
 }
 
@@ -596,18 +598,11 @@ fn run_spec(cfg: &RunConfig, p: &Prepared) -> RunSpec {
 }
 
 /// Starts the trainer thread; the receiver yields its result (or its panic).
-fn spawn_trainer(
-    trainer: Trainer,
-    torch_threads: Option<usize>,
-) -> Result<oneshot::Receiver<TrainerResult>, RunError> {
+fn spawn_trainer(trainer: Trainer) -> Result<oneshot::Receiver<TrainerResult>, RunError> {
     let (done_tx, done_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("trainer".into())
         .spawn(move || {
-            if let Some(n) = torch_threads {
-                // Per thread under OpenMP: set where the work runs.
-                tch::set_num_threads(n as i32);
-            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| trainer.run()));
             let _ = done_tx.send(r);
         })
@@ -623,6 +618,7 @@ fn build_trainer(
     rx: crossbeam_channel::Receiver<Box<Admitted>>,
     stop: Arc<AtomicBool>,
     started: Instant,
+    threads: TorchThreads,
 ) -> Result<Trainer, RunError> {
     let cfg = &opts.config;
     let Prepared {
@@ -668,6 +664,11 @@ fn build_trainer(
             keep: cfg.run.keep_checkpoints,
         },
         total_env_steps: cfg.run.total_env_steps,
+        threads,
+        pacing: Pacing::new(
+            (cfg.algo != Algo::Reinforce && !cfg.sync).then_some(cfg.ppo.batch_size),
+        ),
+        stale_seen: 0,
     })
 }
 
@@ -846,7 +847,13 @@ impl Starting {
             let prepared = prepare(&opts, device, spaces)?;
             let spec = run_spec(cfg, &prepared);
             let (tx, rx) = crossbeam_channel::bounded(cfg.ingest.queue_capacity);
-            let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started)?;
+            let threads = TorchThreads::new(
+                opts.torch_threads,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                device.is_cuda(),
+                cfg.sync,
+            );
+            let trainer = build_trainer(&opts, prepared, rx, stop.clone(), started, threads)?;
             let snapshots = trainer.publisher.subscribe();
             let service = service(&opts, spec, tx, snapshots, trainer.counters.clone());
             Ok((trainer, service))
@@ -861,7 +868,11 @@ impl Starting {
         let counters = trainer.counters.clone();
         let snapshots = trainer.publisher.subscribe();
         let run_id = trainer.checkpoints.run_id.clone();
-        let trainer_done = match spawn_trainer(trainer, opts.torch_threads) {
+        let torch_threads = match &trainer.threads {
+            TorchThreads::Fixed(n) => n.to_string(),
+            TorchThreads::Tuning(_) => "measuring".to_owned(),
+        };
+        let trainer_done = match spawn_trainer(trainer) {
             Ok(t) => t,
             Err(e) => {
                 let _ = server_stop.send(true);
@@ -874,7 +885,7 @@ impl Starting {
             env = %cfg.env.id,
             device = %device_name(device),
             device_reason = %opts.device.reason(device),
-            torch_threads = opts.torch_threads.map_or_else(|| "default".to_owned(), |n| n.to_string()),
+            %torch_threads,
             %addr,
             run_dir = %opts.run_dir.display(),
             "learner ready"

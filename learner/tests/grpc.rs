@@ -1036,3 +1036,97 @@ async fn a_builtin_run_accepts_only_its_own_spaces_declared() {
     l.stop();
     l.wait().await.unwrap();
 }
+
+/// Keeps one actor's stream full: chunks acted with the newest version the
+/// subscription has shown, as fast as the learner takes them, until `stop`.
+fn flood(
+    mut c: LearnerClient<Channel>,
+    spec: proto::RunSpec,
+    version: tokio::sync::watch::Receiver<u64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::Chunk>(2);
+        let s = spec.clone();
+        let producer = tokio::spawn(async move {
+            for seq in 1.. {
+                if *stop.borrow() {
+                    break;
+                }
+                let v = *version.borrow();
+                if tx.send(good_chunk(&s, seq, v)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let _ = c.stream_trajectories(with_session(&spec, stream)).await;
+        producer.abort();
+    })
+}
+
+/// While the learner is the bottleneck it advises each actor to act
+/// ceil(batch / (A − 1)) samples per version, A being the actors streaming,
+/// and gives no advice with two actors (each must be able to fill a batch
+/// alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_behind_its_actors_advises_a_share_of_the_batch() {
+    const BATCH: u64 = 256;
+    let l = learner(
+        "advice",
+        &[
+            &format!("ppo.batch_size={BATCH}"),
+            "ppo.update_epochs=4",
+            "run.total_env_steps=100000000",
+        ],
+    )
+    .await;
+    let mut c = client(l.local_addr()).await;
+    let mut sub = c
+        .subscribe_policy(proto::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut actors = Vec::new();
+    for _ in 0..2 {
+        let spec = hello(&mut c).await;
+        actors.push(flood(c.clone(), spec, version_rx.clone(), stop_rx.clone()));
+    }
+    // Reads snapshots until `n` more versions arrived; returns their advice.
+    async fn advice(
+        sub: &mut tonic::Streaming<proto::PolicySnapshot>,
+        version: &tokio::sync::watch::Sender<u64>,
+        n: usize,
+    ) -> Vec<u64> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            let s = tokio::time::timeout(Duration::from_secs(60), sub.next())
+                .await
+                .expect("a new version within 60 s")
+                .unwrap()
+                .unwrap();
+            version.send_replace(s.version);
+            seen.push(s.samples_per_version);
+        }
+        seen
+    }
+    let two = advice(&mut sub, &version_tx, 40).await;
+    assert!(two.iter().all(|&a| a == 0), "advice to two actors: {two:?}");
+    for _ in 0..2 {
+        let spec = hello(&mut c).await;
+        actors.push(flood(c.clone(), spec, version_rx.clone(), stop_rx.clone()));
+    }
+    let four = advice(&mut sub, &version_tx, 40).await;
+    assert!(
+        four.iter().rev().take(10).all(|&a| a == BATCH.div_ceil(3)),
+        "advice to four actors, the learner behind: {four:?}"
+    );
+    stop_tx.send_replace(true);
+    l.stop();
+    l.wait().await.unwrap();
+    for a in actors {
+        let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
+    }
+}

@@ -475,7 +475,7 @@ class _Subscription(threading.Thread):
                     # Known before published: a chunk acted with this version
                     # is never mistaken for one from a newer, unknown policy.
                     self.known_version = max(self.known_version, snap.version)
-                    self.snapshots.publish(Snapshot(snap.version, snap.safetensors))
+                    self.snapshots.publish(Snapshot(snap.version, snap.safetensors, snap.samples_per_version))
             self.status = Status(grpc.StatusCode.UNAVAILABLE, "policy subscription ended")
         except grpc.RpcError as e:
             self.status = Status.of(e)

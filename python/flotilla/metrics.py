@@ -10,7 +10,7 @@ The same series as the Rust actor (docs/metrics.md):
 | `flotilla_actor_chunk_send_duration_seconds` | histogram | handing one chunk to the stream until accepted |
 | `flotilla_actor_policy_version` | gauge | version the actor acts with |
 | `flotilla_actor_reconnects_total` | counter | reconnections to the learner |
-| `flotilla_actor_policy_wait_seconds` | histogram | one wait for a newer policy after a batch's worth of chunks |
+| `flotilla_actor_policy_wait_seconds` | histogram | one wait for a newer policy after its share of chunks (a batch's worth or the learner's advice) |
 
 They are always counted (a few additions under a lock); `serve` exposes them
 in Prometheus' text format on `/metrics` from a small HTTP server thread.
@@ -133,7 +133,7 @@ class ActorMetrics:
         self.policy_wait = Histogram(
             r,
             "flotilla_actor_policy_wait_seconds",
-            "One wait for a newer policy after acting a batch's worth of chunks with one version.",
+            "One wait for a newer policy after acting its share of chunks with one version.",
         )
 
 

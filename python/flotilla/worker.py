@@ -51,10 +51,13 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A published policy: its version and safetensors bytes."""
+    """A published policy: its version, safetensors bytes, and the learner's
+    advice on how many samples one actor should act with it
+    (`PolicySnapshot.samples_per_version`; 0: no advice)."""
 
     version: int
     safetensors: bytes
+    samples_per_version: int = 0
 
 
 class SnapshotBox:
@@ -110,12 +113,18 @@ def chunks_per_version(batch_samples: int, num_envs: int, chunk_len: int) -> int
 
 class FlowControl:
     """How many chunks are acted with one policy version before waiting for
-    another: a batch's worth (`RunSpec.batch_samples`), or exactly one in
-    synchronous mode (where the wait has no time limit)."""
+    another: the share its snapshot advises (`samples_per_version`) or else a
+    batch's worth (`RunSpec.batch_samples`), or exactly one in synchronous
+    mode (where the wait has no time limit and the advice is ignored)."""
 
     def __init__(self, spec: WorkerSpec, patience: float = AHEAD_PATIENCE):
+        self.sync = spec.sync
+        self._num_envs = spec.num_envs
+        self._chunk_len = spec.chunk_len
+        #: The share of a version whose snapshot gives no advice (None: no limit).
+        self.limit: int | None
         if spec.sync:
-            self.limit: int | None = 1
+            self.limit = 1
             self.patience: float | None = None
         else:
             self.limit = chunks_per_version(spec.batch_samples, spec.num_envs, spec.chunk_len)
@@ -124,16 +133,31 @@ class FlowControl:
         self._count = 0
         self._warned: int | None = None
 
+    def limit_for(self, samples_per_version: int) -> int | None:
+        """The chunks acted with a version whose snapshot advised
+        `samples_per_version` samples (0: no advice, `limit`), converted as
+        `batch_samples` is; None: no limit."""
+        if self.sync or samples_per_version <= 0:
+            return self.limit
+        return chunks_per_version(samples_per_version, self._num_envs, self._chunk_len)
+
     def after_chunk(
-        self, acted_with: int, snapshots: SnapshotBox, stop: threading.Event, metrics: ActorMetrics
+        self,
+        acted_with: int,
+        snapshots: SnapshotBox,
+        stop: threading.Event,
+        metrics: ActorMetrics,
+        samples_per_version: int = 0,
     ) -> float | None:
-        """Counts a chunk acted with `acted_with`; when that version's share
-        is used up, waits for another version and returns how long it waited."""
+        """Counts a chunk acted with `acted_with`, whose snapshot advised
+        `samples_per_version`; when that version's share is used up, waits
+        for another version and returns how long it waited."""
         if self._version == acted_with:
             self._count += 1
         else:
             self._version, self._count = acted_with, 1
-        if self.limit is None or self._count < self.limit:
+        limit = self.limit_for(samples_per_version)
+        if limit is None or self._count < limit:
             return None
         t0 = time.monotonic()
         changed = snapshots.wait_for_change(acted_with, stop, self.patience)
@@ -141,7 +165,7 @@ class FlowControl:
         metrics.policy_wait.observe(waited)
         if not changed and not stop.is_set():
             # Our chunks of this version did not all reach the learner (a
-            # reconnect, a restart): act a whole batch's worth again.
+            # reconnect, a restart): act a whole share again.
             self._count = 0
             if self._warned != acted_with:
                 self._warned = acted_with
@@ -237,7 +261,7 @@ class EnvWorker(threading.Thread):
             rng = np.random.Generator(np.random.PCG64(sampling_seed(spec.seed)))
             pacer = Pacer(spec.max_steps_per_second) if spec.max_steps_per_second else None
             flow = FlowControl(spec, self.patience)
-            policy: tuple[int, Policy] | None = None
+            policy: tuple[int, Policy, int] | None = None
             seen_generation = -1
             while not stop.is_set():
                 generation, snap = self.snapshots.latest()
@@ -249,7 +273,7 @@ class EnvWorker(threading.Thread):
                     # Nothing to act with yet: wait for the first snapshot.
                     stop.wait(0.02)
                     continue
-                version, p = policy
+                version, p, samples_per_version = policy
                 chunk = self._act_chunk(runner, builder, p, version, rng)
                 if chunk is None:
                     break  # asked to stop halfway through a chunk
@@ -257,14 +281,17 @@ class EnvWorker(threading.Thread):
                     pacer.wait_for(spec.chunk_len * spec.num_envs, stop)
                 if not self._hand_over(chunk):
                     break
-                waited = flow.after_chunk(version, self.snapshots, stop, self.metrics)
+                waited = flow.after_chunk(version, self.snapshots, stop, self.metrics, samples_per_version)
                 if waited is not None and pacer is not None:
                     pacer.pause(waited)
         finally:
             runner.close()
 
-    def _follow(self, snap: Snapshot | None, policy: tuple[int, Policy] | None) -> tuple[int, Policy] | None:
-        """The policy of the newest snapshot when its version is new to us; a
+    def _follow(
+        self, snap: Snapshot | None, policy: tuple[int, Policy, int] | None
+    ) -> tuple[int, Policy, int] | None:
+        """The policy of the newest snapshot when its version is new to us,
+        as (version, policy, the snapshot's advice `samples_per_version`); a
         snapshot that does not fit the spec is logged and ignored. A cleared
         box (a new run) forgets the old policy."""
         if snap is None:
@@ -279,7 +306,7 @@ class EnvWorker(threading.Thread):
             return policy
         log.debug("policy updated to version %d", snap.version)
         self.metrics.policy_version.set(snap.version)
-        return snap.version, p
+        return snap.version, p, snap.samples_per_version
 
     def _stopping(self) -> bool:
         """Whether this thread, or the whole actor, is asked to stop."""

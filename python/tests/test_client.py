@@ -29,7 +29,7 @@ from flotilla.envs import EnvFactory, probe
 from flotilla.seeds import actor_seed
 from flotilla.spaces import to_proto
 from flotilla.v1 import flotilla_pb2 as pb
-from flotilla.worker import SnapshotBox
+from flotilla.worker import Snapshot, SnapshotBox
 
 INFO = probe(EnvFactory("CartPole-v1"))
 
@@ -246,6 +246,26 @@ def test_no_snapshot_of_a_cancelled_subscription_is_published(monkeypatch):
     assert not sub.is_alive()
     assert box.latest()[1] is None
     assert sub.known_version == 1
+
+
+def test_a_subscription_publishes_the_learners_advice_with_the_snapshot(monkeypatch):
+    monkeypatch.setattr(_Subscription, "JOIN_TIMEOUT", 0.1)
+    call, box = _Call(), SnapshotBox()
+    sub = _Subscription(_Conn(call), box, 0)
+    sub.start()
+
+    def published(version: int) -> Snapshot:
+        deadline = time.monotonic() + 10
+        while (s := box.latest()[1]) is None or s.version != version:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return s
+
+    call.feed.put(pb.PolicySnapshot(version=1, safetensors=b"a", samples_per_version=300))
+    assert published(1) == Snapshot(1, b"a", 300)
+    call.feed.put(pb.PolicySnapshot(version=2, safetensors=b"b"))
+    assert published(2) == Snapshot(2, b"b", 0)
+    sub.cancel()
 
 
 def test_a_subscription_that_fails_ends_its_session_with_internal():

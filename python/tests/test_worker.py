@@ -1,7 +1,7 @@
 """The environment thread's flow control, against snapshots published by
-hand: at most a batch's worth of chunks per policy version, exactly one in
-synchronous mode, acting on after the patience runs out; and stopping
-halfway through a chunk."""
+hand: at most a batch's worth of chunks per policy version (or the share its
+snapshot advises), exactly one in synchronous mode, acting on after the
+patience runs out; and stopping halfway through a chunk."""
 
 import queue
 import time
@@ -22,8 +22,8 @@ FACTORY = EnvFactory("CartPole-v1")
 INFO = probe(FACTORY)
 
 
-def snapshot(version: int) -> Snapshot:
-    return Snapshot(version, save(zero_parameters(MODEL, 4, Discrete(2))))
+def snapshot(version: int, samples_per_version: int = 0) -> Snapshot:
+    return Snapshot(version, save(zero_parameters(MODEL, 4, Discrete(2))), samples_per_version)
 
 
 def spec(batch_samples: int, sync: bool = False) -> WorkerSpec:
@@ -113,6 +113,30 @@ def test_acts_on_after_patience_and_on_any_version_change():
     # A lower version (a learner restarted from an older checkpoint) counts.
     w.box.publish(snapshot(2))
     assert w.next_versions(3) == [2, 2, 2]
+    w.finish()
+
+
+def test_acts_the_learners_advice_per_version():
+    # A batch's worth is 3 chunks of 16; the advice replaces it for its
+    # version: 65 samples are 5 chunks, 17 are 2, 0 is a batch's worth again.
+    w = Running(spec(40), version=None)
+    w.box.publish(snapshot(1, samples_per_version=65))
+    assert w.next_versions(5) == [1] * 5
+    assert w.quiet_for(0.4)
+    w.box.publish(snapshot(2, samples_per_version=17))
+    assert w.next_versions(2) == [2, 2]
+    assert w.quiet_for(0.4)
+    w.box.publish(snapshot(3))
+    assert w.next_versions(3) == [3, 3, 3]
+    assert w.quiet_for(0.4)
+    w.finish()
+
+
+def test_sync_mode_ignores_the_learners_advice():
+    w = Running(spec(4096, sync=True), version=None)
+    w.box.publish(snapshot(1, samples_per_version=160))
+    assert w.next_versions(1) == [1]
+    assert w.quiet_for(0.4)
     w.finish()
 
 
@@ -258,3 +282,42 @@ def test_pacer_holds_the_mean_rate():
 @pytest.mark.parametrize("sync,limit", [(True, 1), (False, 3)])
 def test_flow_control_limits(sync, limit):
     assert FlowControl(spec(40, sync=sync)).limit == limit
+
+
+@pytest.mark.parametrize(
+    "batch_samples,sync,advice,limit",
+    [
+        # ceil(advice / (2 envs x 8 steps)) replaces ceil(batch_samples / 16).
+        (40, False, 65, 5),
+        (40, False, 16, 1),
+        (40, False, 17, 2),
+        (4096, False, 100, 7),
+        (0, False, 33, 3),
+        # No advice: a batch's worth (none without a batch size).
+        (40, False, 0, 3),
+        (0, False, 0, None),
+        # Sync mode: exactly one chunk per version, whatever the advice.
+        (40, True, 160, 1),
+        (40, True, 0, 1),
+    ],
+)
+def test_flow_control_takes_the_learners_advice(batch_samples, sync, advice, limit):
+    assert FlowControl(spec(batch_samples, sync=sync)).limit_for(advice) == limit
+
+
+def test_flow_control_waits_after_the_advised_share():
+    import threading
+
+    class NoChange(SnapshotBox):
+        def wait_for_change(self, version, stop, patience):
+            return True
+
+    flow, box, stop, metrics = FlowControl(spec(40)), NoChange(), threading.Event(), ActorMetrics()
+    # Advice of 33 samples: 3 chunks of 16 (a batch's worth, 40, is also 3).
+    assert [flow.after_chunk(1, box, stop, metrics, 33) is not None for _ in range(3)] == [False, False, True]
+    # Advice of 17 samples: 2 chunks, counted afresh for the new version.
+    assert [flow.after_chunk(2, box, stop, metrics, 17) is not None for _ in range(2)] == [False, True]
+    # No advice: a batch's worth.
+    assert [flow.after_chunk(3, box, stop, metrics, 0) is not None for _ in range(3)] == [False, False, True]
+    sync = FlowControl(spec(40, sync=True))
+    assert sync.after_chunk(4, box, stop, metrics, 160) is not None

@@ -210,3 +210,72 @@ fn an_actor_sizes_its_chunks_to_the_learners_limit() {
     let _ = small.wait();
     let _ = learner.wait();
 }
+
+/// A learner started without `--torch-threads`, with separate actor
+/// processes (it cannot know what shares its host), measures its libtorch
+/// thread count over its first updates and says what it chose. (That the
+/// actors' pacing advice arrives is tested over gRPC in
+/// `learner/tests/grpc.rs`; its effect on throughput is a benchmark,
+/// `learner/benches/scaling.py`.)
+#[test]
+fn a_learner_with_actor_processes_measures_its_threads() {
+    let dir = TempDir::new("actors-threads");
+    let run = dir.path().join("run");
+    let port = free_port();
+    let l = learner(&run, port, 100_000, false);
+    let mut actors: Vec<Child> = (0..4)
+        .map(|i| {
+            Command::new(bin("actor"))
+                .args([
+                    "--learner",
+                    &format!("http://127.0.0.1:{port}"),
+                    "--name",
+                    &format!("p{i}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("actor starts")
+        })
+        .collect();
+    let pid = l.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(l.wait_with_output()));
+    let out = rx.recv_timeout(Duration::from_secs(300));
+    for a in &mut actors {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let out = out
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the learner did not finish 100k steps within 300 s")
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("torch_threads=measuring"),
+        "no measurement announced: {stderr}"
+    );
+    let chosen = stderr
+        .lines()
+        .find(|l| l.contains("libtorch threads chosen by measurement"))
+        .unwrap_or_else(|| panic!("no choice logged: {stderr}"));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n: usize = chosen
+        .split("torch_threads=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {chosen}"));
+    assert!((1..=cpus).contains(&n), "{chosen}");
+    for c in (1..=cpus).filter(|c| c.is_power_of_two() || *c == cpus) {
+        assert!(
+            chosen.contains(&format!("{c}: ")),
+            "candidate {c} not measured: {chosen}"
+        );
+    }
+}

@@ -295,6 +295,11 @@ impl IngestGate {
         })
     }
 
+    /// The run's counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
     /// Open sessions (streaming or not yet).
     pub fn open_sessions(&self) -> usize {
         self.sessions().by_credential.len()
@@ -368,6 +373,7 @@ mod tests {
         let (tx, rx) = watch::channel(Arc::new(Snapshot {
             version: newest,
             safetensors: bytes::Bytes::new(),
+            samples_per_version: 0,
         }));
         let counters = Arc::new(Counters::default());
         let expected = ChunkExpectations {
@@ -450,6 +456,7 @@ mod tests {
         tx.send_replace(Arc::new(Snapshot {
             version: 9,
             safetensors: bytes::Bytes::new(),
+            samples_per_version: 0,
         }));
         assert!(gate.admit(&mut s, chunk(id, 3, 5)).unwrap().is_none());
         assert_eq!(count(&counters.stale_samples), 2 * samples);

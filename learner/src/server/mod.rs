@@ -11,6 +11,7 @@
 pub mod gate;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use flotilla_common::metrics as m;
 use flotilla_common::proto::{self, learner_server::LearnerServer};
 use flotilla_common::{EnvSpec, RunSpec, Snapshot, Space, Spaces};
 use tokio::net::TcpListener;
+
+use crate::train::recorder::Counters;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
@@ -268,19 +271,22 @@ pub struct ServiceLimits {
     pub max_queued_bytes: u64,
 }
 
-/// Decrements the connected-actors gauge when a stream ends, however it ends.
-struct Connected;
+/// Counts a streaming actor (the gauge and the trainer's count) until the
+/// stream ends, however it ends.
+struct Connected(Arc<Counters>);
 
 impl Connected {
-    fn new() -> Self {
+    fn new(counters: Arc<Counters>) -> Self {
         metrics::gauge!(m::ACTORS_CONNECTED).increment(1.0);
-        Connected
+        counters.streaming_actors.fetch_add(1, Ordering::Relaxed);
+        Connected(counters)
     }
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
         metrics::gauge!(m::ACTORS_CONNECTED).decrement(1.0);
+        self.0.streaming_actors.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -328,7 +334,7 @@ impl proto::learner_server::Learner for LearnerService {
             .map(str::to_owned);
         let mut bound = self.gate.bind(credential.as_deref())?;
         let mut stream = request.into_inner();
-        let _connected = Connected::new();
+        let _connected = Connected::new(self.gate.counters());
         match self.ingest(&mut bound, &mut stream).await {
             Ok(summary) => Ok(Response::new(summary)),
             Err(e) => {
@@ -359,6 +365,7 @@ impl proto::learner_server::Learner for LearnerService {
                 Ok(proto::PolicySnapshot {
                     version: s.version,
                     safetensors: s.safetensors.clone(),
+                    samples_per_version: s.samples_per_version,
                 })
             })
         });

@@ -19,6 +19,7 @@ pub mod learn;
 pub mod normalize;
 pub mod publisher;
 pub mod recorder;
+pub mod threads;
 pub mod update;
 
 use std::path::PathBuf;
@@ -35,8 +36,9 @@ use crate::server::Admitted;
 use batch::Item;
 use batcher::Batcher;
 use learn::Learning;
-use publisher::Publisher;
+use publisher::{Pacing, Publisher};
 use recorder::{Counters, Recorder};
+use threads::TorchThreads;
 
 pub use update::{evaluate, policy_update, ppo_update, Batch, UpdateStats};
 
@@ -81,12 +83,17 @@ pub struct Trainer {
     pub(crate) recorder: Recorder,
     pub(crate) checkpoints: Checkpoints,
     pub(crate) total_env_steps: u64,
+    pub(crate) threads: TorchThreads,
+    pub(crate) pacing: Pacing,
+    /// `counters.stale_samples` at the last update.
+    pub(crate) stale_seen: u64,
 }
 
 impl Trainer {
     /// Trains until the step budget is spent or `stop` is raised; writes a final checkpoint.
     pub fn run(mut self) -> Result<TrainSummary, TrainError> {
         let mut reached_total = false;
+        self.threads.start();
         metrics::gauge!(m::LAST_UPDATE_TIME).set(m::unix_now());
         while !self.stop.load(Ordering::Relaxed) {
             if self.env_steps() >= self.total_env_steps {
@@ -100,6 +107,7 @@ impl Trainer {
             };
             metrics::gauge!(m::INGEST_QUEUE_DEPTH).set(self.rx.len() as f64);
             if let Some(batch) = self.batcher.push(*admitted, self.publisher.version()) {
+                self.pacing.batch_ready(std::time::Instant::now());
                 if let Some(version) = self.update(batch)? {
                     if version.is_multiple_of(self.checkpoints.every) {
                         self.checkpoint()?;
@@ -117,6 +125,14 @@ impl Trainer {
         })
     }
 
+    /// Whether samples were dropped as stale since the last call.
+    fn stale_grew(&mut self) -> bool {
+        let now = self.counters.stale_samples.load(Ordering::Relaxed);
+        let grew = now > self.stale_seen;
+        self.stale_seen = now;
+        grew
+    }
+
     fn env_steps(&self) -> u64 {
         self.counters.env_steps.load(Ordering::Relaxed)
     }
@@ -130,21 +146,32 @@ impl Trainer {
             .iter()
             .map(|i| acting.saturating_sub(i.chunk.policy_version))
             .collect();
+        self.threads.before_update();
         let mut stats = match self.learning.update(items, self.env_steps()) {
             Ok(stats) => stats,
             Err(undone) => {
+                let stale = self.stale_grew();
+                self.pacing
+                    .update_done(std::time::Instant::now(), undone.stats.seconds, stale);
                 self.recorder.skipped(&undone.stats);
                 return Ok(None);
             }
         };
         let t0 = std::time::Instant::now();
-        let snapshot = self.publisher.next(self.learning.snapshot());
+        let stale = self.stale_grew();
+        self.pacing.update_done(t0, stats.seconds, stale);
+        let advice = self
+            .pacing
+            .samples_per_version(self.counters.streaming_actors.load(Ordering::Relaxed));
+        let snapshot = self.publisher.next(self.learning.snapshot(), advice);
         stats.seconds += t0.elapsed().as_secs_f64();
         let version = snapshot.version;
         // Recorded before actors can see the version: in sync mode nothing
         // arrives between the two, so a seeded run's log repeats exactly.
         self.recorder.update(&stats, lags, version)?;
         self.publisher.publish(snapshot);
+        self.threads
+            .after_update(stats.samples, std::time::Instant::now());
         Ok(Some(version))
     }
 

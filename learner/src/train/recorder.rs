@@ -35,6 +35,8 @@ pub struct Counters {
     /// received = trained + pending + stale (+ REINFORCE's discarded
     /// incomplete episodes, and what is still queued when a run ends).
     pub stale_samples: AtomicU64,
+    /// Actors with an open trajectory stream.
+    pub streaming_actors: AtomicU64,
     /// Seconds spent training (f64 bits), for the learner-idle fraction.
     busy_seconds_bits: AtomicU64,
     /// Windows over recent events.

@@ -167,9 +167,11 @@ class SubscribeRequest(_message.Message):
     def __init__(self, actor_name: _Optional[str] = ..., have_version: _Optional[int] = ...) -> None: ...
 
 class PolicySnapshot(_message.Message):
-    __slots__ = ("version", "safetensors")
+    __slots__ = ("version", "safetensors", "samples_per_version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SAFETENSORS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PER_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     safetensors: bytes
-    def __init__(self, version: _Optional[int] = ..., safetensors: _Optional[bytes] = ...) -> None: ...
+    samples_per_version: int
+    def __init__(self, version: _Optional[int] = ..., safetensors: _Optional[bytes] = ..., samples_per_version: _Optional[int] = ...) -> None: ...

@@ -7,12 +7,13 @@ Markdown table:
 - trained/s and acted/s: env steps trained and received per second over the
   second half of the run (metrics.jsonl; the steady state, after start-up);
 - stale: samples dropped as too old / samples received, the whole run;
-- busy: the learner's update time / its wall time;
+- busy: the learner's update time / its wall time, from its first update on;
 - actor CPU: cores the actors used on average over the learner's wall time
   (in-process: the learner's `env` threads only, whose async side shares the
   learner's runtime; separate processes: the whole actor processes;
   compose: the actor containers' cgroups);
-- wall: the learner's seconds from start to exit.
+- wall: the learner's seconds from start to exit (compose: its container's,
+  which includes waiting for its health check before the actors start).
 
     deploy/local.sh cargo build --release --bin learner --bin actor
     python3 learner/benches/scaling.py                          # in-process 2 and 4, processes 1 2 4 8
@@ -89,7 +90,10 @@ def summarize(rows, wall, actor_cpu_s):
         "trained": (last["env_steps"] - half["env_steps"]) / dt,
         "acted": (last["samples_received"] - half["samples_received"]) / dt,
         "stale": last["stale_samples"] / received if received else float("nan"),
-        "busy": last["busy_seconds"] / last["wall_seconds"],
+        # From the first update on: a compose learner waits for its health
+        # check before any actor starts, which is not the learner's fault.
+        "busy": (last["busy_seconds"] - rows[0]["busy_seconds"])
+        / (last["wall_seconds"] - rows[0]["wall_seconds"]),
         "actor_cpu": actor_cpu_s / wall if wall > 0 else float("nan"),
         "wall": wall,
         "return": last.get("episode_return_mean") or float("nan"),
@@ -173,8 +177,11 @@ def run_procs(args, n, kind="rust"):
     return summarize(rows, wall, sum(cpu.values()))
 
 
-def compose_base(project, env):
-    return ["docker", "compose", "-p", project, "-f", COMPOSE_FILE], env
+def compose_command():
+    """`docker compose` when the plugin is there, else `docker-compose`."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"]
 
 
 def container_cpu_s(cid):
@@ -208,7 +215,7 @@ def run_compose(args, n):
                FLOTILLA_TOTAL_ENV_STEPS=str(args.steps),
                FLOTILLA_SET=f"run.seed={args.seed}",
                FLOTILLA_RUN_NAME="scaling")
-    base = ["docker", "compose", "-p", project, "-f", COMPOSE_FILE]
+    base = compose_command() + ["-p", project, "-f", COMPOSE_FILE]
 
     def compose(*a, check=True):
         return subprocess.run(base + list(a), env=env, capture_output=True, text=True, check=check)
@@ -218,7 +225,6 @@ def run_compose(args, n):
         learner = compose("ps", "-q", "learner").stdout.strip()
         started = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", learner],
                                  capture_output=True, text=True).stdout.strip()
-        t0 = time.monotonic()
         subprocess.run(["docker", "wait", learner], capture_output=True, check=True)
         actors = compose("ps", "-q", "actor").stdout.split()
         cpu = sum(container_cpu_s(a) for a in actors)
@@ -228,7 +234,6 @@ def run_compose(args, n):
             raise SystemExit(f"compose learner exited {info['ExitCode']}:\n"
                              + compose("logs", "learner", check=False).stdout[-3000:])
         wall = iso_seconds(info["FinishedAt"]) - iso_seconds(started)
-        del t0
         tmp = tempfile.mkdtemp(prefix="flotilla-scaling-")
         subprocess.run(["docker", "cp", f"{learner}:/runs/scaling/metrics.jsonl", tmp],
                        capture_output=True, check=True)

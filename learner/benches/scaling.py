@@ -105,6 +105,16 @@ def read_rows(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
+def finish(learner, run_dir, wall, actor_cpu_s):
+    """The row of a learner that exited after `wall` seconds; its run folder goes."""
+    if learner.returncode != 0:
+        with open(os.path.join(run_dir, "learner.log")) as f:
+            raise SystemExit(f"learner failed ({learner.returncode}):\n{f.read()[-3000:]}")
+    rows = read_rows(os.path.join(run_dir, "metrics.jsonl"))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return summarize(rows, wall, actor_cpu_s)
+
+
 def learner_cmd(args, run_dir, extra):
     return [
         args.learner, "--config", args.config, "--run-dir", run_dir,
@@ -117,18 +127,13 @@ def run_inproc(args, n):
     run_dir = tempfile.mkdtemp(prefix="flotilla-scaling-")
     cmd = learner_cmd(args, run_dir, ["--listen", "127.0.0.1:0", "--local-actors", str(n)])
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run_dir, "learner.log"), "w"))
     seen = {}
     while p.poll() is None:
         seen.update(env_threads_cpu(p.pid))
         time.sleep(0.2)
     wall = time.monotonic() - t0
-    err = p.stderr.read()
-    if p.returncode != 0:
-        raise SystemExit(f"learner failed ({p.returncode}):\n{err[-3000:]}")
-    rows = read_rows(os.path.join(run_dir, "metrics.jsonl"))
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return summarize(rows, wall, sum(seen.values()))
+    return finish(p, run_dir, wall, sum(seen.values()))
 
 
 def actor_command(args, kind, url):
@@ -144,7 +149,7 @@ def run_procs(args, n, kind="rust"):
     cmd = learner_cmd(args, run_dir, ["--listen", f"127.0.0.1:{port}"])
     cmd[cmd.index("--config") + 1] = config
     t0 = time.monotonic()
-    learner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    learner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run_dir, "learner.log"), "w"))
     url = f"http://127.0.0.1:{port}"
     actors = [
         subprocess.Popen(actor_command(args, kind, url), stdout=subprocess.DEVNULL,
@@ -169,12 +174,7 @@ def run_procs(args, n, kind="rust"):
             a.wait(timeout=30)
         except subprocess.TimeoutExpired:
             a.kill()
-    err = learner.stderr.read()
-    if learner.returncode != 0:
-        raise SystemExit(f"learner failed ({learner.returncode}):\n{err[-3000:]}")
-    rows = read_rows(os.path.join(run_dir, "metrics.jsonl"))
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return summarize(rows, wall, sum(cpu.values()))
+    return finish(learner, run_dir, wall, sum(cpu.values()))
 
 
 def compose_command():

@@ -69,6 +69,31 @@ setup_libtorch() {
 # `pip install ./python` works); the tests import the tree directly.
 PY_VENV=${FLOTILLA_PYTHON_VENV:-$CACHE/python-actor}
 
+# promtool (Debian's `prometheus` package) checks every exported series in
+# tests/tests/metrics.rs; installed when this is a Debian machine we may
+# change, otherwise that check says it skipped.
+setup_promtool() {
+  command -v promtool >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing promtool (Debian's prometheus package) for the metrics check"
+    { apt-get install -y -q --no-install-recommends prometheus ||
+      { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; } >/dev/null 2>&1 ||
+      log "could not install promtool; the metrics check will skip it"
+  fi
+}
+
+# Debian's headless chromium looks at the learner's live page in
+# python/tests/test_live_page.py; installed like promtool.
+setup_chromium() {
+  command -v chromium >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing chromium (Debian's package) for the live page check"
+    { apt-get install -y -q --no-install-recommends chromium ||
+      { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; } >/dev/null 2>&1 ||
+      log "could not install chromium; the live page check will skip it"
+  fi
+}
+
 setup_python_actor() {
   mkdir -p "$CACHE"
   exec 8>"$CACHE/.python-actor.lock"
@@ -104,6 +129,8 @@ case "$cmd" in
     # The end-to-end tests run the real binaries: build them first.
     cargo build --workspace --bins
     setup_python_actor
+    setup_promtool
+    setup_chromium
     status=0
     cargo test --workspace --all-targets "$@" || status=$?
     log "Python actor tests (python/tests, against target/debug/learner)"

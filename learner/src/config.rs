@@ -180,6 +180,8 @@ pub struct RunSection {
     pub keep_checkpoints: usize,
     /// Seconds between progress lines.
     pub progress_every_seconds: f64,
+    /// Write TensorBoard event files under `<run dir>/tensorboard/`.
+    pub tensorboard: bool,
 }
 
 impl Default for RunSection {
@@ -190,6 +192,7 @@ impl Default for RunSection {
             checkpoint_every: 50,
             keep_checkpoints: 3,
             progress_every_seconds: 5.0,
+            tensorboard: true,
         }
     }
 }

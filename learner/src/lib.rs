@@ -9,10 +9,12 @@ pub mod algo;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod live;
 pub mod model;
 pub mod plot;
 pub mod run;
 pub mod server;
+pub mod tensorboard;
 #[cfg(test)]
 mod test_util;
 pub mod testing;

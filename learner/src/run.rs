@@ -30,11 +30,13 @@ use crate::algo::KlController;
 use crate::checkpoint::{self, CheckpointData};
 use crate::config::{Algo, ConfigError, IngestSection, RunConfig};
 use crate::device::{DeviceChoice, DeviceError};
+use crate::live::{Live, LiveRun};
 use crate::model::{ModelError, Policy};
 use crate::server::{
     self, Admitted, IngestGate, LearnerService, ServerOptions, ServerTask, ServiceLimits,
     SessionLimits,
 };
+use crate::tensorboard::EventWriter;
 use crate::train::batcher::{Batcher, StalenessRule};
 use crate::train::learn::{KlPenalty, Learning};
 use crate::train::publisher::Pacing;
@@ -63,6 +65,8 @@ pub struct RunOptions {
     /// libtorch intra-op threads of the trainer (`None`: measured over the
     /// first updates, see [`crate::train::threads`]).
     pub torch_threads: Option<usize>,
+    /// The live page's handle, filled in once the run has started.
+    pub live: Option<Arc<Live>>,
 }
 
 /// Errors that end a run.
@@ -519,6 +523,10 @@ fn set_aside(run_dir: &Path) -> Result<(), RunError> {
             run_dir.join("metrics.jsonl"),
             format!("metrics.replaced-{stamp}.jsonl"),
         ),
+        (
+            run_dir.join("tensorboard"),
+            format!("tensorboard.replaced-{stamp}"),
+        ),
     ];
     for (from, to) in moves {
         if from.exists() {
@@ -597,6 +605,24 @@ fn run_spec(cfg: &RunConfig, p: &Prepared) -> RunSpec {
     }
 }
 
+/// The run's TensorBoard event file, unless `run.tensorboard` is off; a
+/// directory that cannot be written costs the charts, not the run.
+fn tensorboard(cfg: &RunConfig, run_dir: &Path) -> Option<EventWriter> {
+    if !cfg.run.tensorboard {
+        return None;
+    }
+    match EventWriter::create(&run_dir.join("tensorboard")) {
+        Ok(w) => {
+            info!(path = %w.path().display(), "writing TensorBoard events");
+            Some(w)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot write TensorBoard events; training without them");
+            None
+        }
+    }
+}
+
 /// Starts the trainer thread; the receiver yields its result (or its panic).
 fn spawn_trainer(trainer: Trainer) -> Result<oneshot::Receiver<TrainerResult>, RunError> {
     let (done_tx, done_rx) = oneshot::channel();
@@ -650,7 +676,13 @@ fn build_trainer(
         ),
         publisher: Publisher::new(learning.snapshot(), version),
         learning,
-        recorder: Recorder::new(counters.clone(), log, started, cfg.kl.enabled()),
+        recorder: Recorder::new(
+            counters.clone(),
+            log,
+            tensorboard(cfg, &opts.run_dir),
+            started,
+            cfg.kl.enabled(),
+        ),
         counters,
         checkpoints: Checkpoints {
             run_dir: opts.run_dir.clone(),
@@ -891,6 +923,18 @@ impl Starting {
             "learner ready"
         );
         warn_if_open(&opts, addr);
+        if let Some(live) = &opts.live {
+            live.start(LiveRun {
+                run_id: run_id.clone(),
+                env_id: cfg.env.id.clone(),
+                algo: cfg.algo_name().to_owned(),
+                total_env_steps: cfg.run.total_env_steps,
+                run_dir: opts.run_dir.clone(),
+                started,
+                counters: counters.clone(),
+                snapshots: snapshots.clone(),
+            });
+        }
         let printer = tokio::spawn(recorder::print_progress(
             counters.clone(),
             snapshots,

@@ -94,6 +94,7 @@ fn options(tag: &str, env_toml: &str, extra: &[&str]) -> (RunOptions, TempDir) {
         auth_token: None,
         tls: None,
         torch_threads: None,
+        live: None,
     };
     (opts, dir)
 }

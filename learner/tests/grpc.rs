@@ -580,6 +580,7 @@ async fn a_port_in_use_is_not_a_usage_error() {
             auth_token: None,
             tls: None,
             torch_threads: None,
+            live: None,
         },
         std::future::pending(),
     )

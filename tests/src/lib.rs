@@ -153,6 +153,141 @@ pub fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
     out
 }
 
+/// The raw text of one scrape of `/metrics` on loopback `port`; `None` while
+/// nothing answers.
+pub fn scrape_text(port: u16) -> Option<String> {
+    match http(port, "GET", "/metrics")? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// One plain HTTP/1.1 request to loopback `port`: the status code and the
+/// body; `None` while nothing answers.
+pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// What `promtool check metrics` objects to in a Prometheus text exposition,
+/// checked here so the rule holds where promtool is not installed: every
+/// family with samples has a `# HELP` with text and a `# TYPE`; counters end
+/// in `_total` and nothing else does; only histograms and summaries have
+/// `_bucket`, `_sum` and `_count` series; names are snake_case. One line per
+/// problem, naming the family.
+pub fn lint_exposition(text: &str) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut help: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut kind: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut sampled: BTreeMap<String, ()> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, doc) = rest.split_once(' ').unwrap_or((rest, ""));
+            help.insert(name, doc.trim());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, t) = rest.split_once(' ').unwrap_or((rest, ""));
+            kind.insert(name, t.trim());
+        } else if !line.starts_with('#') {
+            let series = line.split([' ', '{']).next().unwrap_or(line);
+            sampled.insert(series.to_owned(), ());
+        }
+    }
+    let family_of = |series: &str| -> String {
+        if kind.contains_key(series) {
+            return series.to_owned();
+        }
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = series.strip_suffix(suffix) {
+                if matches!(kind.get(base), Some(&"histogram") | Some(&"summary")) {
+                    return base.to_owned();
+                }
+            }
+        }
+        series.to_owned()
+    };
+    let families: std::collections::BTreeSet<String> =
+        sampled.keys().map(|s| family_of(s)).collect();
+    for f in &families {
+        let snake = f
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':')
+            && !f.starts_with(|c: char| c.is_ascii_digit());
+        if !snake {
+            problems.push(format!("{f}: not a snake_case metric name"));
+        }
+        match help.get(f.as_str()) {
+            None => problems.push(format!("{f}: no HELP text")),
+            Some(&"") => problems.push(format!("{f}: empty HELP text")),
+            Some(_) => {}
+        }
+        match kind.get(f.as_str()).copied() {
+            None => problems.push(format!("{f}: no TYPE")),
+            Some("counter") if !f.ends_with("_total") => {
+                problems.push(format!("{f}: a counter whose name does not end in _total"))
+            }
+            Some(t) if t != "counter" && f.ends_with("_total") => {
+                problems.push(format!("{f}: a {t} whose name ends in _total"))
+            }
+            Some(t)
+                if t != "histogram"
+                    && t != "summary"
+                    && ["_bucket", "_sum", "_count"].iter().any(|s| f.ends_with(s)) =>
+            {
+                problems.push(format!("{f}: a {t} named like a histogram series"))
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
+/// Runs `promtool check metrics` on `text` when promtool is installed
+/// (Debian's `prometheus` package); `Ok(None)` when it is not. `Err` holds
+/// what promtool printed when it refused the text.
+pub fn promtool_check(text: &str) -> Result<Option<()>, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("promtool does not start: {e}")),
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("writing to promtool: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if out.status.success() {
+        Ok(Some(()))
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// What `/proc` says about a process: resident memory, open files, threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessUsage {
@@ -199,4 +334,40 @@ pub fn assert_flat(start: ProcessUsage, end: ProcessUsage) {
         end.rss_kib <= start.rss_kib + 16 * 1024,
         "resident memory grows: {start:?} -> {end:?}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lint_exposition;
+
+    #[test]
+    fn the_lint_passes_a_described_exposition() {
+        let ok = "# HELP a_total things\n# TYPE a_total counter\na_total 3\n\
+                  # HELP d_seconds waits\n# TYPE d_seconds histogram\n\
+                  d_seconds_bucket{le=\"+Inf\"} 1\nd_seconds_sum 0.5\nd_seconds_count 1\n";
+        assert_eq!(lint_exposition(ok), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_lint_names_each_problem() {
+        let bad = "# TYPE a_total counter\na_total 3\n\
+                   # HELP b things\n# TYPE b counter\nb 1\n\
+                   # HELP c_total level\n# TYPE c_total gauge\nc_total 2\n\
+                   # HELP e_count n\n# TYPE e_count gauge\ne_count 1\n\
+                   # HELP Fast x\n# TYPE Fast gauge\nFast 1\n\
+                   # HELP g \n# TYPE g gauge\ng 1\nh 4\n";
+        assert_eq!(
+            lint_exposition(bad),
+            [
+                "Fast: not a snake_case metric name",
+                "a_total: no HELP text",
+                "b: a counter whose name does not end in _total",
+                "c_total: a gauge whose name ends in _total",
+                "e_count: a gauge named like a histogram series",
+                "g: empty HELP text",
+                "h: no HELP text",
+                "h: no TYPE",
+            ]
+        );
+    }
 }

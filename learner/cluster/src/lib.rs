@@ -240,6 +240,7 @@ mod tests {
             auth_token: None,
             tls: None,
             torch_threads: None,
+            live: None,
         }
     }
 

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use flotilla_cluster::{ClusterError, LocalActors};
@@ -16,6 +17,7 @@ use flotilla_common::cli::{self, EXIT_USAGE};
 use flotilla_common::metrics as m;
 use flotilla_learner::config::RunConfig;
 use flotilla_learner::device::DeviceChoice;
+use flotilla_learner::live::{self, Live};
 use flotilla_learner::run::{RunError, RunOptions, RunSummary};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing::{info, warn};
@@ -37,7 +39,8 @@ struct Cli {
     /// can reach needs a shared token (or --insecure).
     #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Prometheus metrics listen address (loopback by default).
+    /// Address of Prometheus's `/metrics` and the live page `/` (loopback by
+    /// default; port 0 picks a free one, printed at start).
     #[arg(
         long,
         env = "FLOTILLA_METRICS_LISTEN",
@@ -281,6 +284,7 @@ impl TryFrom<Cli> for Options {
                 auth_token,
                 tls,
                 torch_threads: cli.torch_threads.map(usize::from),
+                live: None,
             },
             local: LocalActors {
                 count: cli.local_actors,
@@ -307,20 +311,73 @@ fn default_run_dir(config_path: &std::path::Path) -> PathBuf {
     PathBuf::from("runs").join(format!("{stem}-{now}"))
 }
 
-fn install_metrics(addr: SocketAddr) {
+/// Serves `/metrics`, the live page (`/`) and its `/api/status` on `addr`;
+/// returns the address bound (the port may have been 0). Local actors report
+/// into the same registry, so with them the actor series are described and
+/// bucketed as an actor process describes and buckets its own. A port that
+/// cannot be bound costs the metrics, not the run.
+async fn serve_metrics(
+    addr: SocketAddr,
+    local_actors: bool,
+    live: Arc<Live>,
+) -> Option<SocketAddr> {
     let builder = PrometheusBuilder::new()
-        .with_http_listener(addr)
         .set_buckets_for_metric(
             Matcher::Full(m::UPDATE_DURATION.into()),
             m::UPDATE_DURATION_BUCKETS,
         )
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(m::POLICY_LAG.into()), m::POLICY_LAG_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Prefix("flotilla_actor_".into()),
+                m::ACTOR_LATENCY_BUCKETS,
+            )
         });
-    match builder.and_then(|b| b.install()) {
-        Ok(()) => info!(%addr, "serving prometheus metrics"),
-        Err(e) => warn!(error = %e, "prometheus exporter not installed"),
+    let handle = match builder.and_then(|b| b.install_recorder()) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "prometheus exporter not installed");
+            return None;
+        }
+    };
+    if local_actors {
+        m::describe_actor();
     }
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot serve metrics and the live page");
+            return None;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(live::serve(
+        listener,
+        live,
+        Arc::new(move || handle.render()),
+    ));
+    info!(addr = %bound, "serving prometheus metrics (/metrics) and the live page (/)");
+    Some(bound)
+}
+
+/// Where a browser on this machine finds a server bound to `addr`.
+fn local_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/", addr.port())
 }
 
 fn train_main(options: Options) -> ExitCode {
@@ -329,14 +386,18 @@ fn train_main(options: Options) -> ExitCode {
         Err(code) => return code,
     };
     let Options {
-        run,
+        mut run,
         local,
         metrics_listen,
         summary_json,
         grace,
     } = options;
+    let live = Live::new();
+    run.live = Some(live.clone());
     let result = runtime.block_on(async move {
-        install_metrics(metrics_listen);
+        if let Some(addr) = serve_metrics(metrics_listen, local.count > 0, live).await {
+            println!("live page: {}", local_url(addr));
+        }
         flotilla_cluster::run(run, local, cli::shutdown_signal(grace)).await
     });
     match result {

@@ -344,6 +344,9 @@ impl IngestGate {
         // Received: every valid, new chunk, stale or not (received = trained
         // + pending + stale, in Prometheus and metrics.jsonl alike).
         self.counters.received(samples, payload);
+        self.counters
+            .board
+            .chunk(stream.actor_id, &stream.actor_name, samples, lag);
         if self.staleness.is_stale(lag) {
             self.counters.dropped(DropReason::Stale, samples);
             return Ok(None);

@@ -273,20 +273,32 @@ pub struct ServiceLimits {
 
 /// Counts a streaming actor (the gauge and the trainer's count) until the
 /// stream ends, however it ends.
-struct Connected(Arc<Counters>);
+struct Connected {
+    counters: Arc<Counters>,
+    actor_id: u32,
+    name: Arc<str>,
+}
 
 impl Connected {
-    fn new(counters: Arc<Counters>) -> Self {
+    fn new(counters: Arc<Counters>, actor_id: u32, name: Arc<str>) -> Self {
         metrics::gauge!(m::ACTORS_CONNECTED).increment(1.0);
         counters.streaming_actors.fetch_add(1, Ordering::Relaxed);
-        Connected(counters)
+        counters.board.stream(actor_id, &name, true);
+        Connected {
+            counters,
+            actor_id,
+            name,
+        }
     }
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
         metrics::gauge!(m::ACTORS_CONNECTED).decrement(1.0);
-        self.0.streaming_actors.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .streaming_actors
+            .fetch_sub(1, Ordering::Relaxed);
+        self.counters.board.stream(self.actor_id, &self.name, false);
     }
 }
 
@@ -299,10 +311,15 @@ impl proto::learner_server::Learner for LearnerService {
         &self,
         request: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::RunSpec>, Status> {
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let declared = check_hello(&req, self.max_envs_per_actor)?;
         check_env(&self.spec.env, Some(&self.spaces), declared.as_ref())?;
         let credentials = self.gate.open_session(&req.actor_name)?;
+        self.gate
+            .counters()
+            .board
+            .hello(credentials.actor_id, &req.actor_name, peer);
         // The name comes from the wire: bounded above, escaped here; and a
         // client saying nothing but Hello must not flood the log either.
         if let Some(unlogged) = self.joins.admit() {
@@ -334,7 +351,11 @@ impl proto::learner_server::Learner for LearnerService {
             .map(str::to_owned);
         let mut bound = self.gate.bind(credential.as_deref())?;
         let mut stream = request.into_inner();
-        let _connected = Connected::new(self.gate.counters());
+        let _connected = Connected::new(
+            self.gate.counters(),
+            bound.actor_id,
+            bound.actor_name.clone(),
+        );
         match self.ingest(&mut bound, &mut stream).await {
             Ok(summary) => Ok(Response::new(summary)),
             Err(e) => {

@@ -205,6 +205,9 @@ impl Trainer {
             self.checkpoints.keep,
         )?;
         metrics::counter!(m::CHECKPOINTS_WRITTEN).increment(1);
+        self.counters
+            .board
+            .checkpoint(&path, self.publisher.version());
         info!(path = %path.display(), "checkpoint written");
         Ok(path)
     }

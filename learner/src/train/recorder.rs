@@ -19,6 +19,8 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::update::UpdateStats;
+use crate::live::Board;
+use crate::tensorboard::EventWriter;
 
 /// Counters of one run, shared by the ingest gate, the trainer and the
 /// progress printer. Restored from a checkpoint on resume.
@@ -41,6 +43,9 @@ pub struct Counters {
     busy_seconds_bits: AtomicU64,
     /// Windows over recent events.
     pub recent: Mutex<Recent>,
+    /// Per-actor rows, the learning curve and the last checkpoint, for the
+    /// live page.
+    pub board: Board,
 }
 
 /// Windows over recent events.
@@ -131,22 +136,41 @@ pub struct Recorder {
     counters: Arc<Counters>,
     /// Unbuffered: each line is one write, so a crash keeps every line.
     log: File,
+    /// The same scalars for TensorBoard; dropped (with a warning) after a
+    /// write fails, since training matters more than its charts.
+    tensorboard: Option<EventWriter>,
     started: Instant,
     kl_penalty: bool,
     /// Updates undone for non-finite numbers, and when that was last logged.
     skipped: u64,
     skip_logged: Option<Instant>,
+    /// When the previous update was recorded, with the received and trained
+    /// counts then: the rates TensorBoard charts are over that interval.
+    last: (Instant, u64, u64),
 }
 
 impl Recorder {
-    pub fn new(counters: Arc<Counters>, log: File, started: Instant, kl_penalty: bool) -> Self {
+    pub fn new(
+        counters: Arc<Counters>,
+        log: File,
+        tensorboard: Option<EventWriter>,
+        started: Instant,
+        kl_penalty: bool,
+    ) -> Self {
+        let last = (
+            started,
+            counters.samples_received.load(Ordering::Relaxed),
+            counters.env_steps.load(Ordering::Relaxed),
+        );
         Recorder {
             counters,
             log,
+            tensorboard,
             started,
             kl_penalty,
             skipped: 0,
             skip_logged: None,
+            last,
         }
     }
 
@@ -192,12 +216,12 @@ impl Recorder {
             metrics::gauge!(m::KL_COEF).set(s.kl_coef);
         }
         let lag_list = serde_json::json!(lags);
-        let (ret, len) = match c.recent.lock() {
+        let (ret, len, median_lag) = match c.recent.lock() {
             Ok(mut r) => {
                 r.lags = lags;
-                (r.mean_return(), r.mean_length())
+                (r.mean_return(), r.mean_length(), r.median_lag())
             }
-            Err(_) => (None, None),
+            Err(_) => (None, None, None),
         };
         let line = serde_json::json!({
             "version": version,
@@ -212,7 +236,66 @@ impl Recorder {
             "busy_seconds": c.busy_seconds(),
             "update": s,
         });
-        self.log.write_all(format!("{line}\n").as_bytes())
+        self.log.write_all(format!("{line}\n").as_bytes())?;
+        c.board.point(
+            c.env_steps.load(Ordering::Relaxed),
+            self.started.elapsed().as_secs_f64(),
+            ret,
+        );
+        self.tensorboard(s, ret, len, median_lag);
+        Ok(())
+    }
+
+    /// The update's scalars as TensorBoard events, stepped by env steps
+    /// trained (TensorBoard's x axis, as in CleanRL and Stable-Baselines3).
+    fn tensorboard(
+        &mut self,
+        s: &UpdateStats,
+        ret: Option<f64>,
+        len: Option<f64>,
+        lag: Option<u64>,
+    ) {
+        let Some(tb) = self.tensorboard.as_mut() else {
+            return;
+        };
+        let c = &self.counters;
+        let now = Instant::now();
+        let (received, trained) = (
+            c.samples_received.load(Ordering::Relaxed),
+            c.env_steps.load(Ordering::Relaxed),
+        );
+        let dt = now.duration_since(self.last.0).as_secs_f64();
+        let rate = |n: u64, then: u64| (dt > 0.0).then(|| n.saturating_sub(then) as f64 / dt);
+        let mut values = vec![
+            ("episode/return_mean", ret),
+            ("episode/length_mean", len),
+            ("loss/policy", Some(s.policy_loss)),
+            ("loss/value", Some(s.value_loss)),
+            ("loss/entropy", Some(s.entropy)),
+            ("train/approx_kl", Some(s.approx_kl)),
+            ("train/clip_fraction", Some(s.clip_fraction)),
+            ("train/explained_variance", Some(s.explained_variance)),
+            ("train/grad_norm", Some(s.grad_norm)),
+            ("train/learning_rate", Some(s.learning_rate)),
+            ("train/policy_lag_median", lag.map(|l| l as f64)),
+            (
+                "throughput/env_steps_per_second",
+                rate(received, self.last.1),
+            ),
+            (
+                "throughput/samples_trained_per_second",
+                rate(trained, self.last.2),
+            ),
+        ];
+        if self.kl_penalty {
+            values.push(("train/kl_reference", Some(s.kl_reference)));
+            values.push(("train/kl_coef", Some(s.kl_coef)));
+        }
+        self.last = (now, received, trained);
+        if let Err(e) = tb.scalars(trained, &values) {
+            warn!(error = %e, path = %tb.path().display(), "writing TensorBoard events failed; TensorBoard logging stops for this run (metrics.jsonl goes on)");
+            self.tensorboard = None;
+        }
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

@@ -1,0 +1,131 @@
+//! The live page on the learner's metrics port, over real HTTP while a local
+//! cluster trains: the page itself (self-contained: nothing fetched from
+//! elsewhere), its `/api/status` (run, progress, rates, the connected actors,
+//! a learning curve that grows, the last checkpoint), `/metrics` beside it,
+//! and clear answers to anything else. The local cluster prints the URL.
+//! python/tests/test_live_page.py looks at the page in a real browser.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use flotilla_tests::{bin, configs, http, wait_until, TempDir};
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status(port: u16) -> Option<serde_json::Value> {
+    match http(port, "GET", "/api/status")? {
+        (200, body) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_live_page_shows_a_training_run() {
+    let dir = TempDir::new("live-page");
+    let mut child = Command::new(bin("learner"))
+        .arg("--config")
+        .arg(configs().join("cartpole.toml"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--device", "cpu", "--local-actors", "1"])
+        .args([
+            "--total-env-steps",
+            "100000000",
+            "--set",
+            "run.checkpoint_every=5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("learner starts");
+    let stdout = child.stdout.take().unwrap();
+    let _learner = Killed(child);
+    // The URL is the first thing the binary prints; the port was 0.
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let url = first
+        .strip_prefix("live page: ")
+        .unwrap_or_else(|| panic!("no URL first: {first:?}"))
+        .trim();
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("not a loopback URL: {url}"));
+
+    let (code, page) = http(port, "GET", "/").expect("the page answers");
+    assert_eq!(code, 200);
+    assert!(page.contains("<svg id=\"curve\""), "{page}");
+    assert!(page.contains("fetch(\"/api/status\""), "{page}");
+    for remote in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+        "url(",
+    ] {
+        assert!(
+            !page.contains(remote),
+            "the page fetches something from elsewhere: {remote}"
+        );
+    }
+
+    let first = wait_until("a run with an actor, a curve and a checkpoint", 120, || {
+        status(port).filter(|s| {
+            s["state"] == "training"
+                && s["actors"].as_array().is_some_and(|a| !a.is_empty())
+                && s["curve"].as_array().is_some_and(|c| !c.is_empty())
+                && !s["checkpoint"].is_null()
+        })
+    });
+    assert_eq!(first["env_id"], "CartPole-v1");
+    assert_eq!(first["algo"], "PPO");
+    assert_eq!(first["total_env_steps"], 100_000_000);
+    assert_eq!(first["run_id"].as_str().map(str::len), Some(16));
+    let actor = &first["actors"][0];
+    assert_eq!(actor["name"], "local-0");
+    assert_eq!(actor["connected"], true);
+    assert!(actor["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+    assert!(first["checkpoint"]["path"]
+        .as_str()
+        .is_some_and(|p| p.ends_with(".safetensors")));
+    let point = &first["curve"][0];
+    assert!(point[0].as_f64().unwrap() > 0.0 && point[2].as_f64().is_some());
+
+    // Rates need two looks a second apart; the curve grows between them.
+    let later = wait_until("rates and a longer curve", 60, || {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        status(port).filter(|s| {
+            s["env_steps_per_second"].as_f64().is_some_and(|r| r > 0.0)
+                && s["samples_trained_per_second"]
+                    .as_f64()
+                    .is_some_and(|r| r > 0.0)
+                && s["actors"][0]["env_steps_per_second"]
+                    .as_f64()
+                    .is_some_and(|r| r > 0.0)
+                && s["curve"].as_array().unwrap().len() > first["curve"].as_array().unwrap().len()
+        })
+    });
+    assert!(
+        later["env_steps_trained"].as_u64() > first["env_steps_trained"].as_u64(),
+        "{later}"
+    );
+
+    let (code, metrics) = http(port, "GET", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("flotilla_learner_updates_total"));
+    assert_eq!(http(port, "GET", "/nowhere").unwrap().0, 404);
+    assert_eq!(http(port, "POST", "/").unwrap().0, 405);
+    assert_eq!(http(port, "HEAD", "/").unwrap(), (200, String::new()));
+}

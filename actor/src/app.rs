@@ -150,6 +150,9 @@ fn rollout_main(args: &rollout::RolloutArgs, own: Option<&OwnEnv>) -> ExitCode {
                 std,
                 args.out.display()
             );
+            if let Some(video) = &args.video {
+                println!("video written to {}", video.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

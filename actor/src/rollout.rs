@@ -10,7 +10,8 @@ use flotilla_common::checkpoint::{self, CheckpointFile};
 use flotilla_common::env::{EnvSpec, ENV_IDS};
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
-use flotilla_common::rollout::{play, Action, EpisodeSummary, RandomPolicy};
+use flotilla_common::render::{Frame, PALETTE};
+use flotilla_common::rollout::{play, play_watched, Action, EpisodeSummary, RandomPolicy};
 use ndarray::ArrayView2;
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
@@ -45,6 +46,15 @@ pub struct RolloutArgs {
     /// instead of sampling.
     #[arg(long, requires = "checkpoint")]
     pub greedy: bool,
+    /// Also write the episodes as an animated GIF (the built-in
+    /// environments; TextMatch as text frames).
+    #[arg(long)]
+    pub video: Option<PathBuf>,
+    /// Frames per second of --video (the environment's steps per second of
+    /// real time: 50 for CartPole, 15 for Acrobot, 30 for MountainCar and
+    /// Pendulum, 4 for Maze and TextMatch, as Gymnasium's render_fps).
+    #[arg(long)]
+    pub video_fps: Option<u16>,
 }
 
 /// A policy as the rollout loop calls it: observation in, action out.
@@ -177,9 +187,62 @@ pub fn run_with(args: &RolloutArgs, own: Option<&OwnEnv>) -> anyhow::Result<Vec<
     let file = File::create(&args.out)
         .with_context(|| format!("creating trace file {}", args.out.display()))?;
     let mut out = BufWriter::new(file);
-    let summaries = play(env.as_mut(), args.episodes, args.seed, &mut act, &mut out)
-        .with_context(|| format!("writing trace file {}", args.out.display()))?;
+    let Some(video) = &args.video else {
+        let summaries = play(env.as_mut(), args.episodes, args.seed, &mut act, &mut out)
+            .with_context(|| format!("writing trace file {}", args.out.display()))?;
+        return Ok(summaries);
+    };
+    if env.render().is_none() {
+        bail!("`{}` has no pictures to make a video of", env.id());
+    }
+    let fps = args.video_fps.unwrap_or_else(|| default_fps(env.id()));
+    let mut frames = Vec::new();
+    let summaries = play_watched(
+        env.as_mut(),
+        args.episodes,
+        args.seed,
+        &mut act,
+        &mut out,
+        &mut |e| frames.extend(e.render()),
+    )
+    .with_context(|| format!("writing trace file {}", args.out.display()))?;
+    write_gif(video, &frames, fps)?;
     Ok(summaries)
+}
+
+/// Gymnasium's `render_fps` of each built-in environment (4 for the two
+/// that have none there).
+fn default_fps(id: &str) -> u16 {
+    match id {
+        "CartPole-v1" => 50,
+        "Acrobot-v1" => 15,
+        "MountainCar-v0" | "Pendulum-v1" => 30,
+        _ => 4,
+    }
+}
+
+/// Writes `frames` as an animated GIF at `fps` (GIF delays are in 1/100 s),
+/// looping forever, in the palette of [`flotilla_common::render`].
+pub fn write_gif(path: &Path, frames: &[Frame], fps: u16) -> anyhow::Result<()> {
+    let first = frames.first().context("no frames to write")?;
+    let (w, h) = (
+        u16::try_from(first.width).context("frame too wide for a GIF")?,
+        u16::try_from(first.height).context("frame too tall for a GIF")?,
+    );
+    let palette: Vec<u8> = PALETTE.iter().flatten().copied().collect();
+    let file = File::create(path).with_context(|| format!("creating video {}", path.display()))?;
+    let mut encoder = gif::Encoder::new(BufWriter::new(file), w, h, &palette)
+        .with_context(|| format!("writing video {}", path.display()))?;
+    encoder.set_repeat(gif::Repeat::Infinite)?;
+    let delay = (100 / fps.max(1)).max(2);
+    for frame in frames {
+        let mut f = gif::Frame::from_indexed_pixels(w, h, frame.pixels.clone(), None);
+        f.delay = delay;
+        encoder
+            .write_frame(&f)
+            .with_context(|| format!("writing video {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Mean and (population) standard deviation of the episode returns.

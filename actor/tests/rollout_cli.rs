@@ -138,3 +138,108 @@ fn rollout_refuses_a_file_that_is_not_a_flotilla_checkpoint() {
         "{err}"
     );
 }
+
+/// `--video` writes an animated GIF: one frame per reset and per step, each
+/// the environment's picture of that state, decoded here with the `gif`
+/// crate's decoder. CartPole's state is in the trace, so each frame's pole
+/// can be checked against the angle of its step.
+#[test]
+fn rollout_video_is_a_gif_of_every_step() {
+    let dir = TempDir::new("rollout-video");
+    let (out, video) = (dir.path().join("t.jsonl"), dir.path().join("v.gif"));
+    let run = Command::new(env!("CARGO_BIN_EXE_actor"))
+        .args([
+            "rollout",
+            "--env",
+            "CartPole-v1",
+            "--episodes",
+            "2",
+            "--seed",
+            "7",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--video")
+        .arg(&video)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("video written to"));
+    let steps: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::Indexed);
+    let mut decoder = options
+        .read_info(std::fs::File::open(&video).unwrap())
+        .unwrap();
+    assert_eq!((decoder.width(), decoder.height()), (300, 200));
+    let mut frames = Vec::new();
+    while let Some(f) = decoder.read_next_frame().unwrap() {
+        assert_eq!(f.delay, 2, "50 frames per second");
+        frames.push(f.buffer.to_vec());
+    }
+    // A frame after each of the 2 resets and after every step.
+    assert_eq!(frames.len(), steps.len() + 2);
+    // The pole (palette colour 3) leans the way θ (obs[2]) says: count its
+    // pixels left and right of the axle, in the frame after each step.
+    let pole = 3u8;
+    let mut checked = 0;
+    let mut frame = 0;
+    for s in &steps {
+        frame += 1; // the step's own frame (after the reset's or the last step's)
+        if s["step"] == 0 {
+            frame += 1;
+        }
+        let theta = s["next_obs"][2].as_f64().unwrap();
+        let x = s["next_obs"][0].as_f64().unwrap();
+        let axle = (150.0 + x * 300.0 / 4.8).round() as usize;
+        if theta.abs() < 0.05 || !(40..260).contains(&axle) {
+            continue;
+        }
+        let pixels = &frames[frame - 1];
+        let (mut left, mut right) = (0, 0);
+        for (i, &p) in pixels.iter().enumerate() {
+            if p == pole && i / 300 < 130 {
+                if i % 300 < axle {
+                    left += 1
+                } else {
+                    right += 1
+                }
+            }
+        }
+        assert!(
+            (theta > 0.0 && right > 3 * left) || (theta < 0.0 && left > 3 * right),
+            "step {s}: θ = {theta}, pole pixels left {left}, right {right}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} steps leaned far enough to check"
+    );
+}
+
+/// Every built-in environment draws a picture; the video of each is written.
+#[test]
+fn every_builtin_environment_renders() {
+    let dir = TempDir::new("rollout-video-all");
+    for id in flotilla_common::env::ENV_IDS {
+        let video = dir.path().join(format!("{id}.gif"));
+        let run = Command::new(env!("CARGO_BIN_EXE_actor"))
+            .args(["rollout", "--env", id, "--out"])
+            .arg(dir.path().join("t.jsonl"))
+            .arg("--video")
+            .arg(&video)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{id}: {run:?}");
+        let decoder = gif::DecodeOptions::new()
+            .read_info(std::fs::File::open(&video).unwrap())
+            .unwrap();
+        assert!(decoder.width() >= 100 && decoder.height() >= 40, "{id}");
+    }
+}

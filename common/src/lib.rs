@@ -15,6 +15,7 @@ pub mod model;
 pub mod normalize;
 pub mod policy;
 pub mod proto;
+pub mod render;
 pub mod rollout;
 pub mod run_spec;
 pub mod space;

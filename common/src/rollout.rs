@@ -98,17 +98,32 @@ pub fn play(
     policy: &mut dyn FnMut(&[f32]) -> Action,
     out: &mut dyn Write,
 ) -> std::io::Result<Vec<EpisodeSummary>> {
+    play_watched(env, episodes, seed, policy, out, &mut |_| {})
+}
+
+/// [`play`], showing `watch` the environment after every reset and every
+/// step (to render a video of the episodes).
+pub fn play_watched(
+    env: &mut dyn Env,
+    episodes: u64,
+    seed: u64,
+    policy: &mut dyn FnMut(&[f32]) -> Action,
+    out: &mut dyn Write,
+    watch: &mut dyn FnMut(&dyn Env),
+) -> std::io::Result<Vec<EpisodeSummary>> {
     let dim = env.observation_space().flat_dim();
     let mut obs = vec![0.0f32; dim];
     let mut next = vec![0.0f32; dim];
     let mut summaries = Vec::with_capacity(episodes as usize);
     for episode in 0..episodes {
         env.reset((episode == 0).then_some(seed), &mut obs);
+        watch(&*env);
         let mut ret = 0.0f64;
         let mut step = 0u64;
         loop {
             let action = policy(&obs);
             let s = env.step(action.as_ref(), &mut next);
+            watch(&*env);
             let line = TraceStep {
                 episode,
                 step,

@@ -65,6 +65,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Deserialize;
 
 use super::{config_error, Env, EnvError, Step};
+use crate::render::{Colour, Frame};
 use crate::space::{ActionRef, Space};
 
 pub const ID: &str = "Acrobot-v1";
@@ -246,6 +247,34 @@ fn bound(x: f64, m: f64, big_m: f64) -> f64 {
 }
 
 impl Env for Acrobot {
+    /// Gymnasium's picture: two links hanging from the pivot (θ₁ = 0 straight
+    /// down, θ₂ relative to the first), the goal line one link above it.
+    fn render(&self) -> Option<Frame> {
+        // Gymnasium's LINK_LENGTH_2 (drawing only; the dynamics use the
+        // centre of mass).
+        const LINK_LENGTH_2: f64 = 1.0;
+        let size = 250.0;
+        let scale = size / (2.0 * (LINK_LENGTH_1 + LINK_LENGTH_2 + 0.2));
+        let mut f = Frame::new(size as usize, size as usize);
+        let c = (size / 2.0, size / 2.0);
+        let goal = c.1 - scale * 1.0;
+        f.line((0.0, goal), (size, goal), 1.0, Colour::Ink);
+        let [t1, t2, _, _] = self.state;
+        let p1 = (
+            c.0 + scale * LINK_LENGTH_1 * t1.sin(),
+            c.1 + scale * LINK_LENGTH_1 * t1.cos(),
+        );
+        let p2 = (
+            p1.0 + scale * LINK_LENGTH_2 * (t1 + t2).sin(),
+            p1.1 + scale * LINK_LENGTH_2 * (t1 + t2).cos(),
+        );
+        f.line(c, p1, 8.0, Colour::Cart);
+        f.line(p1, p2, 8.0, Colour::Cart);
+        f.disc(c, 4.0, Colour::Axle);
+        f.disc(p1, 4.0, Colour::Axle);
+        Some(f)
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

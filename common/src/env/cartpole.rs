@@ -71,6 +71,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Deserialize;
 
 use super::{config_error, Env, EnvError, Step};
+use crate::render::{Colour, Frame};
 use crate::space::{ActionRef, Space};
 
 pub const ID: &str = "CartPole-v1";
@@ -214,6 +215,25 @@ impl CartPole {
 }
 
 impl Env for CartPole {
+    /// Gymnasium's scene at half size: the 4.8-wide track over 300 px, the
+    /// cart, and the pole from its axle at angle θ from upright.
+    fn render(&self) -> Option<Frame> {
+        let (w, h) = (300.0, 200.0);
+        let scale = w / (2.0 * X_THRESHOLD);
+        let mut f = Frame::new(w as usize, h as usize);
+        let cart_y = h - 50.0;
+        let x = self.state[0] * scale + w / 2.0;
+        f.line((0.0, cart_y), (w, cart_y), 1.0, Colour::Ink);
+        f.rect(x - 12.5, cart_y - 7.5, x + 12.5, cart_y + 7.5, Colour::Cart);
+        let axle = (x, cart_y - 7.5);
+        let pole = 2.0 * LENGTH * scale;
+        let theta = self.state[2];
+        let tip = (axle.0 + pole * theta.sin(), axle.1 - pole * theta.cos());
+        f.line(axle, tip, 5.0, Colour::Pole);
+        f.disc(axle, 2.5, Colour::Axle);
+        Some(f)
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

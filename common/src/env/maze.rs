@@ -86,6 +86,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Deserialize;
 
 use super::{config_error, Env, EnvError, Step};
+use crate::render::{Colour, Frame};
 use crate::space::{ActionRef, Space};
 
 pub const ID: &str = "Maze-v0";
@@ -392,6 +393,43 @@ impl Maze {
 }
 
 impl Env for Maze {
+    /// The grid, 24 px a cell: walls (between cells of a generated maze,
+    /// whole cells of a layout), the exit in green, the agent in blue.
+    fn render(&self) -> Option<Frame> {
+        let cell = 24.0;
+        let (w, h) = (self.width, self.height);
+        let mut f = Frame::new(w * cell as usize + 2, h * cell as usize + 2);
+        let corner = |i: usize| (1.0 + (i % w) as f64 * cell, 1.0 + (i / w) as f64 * cell);
+        let (gx, gy) = corner(self.goal);
+        f.rect(gx, gy, gx + cell, gy + cell, Colour::Goal);
+        for i in 0..w * h {
+            let (x, y) = corner(i);
+            if self.wall_cells.as_ref().is_some_and(|walls| walls[i]) {
+                f.rect(x, y, x + cell, y + cell, Colour::Wall);
+                continue;
+            }
+            let b = self.blocked[i];
+            let edges = [
+                (UP, (x, y), (x + cell, y)),
+                (DOWN, (x, y + cell), (x + cell, y + cell)),
+                (LEFT, (x, y), (x, y + cell)),
+                (RIGHT, (x + cell, y), (x + cell, y + cell)),
+            ];
+            for (d, a, z) in edges {
+                if b & (1 << d) != 0 && self.wall_cells.is_none() {
+                    f.line(a, z, 2.0, Colour::Wall);
+                }
+            }
+        }
+        let (ax, ay) = corner(self.pos);
+        f.disc(
+            (ax + cell / 2.0, ay + cell / 2.0),
+            cell / 3.0,
+            Colour::Agent,
+        );
+        Some(f)
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

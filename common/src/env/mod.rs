@@ -71,6 +71,11 @@ pub trait Env: Send {
     /// On a discrete action outside the action space, or a continuous action of
     /// the wrong length (a caller bug, as Gymnasium's assertion).
     fn step(&mut self, action: ActionRef<'_>, obs: &mut [f32]) -> Step;
+    /// A picture of the current state for videos (`actor rollout
+    /// --video`); `None` for an environment that has none.
+    fn render(&self) -> Option<crate::render::Frame> {
+        None
+    }
 }
 
 /// Errors from building an environment.

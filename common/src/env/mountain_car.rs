@@ -53,6 +53,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Deserialize;
 
 use super::{config_error, Env, EnvError, Step};
+use crate::render::{Colour, Frame};
 use crate::space::{ActionRef, Space};
 
 pub const ID: &str = "MountainCar-v0";
@@ -167,6 +168,34 @@ impl MountainCar {
 }
 
 impl Env for MountainCar {
+    /// Gymnasium's picture: the hill height(x) = 0.45·sin(3x) + 0.55 over
+    /// [−1.2, 0.6], the flag at the goal and the car on the slope.
+    fn render(&self) -> Option<Frame> {
+        let (w, h) = (300.0, 220.0);
+        let scale = w / (MAX_POSITION - MIN_POSITION);
+        let mut f = Frame::new(w as usize, h as usize);
+        let height = |x: f64| 0.45 * (3.0 * x).sin() + 0.55;
+        let at = |x: f64| ((x - MIN_POSITION) * scale, h - 10.0 - height(x) * scale);
+        let n = 100;
+        for i in 0..n {
+            let x0 = MIN_POSITION + (MAX_POSITION - MIN_POSITION) * i as f64 / n as f64;
+            let x1 = MIN_POSITION + (MAX_POSITION - MIN_POSITION) * (i + 1) as f64 / n as f64;
+            f.line(at(x0), at(x1), 2.0, Colour::Track);
+        }
+        let flag = at(GOAL_POSITION);
+        f.line(flag, (flag.0, flag.1 - 25.0), 1.5, Colour::Ink);
+        f.rect(
+            flag.0,
+            flag.1 - 25.0,
+            flag.0 + 12.0,
+            flag.1 - 18.0,
+            Colour::Goal,
+        );
+        let (cx, cy) = at(self.state[0]);
+        f.disc((cx, cy - 7.0), 7.0, Colour::Cart);
+        Some(f)
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

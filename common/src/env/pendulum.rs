@@ -58,6 +58,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Deserialize;
 
 use super::{config_error, Env, EnvError, Step};
+use crate::render::{Colour, Frame};
 use crate::space::{ActionRef, Space};
 
 pub const ID: &str = "Pendulum-v1";
@@ -174,6 +175,20 @@ pub fn angle_normalize(x: f64) -> f64 {
 }
 
 impl Env for Pendulum {
+    /// Gymnasium's picture: the rod from the pivot at angle θ from upright
+    /// (counter-clockwise positive).
+    fn render(&self) -> Option<Frame> {
+        let size = 200.0;
+        let mut f = Frame::new(size as usize, size as usize);
+        let c = (size / 2.0, size / 2.0);
+        let len = 0.4 * size;
+        let theta = self.state[0];
+        let end = (c.0 - len * theta.sin(), c.1 - len * theta.cos());
+        f.line(c, end, 16.0, Colour::Pole);
+        f.disc(c, 4.0, Colour::Ink);
+        Some(f)
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

@@ -85,6 +85,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::Deserialize;
 
 use super::{config_error, Env, EnvError, Step};
+use crate::render::{Colour, Frame};
 use crate::space::{ActionRef, Space};
 
 pub const ID: &str = "TextMatch-v0";
@@ -333,6 +334,22 @@ impl TextMatch {
 }
 
 impl Env for TextMatch {
+    /// The target and the text generated so far, as a text frame.
+    fn render(&self) -> Option<Frame> {
+        let target = &self.targets[self.target];
+        let chars = self.max_len.max(target.chars().count()) + 9;
+        let mut f = Frame::new(chars * 12 + 16, 52);
+        f.text(8.0, 8.0, &format!("target:  {target}"), 2.0, Colour::Ink);
+        f.text(
+            8.0,
+            30.0,
+            &format!("written: {}", self.generated),
+            2.0,
+            Colour::Agent,
+        );
+        Some(f)
+    }
+
     fn id(&self) -> &'static str {
         ID
     }

@@ -34,6 +34,7 @@ pub const RETURN_STD: &str = "flotilla_return_std";
 pub const UPDATES_SKIPPED: &str = "flotilla_updates_skipped_total";
 pub const LAST_UPDATE_TIME: &str = "flotilla_last_update_timestamp_seconds";
 pub const TORCH_THREADS: &str = "flotilla_learner_torch_threads";
+pub const EVAL_RETURN: &str = "flotilla_eval_return";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
 pub const ACTOR_EPISODES: &str = "flotilla_actor_episodes_total";
@@ -179,6 +180,10 @@ pub fn describe_learner() {
         "global gradient norm before clipping, last minibatch"
     );
     describe_gauge!(LEARNING_RATE, "learning rate of the last update");
+    describe_gauge!(
+        EVAL_RETURN,
+        "mean return of the last evaluation ([eval]: episodes played with the policy of every eval.every_updates-th version)"
+    );
     describe_gauge!(ACTORS_CONNECTED, "open trajectory streams");
     describe_counter!(
         BYTES_RECEIVED,

@@ -41,6 +41,34 @@ pub struct RunConfig {
     pub kl: KlSection,
     #[serde(default)]
     pub ingest: IngestSection,
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+/// Evaluation episodes on the current policy, next to training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate every this many policy versions (0: never).
+    pub every_updates: u64,
+    /// Episodes per evaluation.
+    pub episodes: u64,
+    /// The most likely action (the Gaussian mean) instead of a sample.
+    pub greedy: bool,
+    /// Seed of every evaluation's first reset (and of its sampling): each
+    /// evaluation plays the same start states, so versions compare.
+    pub seed: u64,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            every_updates: 0,
+            episodes: 10,
+            greedy: true,
+            seed: 1_000_000,
+        }
+    }
 }
 
 /// The algorithms of the policy-gradient family. They share one training
@@ -413,6 +441,20 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p: Vec<(String, String)> = Vec::new();
         let mut bad = |k: &str, m: String| p.push((k.to_owned(), m));
+        if self.eval.every_updates > 0 {
+            if self.eval.episodes == 0 {
+                bad(
+                    "eval.episodes",
+                    "must be at least 1 when eval.every_updates is set".into(),
+                );
+            }
+            if self.env.is_external() {
+                bad(
+                    "eval.every_updates",
+                    "evaluation plays a built-in environment in the learner; an external environment lives only in its actors".into(),
+                );
+            }
+        }
         if self.env.is_external() {
             // The actors configure what they bring; a key here would be
             // silently ignored.
@@ -902,6 +944,35 @@ mod tests {
             .unwrap();
         let back = RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap();
         assert!(back.model.normalize_observations && back.model.observation_clip == 10.0);
+    }
+
+    #[test]
+    fn eval_needs_episodes_and_a_builtin_environment() {
+        let c = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n", "t", &[]).unwrap();
+        assert_eq!(c.eval.every_updates, 0, "off by default");
+        let e = RunConfig::from_toml(
+            "[env]\nid = \"CartPole-v1\"\n[eval]\nevery_updates = 5\nepisodes = 0\n",
+            "t",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("eval.episodes"), "{e}");
+        let e = RunConfig::from_toml(
+            "[env]\nid = \"Gym-v0\"\nsource = \"external\"\n",
+            "t",
+            &["eval.every_updates=5".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("eval.every_updates") && e.contains("external"),
+            "{e}"
+        );
+        let e = RunConfig::from_toml("[env]\nid = \"CartPole-v1\"\n[eval]\nevery = 5\n", "t", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("every"), "{e}");
     }
 
     #[test]

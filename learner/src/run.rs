@@ -38,6 +38,7 @@ use crate::server::{
 };
 use crate::tensorboard::EventWriter;
 use crate::train::batcher::{Batcher, StalenessRule};
+use crate::train::eval;
 use crate::train::learn::{KlPenalty, Learning};
 use crate::train::publisher::Pacing;
 use crate::train::publisher::Publisher;
@@ -623,6 +624,40 @@ fn tensorboard(cfg: &RunConfig, run_dir: &Path) -> Option<EventWriter> {
     }
 }
 
+/// The evaluator thread of `[eval]` (none when `eval.every_updates` is 0).
+fn start_evaluator(
+    opts: &RunOptions,
+    trainer: &mut Trainer,
+    stop: &Arc<AtomicBool>,
+    started: Instant,
+) -> Result<(), RunError> {
+    let cfg = &opts.config;
+    if cfg.eval.every_updates == 0 {
+        return Ok(());
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.run_dir.join("metrics.jsonl"))
+        .map_err(io_err("opening metrics.jsonl for evaluations"))?;
+    let (tx, due) = crossbeam_channel::bounded(eval::BACKLOG);
+    eval::spawn(
+        eval::Evaluator {
+            settings: cfg.eval.clone(),
+            env: cfg.env.clone(),
+            model: cfg.model.clone(),
+            counters: trainer.counters.clone(),
+            log,
+            started,
+            stop: stop.clone(),
+        },
+        due,
+    )
+    .map_err(io_err("spawning the evaluator thread"))?;
+    trainer.evaluations = Some((cfg.eval.every_updates, tx));
+    Ok(())
+}
+
 /// Starts the trainer thread; the receiver yields its result (or its panic).
 fn spawn_trainer(trainer: Trainer) -> Result<oneshot::Receiver<TrainerResult>, RunError> {
     let (done_tx, done_rx) = oneshot::channel();
@@ -701,6 +736,7 @@ fn build_trainer(
             (cfg.algo != Algo::Reinforce && !cfg.sync).then_some(cfg.ppo.batch_size),
         ),
         stale_seen: 0,
+        evaluations: None,
     })
 }
 
@@ -890,7 +926,7 @@ impl Starting {
             let service = service(&opts, spec, tx, snapshots, trainer.counters.clone());
             Ok((trainer, service))
         });
-        let (trainer, service) = match begun {
+        let (mut trainer, service) = match begun {
             Ok(b) => b,
             Err(e) => {
                 let _ = server_stop.send(true);
@@ -900,6 +936,10 @@ impl Starting {
         let counters = trainer.counters.clone();
         let snapshots = trainer.publisher.subscribe();
         let run_id = trainer.checkpoints.run_id.clone();
+        if let Err(e) = start_evaluator(&opts, &mut trainer, &stop, started) {
+            let _ = server_stop.send(true);
+            return Err(e);
+        }
         let torch_threads = match &trainer.threads {
             TorchThreads::Fixed(n) => n.to_string(),
             TorchThreads::Tuning(_) => "measuring".to_owned(),

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod batcher;
+pub mod eval;
 pub mod learn;
 pub mod normalize;
 pub mod publisher;
@@ -87,6 +88,9 @@ pub struct Trainer {
     pub(crate) pacing: Pacing,
     /// `counters.stale_samples` at the last update.
     pub(crate) stale_seen: u64,
+    /// `[eval]`: every this many versions, the snapshot goes to the
+    /// evaluator (skipped while it is [`eval::BACKLOG`] behind).
+    pub(crate) evaluations: Option<(u64, crossbeam_channel::Sender<flotilla_common::Snapshot>)>,
 }
 
 impl Trainer {
@@ -169,6 +173,11 @@ impl Trainer {
         // Recorded before actors can see the version: in sync mode nothing
         // arrives between the two, so a seeded run's log repeats exactly.
         self.recorder.update(&stats, lags, version)?;
+        if let Some((every, tx)) = &self.evaluations {
+            if version.is_multiple_of(*every) {
+                let _ = tx.try_send(snapshot.clone());
+            }
+        }
         self.publisher.publish(snapshot);
         self.threads
             .after_update(stats.samples, std::time::Instant::now());

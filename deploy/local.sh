@@ -69,28 +69,17 @@ setup_libtorch() {
 # `pip install ./python` works); the tests import the tree directly.
 PY_VENV=${FLOTILLA_PYTHON_VENV:-$CACHE/python-actor}
 
-# promtool (Debian's `prometheus` package) checks every exported series in
-# tests/tests/metrics.rs; installed when this is a Debian machine we may
-# change, otherwise that check says it skipped.
-setup_promtool() {
-  command -v promtool >/dev/null && return
+# Debian packages some checks use: promtool (package `prometheus`) checks
+# every exported series in tests/tests/metrics.rs, headless chromium looks at
+# the live page in python/tests/test_live_page.py. Installed when this is a
+# Debian machine we may change; otherwise those checks say they skipped.
+apt_tool() { # COMMAND PACKAGE WHAT-FOR
+  command -v "$1" >/dev/null && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing promtool (Debian's prometheus package) for the metrics check"
-    { apt-get install -y -q --no-install-recommends prometheus ||
-      { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; } >/dev/null 2>&1 ||
-      log "could not install promtool; the metrics check will skip it"
-  fi
-}
-
-# Debian's headless chromium looks at the learner's live page in
-# python/tests/test_live_page.py; installed like promtool.
-setup_chromium() {
-  command -v chromium >/dev/null && return
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing chromium (Debian's package) for the live page check"
-    { apt-get install -y -q --no-install-recommends chromium ||
-      { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; } >/dev/null 2>&1 ||
-      log "could not install chromium; the live page check will skip it"
+    log "installing $1 (Debian's $2 package) for $3"
+    { apt-get install -y -q --no-install-recommends "$2" ||
+      { apt-get update -q && apt-get install -y -q --no-install-recommends "$2"; }; } >/dev/null 2>&1 ||
+      log "could not install $1; $3 will skip it"
   fi
 }
 
@@ -129,8 +118,8 @@ case "$cmd" in
     # The end-to-end tests run the real binaries: build them first.
     cargo build --workspace --bins
     setup_python_actor
-    setup_promtool
-    setup_chromium
+    apt_tool promtool prometheus "the metrics check"
+    apt_tool chromium chromium "the live page check"
     status=0
     cargo test --workspace --all-targets "$@" || status=$?
     log "Python actor tests (python/tests, against target/debug/learner)"

@@ -11,10 +11,9 @@ use flotilla_common::env::{EnvSpec, ENV_IDS};
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
 use flotilla_common::render::{Frame, PALETTE};
-use flotilla_common::rollout::{play, play_watched, Action, EpisodeSummary, RandomPolicy};
-use ndarray::ArrayView2;
-use rand::SeedableRng;
-use rand_pcg::Pcg64Mcg;
+use flotilla_common::rollout::{
+    play, play_watched, policy_player, Action, EpisodeSummary, RandomPolicy,
+};
 
 use crate::OwnEnv;
 
@@ -171,17 +170,7 @@ pub fn run_with(args: &RolloutArgs, own: Option<&OwnEnv>) -> anyhow::Result<Vec<
         Some(t) => {
             let policy = CpuPolicy::from_safetensors(&t.model, obs_dim, &space, &t.safetensors)
                 .context("the checkpoint's policy does not fit this environment")?;
-            let mut rng = Pcg64Mcg::seed_from_u64(args.seed ^ 0x5eed_5eed);
-            let greedy = args.greedy;
-            Box::new(move |o: &[f32]| {
-                let obs = ArrayView2::from_shape((1, o.len()), o).expect("one observation row");
-                let s = policy.act(obs, false, greedy, &mut rng);
-                if s.discrete.is_empty() {
-                    Action::Continuous(s.continuous)
-                } else {
-                    Action::Discrete(s.discrete[0])
-                }
-            })
+            Box::new(policy_player(policy, args.greedy, args.seed))
         }
     };
     let file = File::create(&args.out)

@@ -16,11 +16,13 @@
 
 use std::io::Write;
 
+use ndarray::ArrayView2;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
 use crate::env::Env;
+use crate::policy::CpuPolicy;
 use crate::space::{ActionRef, Space};
 
 /// An action chosen by a policy, owned.
@@ -84,6 +86,22 @@ impl RandomPolicy {
                     .map(|(&lo, &hi)| lo + (hi - lo) * self.rng.random::<f32>())
                     .collect(),
             ),
+        }
+    }
+}
+
+/// A trained policy as [`play`] calls it: one observation in, its action
+/// out, sampled (or, `greedy`, the most likely) with its own random stream
+/// from `seed`. `actor rollout --seed S` and `[eval] seed = S` act alike.
+pub fn policy_player(policy: CpuPolicy, greedy: bool, seed: u64) -> impl FnMut(&[f32]) -> Action {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x5eed_5eed);
+    move |o: &[f32]| {
+        let obs = ArrayView2::from_shape((1, o.len()), o).expect("one observation row");
+        let s = policy.act(obs, false, greedy, &mut rng);
+        if s.discrete.is_empty() {
+            Action::Continuous(s.continuous)
+        } else {
+            Action::Discrete(s.discrete[0])
         }
     }
 }

@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use flotilla_common::metrics::unix_now;
 use prost::Message;
 
 /// The `Event` message, with the fields Flotilla writes.
@@ -165,13 +166,6 @@ impl EventWriter {
         self.file.write_all(&record(&event.encode_to_vec()))?;
         self.file.flush()
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

@@ -145,6 +145,29 @@ fn within(what: &str, exact: &[f64], err: &[f64], torch: &[f32], cpu: &[f32]) {
     );
 }
 
+/// Both sides' heads and values each within their bounds of the exact pass.
+fn forward_within(
+    exact: &Reference,
+    head_t: &Tensor,
+    value_t: &Tensor,
+    f: &flotilla_common::policy::Forward,
+) {
+    within(
+        "head",
+        &exact.head,
+        &exact.head_err,
+        &tensor_to_vec(head_t),
+        f.head.as_slice().unwrap(),
+    );
+    within(
+        "value",
+        &exact.value,
+        &exact.value_err,
+        &tensor_to_vec(value_t),
+        f.value.as_ref().unwrap().as_slice().unwrap(),
+    );
+}
+
 fn named(policy: &Policy) -> Params {
     policy
         .host_parameters()
@@ -242,20 +265,7 @@ fn check(spec: &ModelSpec, obs_dim: usize, space: &Space, seed: u64) {
     let exact = reference(&p, spec, &obs, b);
     let (head_t, value_t) = tch::no_grad(|| torch.forward(&obs_t));
     let f = cpu.forward(obs_a.view(), true);
-    within(
-        "head",
-        &exact.head,
-        &exact.head_err,
-        &tensor_to_vec(&head_t),
-        f.head.as_slice().unwrap(),
-    );
-    within(
-        "value",
-        &exact.value,
-        &exact.value_err,
-        &tensor_to_vec(&value_t),
-        f.value.as_ref().unwrap().as_slice().unwrap(),
-    );
+    forward_within(&exact, &head_t, &value_t, &f);
 
     // log-probs of sampled actions, through each side's own distribution code
     let s = cpu.act(obs_a.view(), false, false, &mut rng);
@@ -381,20 +391,7 @@ fn normalized_observations() {
         &tensor_to_vec(&normalized),
         40,
     );
-    within(
-        "head",
-        &exact.head,
-        &exact.head_err,
-        &tensor_to_vec(&head_t),
-        f.head.as_slice().unwrap(),
-    );
-    within(
-        "value",
-        &exact.value,
-        &exact.value_err,
-        &tensor_to_vec(&value_t),
-        f.value.as_ref().unwrap().as_slice().unwrap(),
-    );
+    forward_within(&exact, &head_t, &value_t, &f);
     // And the statistics matter: without them the outputs differ.
     let (plain, _) = tch::no_grad(|| {
         learning

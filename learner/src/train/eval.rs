@@ -19,11 +19,8 @@ use flotilla_common::env::EnvSpec;
 use flotilla_common::metrics as m;
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
-use flotilla_common::rollout::{play, Action, EpisodeSummary};
+use flotilla_common::rollout::{play, policy_player, EpisodeSummary};
 use flotilla_common::Snapshot;
-use ndarray::ArrayView2;
-use rand::SeedableRng;
-use rand_pcg::Pcg64Mcg;
 use tracing::{info, warn};
 
 use super::recorder::Counters;
@@ -74,17 +71,7 @@ pub fn evaluate(
     let space = env.action_space().clone();
     let obs_dim = env.observation_space().flat_dim();
     let policy = CpuPolicy::from_safetensors(model, obs_dim, &space, &snapshot.safetensors)?;
-    let mut rng = Pcg64Mcg::seed_from_u64(settings.seed ^ 0x5eed_5eed);
-    let greedy = settings.greedy;
-    let mut act = |o: &[f32]| {
-        let obs = ArrayView2::from_shape((1, o.len()), o).expect("one observation row");
-        let s = policy.act(obs, false, greedy, &mut rng);
-        if s.discrete.is_empty() {
-            Action::Continuous(s.continuous)
-        } else {
-            Action::Discrete(s.discrete[0])
-        }
-    };
+    let mut act = policy_player(policy, settings.greedy, settings.seed);
     let episodes: Vec<EpisodeSummary> = play(
         env.as_mut(),
         settings.episodes,

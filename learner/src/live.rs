@@ -33,11 +33,13 @@ const GONE_AFTER: Duration = Duration::from_secs(120);
 /// Points of the learning curve kept; past it every other one is dropped.
 const MAX_POINTS: usize = 2048;
 
-/// Per-actor rows, the learning curve and the last checkpoint of one run.
+/// Per-actor rows, the learning curve, the evaluations and the last
+/// checkpoint of one run.
 #[derive(Default)]
 pub struct Board {
     actors: Mutex<BTreeMap<u32, ActorRow>>,
     curve: Mutex<Curve>,
+    evals: Mutex<Curve>,
     checkpoint: Mutex<Option<(PathBuf, u64)>>,
 }
 
@@ -91,13 +93,28 @@ impl ActorRow {
     }
 }
 
-/// (env steps trained, wall seconds, mean return) per recorded update,
-/// thinned to at most [`MAX_POINTS`] evenly spaced ones.
+/// (env steps trained, wall seconds, mean return) per recorded update (or
+/// evaluation), thinned to at most [`MAX_POINTS`] evenly spaced ones.
 #[derive(Default)]
 struct Curve {
     points: Vec<[f64; 3]>,
     stride: u64,
     seen: u64,
+}
+
+impl Curve {
+    fn push(&mut self, point: [f64; 3]) {
+        self.stride = self.stride.max(1);
+        self.seen += 1;
+        if !(self.seen - 1).is_multiple_of(self.stride) {
+            return;
+        }
+        self.points.push(point);
+        if self.points.len() >= MAX_POINTS {
+            self.points = self.points.iter().step_by(2).copied().collect();
+            self.stride *= 2;
+        }
+    }
 }
 
 impl Board {
@@ -137,20 +154,17 @@ impl Board {
 
     /// One recorded update.
     pub fn point(&self, env_steps: u64, wall_seconds: f64, mean_return: Option<f64>) {
-        let mut c = self.curve.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ret) = mean_return.filter(|r| r.is_finite()) else {
-            return;
-        };
-        c.stride = c.stride.max(1);
-        c.seen += 1;
-        if !(c.seen - 1).is_multiple_of(c.stride) {
-            return;
+        if let Some(ret) = mean_return.filter(|r| r.is_finite()) {
+            let mut c = self.curve.lock().unwrap_or_else(|e| e.into_inner());
+            c.push([env_steps as f64, wall_seconds, ret]);
         }
-        c.points.push([env_steps as f64, wall_seconds, ret]);
-        if c.points.len() >= MAX_POINTS {
-            let kept: Vec<[f64; 3]> = c.points.iter().step_by(2).copied().collect();
-            c.points = kept;
-            c.stride *= 2;
+    }
+
+    /// One evaluation (`[eval]`): its mean return.
+    pub fn evaluation(&self, env_steps: u64, wall_seconds: f64, mean_return: f64) {
+        if mean_return.is_finite() {
+            let mut c = self.evals.lock().unwrap_or_else(|e| e.into_inner());
+            c.push([env_steps as f64, wall_seconds, mean_return]);
         }
     }
 
@@ -254,6 +268,11 @@ impl Live {
             .lock()
             .map(|c| c.points.clone())
             .unwrap_or_default();
+        let evals = board
+            .evals
+            .lock()
+            .map(|c| c.points.clone())
+            .unwrap_or_default();
         let checkpoint = board.checkpoint.lock().ok().and_then(|c| c.clone()).map(
             |(path, version)| json!({ "path": path.display().to_string(), "version": version }),
         );
@@ -285,6 +304,8 @@ impl Live {
             "policy_lag_median": lag,
             "actors": actors,
             "curve": curve,
+            "eval_return": evals.last().map(|p| p[2]),
+            "evals": evals,
             "checkpoint": checkpoint,
         })
     }

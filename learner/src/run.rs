@@ -608,11 +608,11 @@ fn run_spec(cfg: &RunConfig, p: &Prepared) -> RunSpec {
 
 /// The run's TensorBoard event file, unless `run.tensorboard` is off; a
 /// directory that cannot be written costs the charts, not the run.
-fn tensorboard(cfg: &RunConfig, run_dir: &Path) -> Option<EventWriter> {
+fn tensorboard(cfg: &RunConfig, dir: &Path) -> Option<EventWriter> {
     if !cfg.run.tensorboard {
         return None;
     }
-    match EventWriter::create(&run_dir.join("tensorboard")) {
+    match EventWriter::create(dir) {
         Ok(w) => {
             info!(path = %w.path().display(), "writing TensorBoard events");
             Some(w)
@@ -650,6 +650,7 @@ fn start_evaluator(
             log,
             started,
             stop: stop.clone(),
+            tensorboard: tensorboard(cfg, &opts.run_dir.join("tensorboard").join("eval")),
         },
         due,
     )
@@ -714,7 +715,7 @@ fn build_trainer(
         recorder: Recorder::new(
             counters.clone(),
             log,
-            tensorboard(cfg, &opts.run_dir),
+            tensorboard(cfg, &opts.run_dir.join("tensorboard")),
             started,
             cfg.kl.enabled(),
         ),

@@ -1,7 +1,8 @@
 //! The live page on the learner's metrics port, over real HTTP while a local
 //! cluster trains: the page itself (self-contained: nothing fetched from
 //! elsewhere), its `/api/status` (run, progress, rates, the connected actors,
-//! a learning curve that grows, the last checkpoint), `/metrics` beside it,
+//! a learning curve that grows, the evaluations, the last checkpoint),
+//! `/metrics` beside it,
 //! and clear answers to anything else. The local cluster prints the URL.
 //! python/tests/test_live_page.py looks at the page in a real browser.
 
@@ -40,7 +41,7 @@ fn the_live_page_shows_a_training_run() {
             "--total-env-steps",
             "100000000",
             "--set",
-            "run.checkpoint_every=5",
+            "run.checkpoint_every=5,eval.every_updates=3,eval.episodes=2",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -64,6 +65,7 @@ fn the_live_page_shows_a_training_run() {
     let (code, page) = http(port, "GET", "/").expect("the page answers");
     assert_eq!(code, 200);
     assert!(page.contains("<svg id=\"curve\""), "{page}");
+    assert!(page.contains("<g id=\"evals\""), "{page}");
     assert!(page.contains("fetch(\"/api/status\""), "{page}");
     for remote in [
         "src=\"http",
@@ -79,14 +81,19 @@ fn the_live_page_shows_a_training_run() {
         );
     }
 
-    let first = wait_until("a run with an actor, a curve and a checkpoint", 120, || {
-        status(port).filter(|s| {
-            s["state"] == "training"
-                && s["actors"].as_array().is_some_and(|a| !a.is_empty())
-                && s["curve"].as_array().is_some_and(|c| !c.is_empty())
-                && !s["checkpoint"].is_null()
-        })
-    });
+    let first = wait_until(
+        "a run with an actor, a curve, an evaluation and a checkpoint",
+        120,
+        || {
+            status(port).filter(|s| {
+                s["state"] == "training"
+                    && s["actors"].as_array().is_some_and(|a| !a.is_empty())
+                    && s["curve"].as_array().is_some_and(|c| !c.is_empty())
+                    && s["evals"].as_array().is_some_and(|e| !e.is_empty())
+                    && !s["checkpoint"].is_null()
+            })
+        },
+    );
     assert_eq!(first["env_id"], "CartPole-v1");
     assert_eq!(first["algo"], "PPO");
     assert_eq!(first["total_env_steps"], 100_000_000);
@@ -102,6 +109,10 @@ fn the_live_page_shows_a_training_run() {
         .is_some_and(|p| p.ends_with(".safetensors")));
     let point = &first["curve"][0];
     assert!(point[0].as_f64().unwrap() > 0.0 && point[2].as_f64().is_some());
+    let evals = first["evals"].as_array().unwrap();
+    let last = &evals[evals.len() - 1];
+    assert!(last[0].as_f64().unwrap() > 0.0, "{last}");
+    assert_eq!(first["eval_return"], last[2], "{first}");
 
     // Rates need two looks a second apart; the curve grows between them.
     let later = wait_until("rates and a longer curve", 60, || {

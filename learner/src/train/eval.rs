@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::recorder::Counters;
 use crate::config::EvalSection;
+use crate::tensorboard::EventWriter;
 
 /// What an evaluation needs besides the policy.
 pub struct Evaluator {
@@ -36,6 +37,9 @@ pub struct Evaluator {
     pub log: File,
     pub started: Instant,
     pub stop: Arc<AtomicBool>,
+    /// TensorBoard events of the evaluations (`<run dir>/tensorboard/eval`,
+    /// a run of its own next to training's), unless `run.tensorboard` is off.
+    pub tensorboard: Option<EventWriter>,
 }
 
 /// One evaluation's result.
@@ -112,18 +116,36 @@ impl Evaluator {
 
     fn report(&mut self, e: &Evaluation, took: Duration) {
         let mean = e.mean_return();
+        let std = e.std_return();
+        let length = e.lengths.iter().sum::<u64>() as f64 / e.lengths.len().max(1) as f64;
+        let env_steps = self.counters.env_steps.load(Ordering::Relaxed);
+        let wall_seconds = self.started.elapsed().as_secs_f64();
         metrics::gauge!(m::EVAL_RETURN).set(mean);
+        self.counters
+            .board
+            .evaluation(env_steps, wall_seconds, mean);
+        if let Some(tb) = self.tensorboard.as_mut() {
+            let values = [
+                ("eval/return_mean", Some(mean)),
+                ("eval/return_std", Some(std)),
+                ("eval/length_mean", Some(length)),
+            ];
+            if let Err(err) = tb.scalars(env_steps, &values) {
+                warn!(error = %err, "writing evaluation events failed; TensorBoard stops for evaluations");
+                self.tensorboard = None;
+            }
+        }
         let line = serde_json::json!({
             "version": e.version,
-            "env_steps": self.counters.env_steps.load(Ordering::Relaxed),
-            "wall_seconds": self.started.elapsed().as_secs_f64(),
+            "env_steps": env_steps,
+            "wall_seconds": wall_seconds,
             "eval": {
                 "episodes": e.returns.len(),
                 "greedy": self.settings.greedy,
                 "seed": self.settings.seed,
                 "return_mean": mean,
-                "return_std": e.std_return(),
-                "length_mean": e.lengths.iter().sum::<u64>() as f64 / e.lengths.len().max(1) as f64,
+                "return_std": std,
+                "length_mean": length,
                 "returns": e.returns,
                 "seconds": took.as_secs_f64(),
             },

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod chunk;
 pub mod cli;
 pub mod codec;
+pub mod conv;
 pub mod env;
 pub mod fastmath;
 pub mod metrics;

@@ -22,13 +22,21 @@ actors and Prometheus with deploy/docker-compose.yml, and checks that:
    version advances, the env steps grow, the mean return rises, both actors
    serve their metrics, the containers run hardened, and a Python actor
    without the token is refused with exit code 64.
+7. a Swarm stack trains and scales: deploy/docker-stack.yml deployed with
+   `docker stack deploy` on a single-node swarm (initialized for the test
+   when the engine is in none, and left again) runs the learner, two actors
+   and Prometheus on an overlay network with the token as a Swarm secret;
+   the version advances and the return rises, the containers are hardened,
+   and after `docker service scale` to four actors Prometheus discovers four
+   actor targets and the env steps/s go up. Where a swarm cannot start it
+   says why and skips (stage "swarm", under the same FLOTILLA_ALLOW_SKIP rule).
 
 Then it removes every container, network, volume and image it created. Without
 a usable Docker engine it prints why and exits 0 (skipped), unless
 FLOTILLA_ALLOW_SKIP is set without "compose" in it (as CI sets it): then it
 exits 1.
 
-    python3 deploy/compose-test.py [--keep] [--only cluster|gymnasium]
+    python3 deploy/compose-test.py [--keep] [--only cluster|gymnasium|swarm]
 
 The cluster runs with shared-token authentication on. Actors are paced (FLOTILLA_MAX_STEPS_PER_SECOND) so that they, not the learner,
 bound the throughput on a 2-core machine; otherwise more actors could not go
@@ -197,8 +205,9 @@ def exported_names(text):
 
 def check_hardening(cluster, learner="learner", actor="actor", image="actor",
                     refused="token", *actor_args):
-    """Learner and actors run without capabilities or privilege escalation,
-    on a read-only root, the learner requires the token, and a client
+    """Learner and actors run without capabilities or privilege escalation
+    (no-new-privileges, no set-user-ID programs), on a read-only root, the
+    learner requires the token, and a client
     without it (an `image` container; `refused` in its output) is refused."""
     for service in (learner, actor):
         for cid in cluster.containers(service):
@@ -206,8 +215,15 @@ def check_hardening(cluster, learner="learner", actor="actor", image="actor",
                                              text=True, check=True).stdout)[0]["HostConfig"]
             if "ALL" not in (host.get("CapDrop") or []):
                 fail(f"{service} {cid[:12]} keeps capabilities: CapDrop={host.get('CapDrop')}")
-            if not any("no-new-privileges" in o for o in host.get("SecurityOpt") or []):
+            # Swarm ignores security_opt; there the images' lack of
+            # set-user-ID programs (checked below) stands in for it.
+            if not isinstance(cluster, Stack) and not any(
+                    "no-new-privileges" in o for o in host.get("SecurityOpt") or []):
                 fail(f"{service} {cid[:12]} lacks no-new-privileges: {host.get('SecurityOpt')}")
+            setid = subprocess.run(["docker", "exec", cid, "find", "/", "-xdev", "-perm", "/6000",
+                                    "-type", "f"], capture_output=True, text=True).stdout.split()
+            if setid:
+                fail(f"{service} {cid[:12]} holds set-user/group-ID programs: {setid}")
             if not host.get("ReadonlyRootfs"):
                 fail(f"{service} {cid[:12]} has a writable root file system")
     if "every gRPC call must carry the shared token" not in cluster.logs(learner):
@@ -352,6 +368,206 @@ def gymnasium_scenario(cluster):
     log("the gymnasium profile trains: 2 Python actors, version and env steps up, return up")
 
 
+STACK_FILE = os.path.join(ROOT, "deploy", "docker-stack.yml")
+
+
+def docker(*args, check=True, timeout=120):
+    p = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        fail(f"`docker {' '.join(args)}` exited {p.returncode}: {p.stderr.strip()}")
+    return p
+
+
+def swarm_state():
+    """(LocalNodeState, is a manager, node id) of this engine."""
+    out = docker("info", "--format",
+                 "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeID}}").stdout
+    state, manager, *node = out.split() + [""]
+    return state, manager == "true", node[0]
+
+
+class Stack:
+    """deploy/docker-stack.yml deployed as stack `name` on this engine's
+    swarm, which it initializes (single node, loopback only) when the engine
+    is in none and leaves again in close(). The same probes as Cluster."""
+
+    def __init__(self, name):
+        self.project = name
+        self.ports = {
+            "FLOTILLA_GRPC_PORT": free_port(),
+            "FLOTILLA_LEARNER_METRICS_PORT": free_port(),
+            "FLOTILLA_PROMETHEUS_PORT": free_port(),
+            "FLOTILLA_GRAFANA_PORT": free_port(),
+        }
+        # The stack's two external secrets, made (and removed) by the test.
+        self.secrets = {"FLOTILLA_TOKEN_SECRET": f"{name}-token",
+                        "FLOTILLA_GRAFANA_PASSWORD_SECRET": f"{name}-grafana-password"}
+        self.initialized = False
+        self.deployed = False
+
+    def start_swarm(self):
+        """None when this engine can run the stack, else why not."""
+        state, manager, node = swarm_state()
+        if state == "inactive":
+            # Joining a swarm makes the bridge docker_gwbridge; leaving keeps it.
+            self.had_gwbridge = docker("network", "inspect", "docker_gwbridge",
+                                       check=False).returncode == 0
+            p = docker("swarm", "init", "--advertise-addr", "127.0.0.1",
+                       "--listen-addr", f"127.0.0.1:{free_port()}", check=False)
+            if p.returncode != 0:
+                return f"`docker swarm init` failed: {p.stderr.strip()}"
+            self.initialized = True
+            log("initialized a single-node swarm (it is left again at the end)")
+            state, manager, node = swarm_state()
+        elif state == "active":
+            log("using the engine's active swarm (it is left as it is)")
+        if state != "active" or not manager:
+            return f"this engine is not a swarm manager (swarm state {state!r})"
+        self.node = node
+        return None
+
+    def deploy(self, actors):
+        # Every task on this machine: the images exist only here.
+        here = f"node.id == {self.node}"
+        self.env = dict(
+            os.environ,
+            FLOTILLA_LEARNER_IMAGE=f"flotilla/learner:{TAG}",
+            FLOTILLA_ACTOR_IMAGE=f"flotilla/actor:{TAG}",
+            FLOTILLA_PROMETHEUS_IMAGE=f"flotilla/prometheus:{TAG}",
+            FLOTILLA_GRAFANA_REPLICAS="0",
+            FLOTILLA_ACTORS=str(actors),
+            FLOTILLA_LEARNER_CONSTRAINT=here,
+            FLOTILLA_PROMETHEUS_CONSTRAINT=here,
+            FLOTILLA_ACTOR_CONSTRAINT=here,
+            **self.secrets,
+            FLOTILLA_TOTAL_ENV_STEPS="100000000",
+            FLOTILLA_NUM_ENVS="4",
+            FLOTILLA_MAX_STEPS_PER_SECOND=str(STEPS_PER_ACTOR),
+            **{k: str(v) for k, v in self.ports.items()},
+        )
+        self.deployed = True
+        for secret in self.secrets.values():
+            p = subprocess.run(["docker", "secret", "create", secret, "-"],
+                               input="swarm-test-" + os.urandom(12).hex(),
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                fail(f"`docker secret create` exited {p.returncode}: {p.stderr.strip()}")
+        p = subprocess.run(["docker", "stack", "deploy", "--resolve-image", "never",
+                            "-c", STACK_FILE, self.project], env=self.env,
+                           capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            fail(f"`docker stack deploy` exited {p.returncode}: {p.stderr.strip()}")
+        if "Ignoring unsupported options" in p.stdout + p.stderr:
+            fail(f"`docker stack deploy` ignored part of the stack file: {p.stdout}{p.stderr}")
+
+    def containers(self, service):
+        return docker("ps", "-q", "--filter",
+                      f"label=com.docker.swarm.service.name={self.project}_{service}").stdout.split()
+
+    def logs(self, service):
+        p = docker("service", "logs", "--raw", f"{self.project}_{service}", check=False)
+        return p.stdout + p.stderr
+
+    learner_metrics = Cluster.learner_metrics
+    prom = Cluster.prom
+
+    def close(self):
+        if self.deployed:
+            docker("stack", "rm", self.project, check=False)
+            # The network, volumes and secret go once the tasks are gone.
+            deadline = time.monotonic() + 120
+            label = f"label=com.docker.stack.namespace={self.project}"
+            while time.monotonic() < deadline and (
+                    docker("ps", "-aq", "--filter", label).stdout.strip()
+                    or docker("network", "ls", "-q", "--filter", label).stdout.strip()):
+                time.sleep(2)
+            volumes = set(docker("volume", "ls", "-q", "--filter", label).stdout.split())
+            volumes |= {v for v in docker("volume", "ls", "-q").stdout.split()
+                        if v.startswith(f"{self.project}_")}
+            for volume in sorted(volumes):
+                docker("volume", "rm", volume, check=False)
+            for secret in self.secrets.values():
+                docker("secret", "rm", secret, check=False)
+        if self.initialized:
+            docker("swarm", "leave", "--force", check=False)
+            if not self.had_gwbridge:
+                docker("network", "rm", "docker_gwbridge", check=False)
+            log("left the swarm again")
+
+
+def swarm_scenario(stack):
+    """deploy/docker-stack.yml on a single-node swarm: learner, 2 actors and
+    Prometheus on an overlay network; training progresses; `docker service
+    scale` to 4 actors, which Prometheus discovers."""
+    log("swarm: deploying the stack (learner, 2 actors, Prometheus)")
+    stack.deploy(2)
+    first = wait_for("policy version >= 3 on the swarm",
+                     lambda: (lambda m: m if m.get("flotilla_policy_version", 0) >= 3 else None)(
+                         stack.learner_metrics()), 240)
+    log(f"training: version {first['flotilla_policy_version']:.0f}, "
+        f"{first['flotilla_learner_samples_received_total']:.0f} env steps, "
+        f"return {first['flotilla_episode_return_mean']:.1f}")
+    network = json.loads(docker("network", "inspect", f"{stack.project}_default").stdout)[0]
+    if network["Driver"] != "overlay" or network["Scope"] != "swarm":
+        fail(f"the stack's network is {network['Driver']}/{network['Scope']}, not overlay/swarm")
+    for service in ("learner", "actor", "prometheus"):
+        for cid in stack.containers(service):
+            nets = json.loads(docker("inspect", cid).stdout)[0]["NetworkSettings"]["Networks"]
+            if f"{stack.project}_default" not in nets:
+                fail(f"{service} {cid[:12]} is not on the overlay network: {sorted(nets)}")
+    log("learner, actors and Prometheus run on the overlay network")
+    check_hardening(stack)
+    wait_for("2 actor targets up in Prometheus", lambda: stack.prom('sum(up{job="actor"})') == 2, 90)
+    later = wait_for("the mean return to rise by more than 10", lambda: (lambda m: m if m[
+        "flotilla_episode_return_mean"] > first["flotilla_episode_return_mean"] + 10 else None)(
+        stack.learner_metrics()), 120)
+    if later["flotilla_policy_version"] <= first["flotilla_policy_version"]:
+        fail("the policy version did not advance")
+    log(f"later: version {later['flotilla_policy_version']:.0f}, "
+        f"return {later['flotilla_episode_return_mean']:.1f}")
+    time.sleep(20)
+    two = steps_per_second(stack)
+    log(f"2 actors: {two:.0f} env steps/s (Prometheus)")
+
+    log("docker service scale actor=4")
+    docker("service", "scale", "--detach", f"{stack.project}_actor=4")
+    wait_for("4 actor targets up in Prometheus", lambda: stack.prom('sum(up{job="actor"})') == 4, 120)
+    wait_for("4 actors connected to the learner", lambda: stack.learner_metrics()
+             .get("flotilla_actors_connected", 0) == 4, 60)
+    time.sleep(30)
+    four = steps_per_second(stack)
+    log(f"4 actors: {four:.0f} env steps/s (Prometheus), ratio {four / max(two, 1e-9):.2f}")
+    if four < 1.5 * two:
+        fail(f"env steps/s did not go up with 4 actors: {two:.0f} -> {four:.0f}")
+    log("the swarm trains and scales: Prometheus discovered the new actors")
+
+
+def run_swarm(keep):
+    stack = Stack(f"flotillaswarm{os.getpid()}")
+    reason = stack.start_swarm()
+    if reason:
+        allowed = os.environ.get("FLOTILLA_ALLOW_SKIP")
+        if allowed is not None and "swarm" not in [s.strip() for s in allowed.split(",")]:
+            stack.close()
+            fail(f"the swarm stage cannot run here ({reason}) and "
+                 f"FLOTILLA_ALLOW_SKIP={allowed!r} does not allow skipping it")
+        log(f"skipped (swarm): {reason}")
+        stack.close()
+        return
+    ok = False
+    try:
+        swarm_scenario(stack)
+        ok = True
+    finally:
+        if not ok:
+            for service in ("learner", "actor", "prometheus"):
+                print(stack.logs(service)[-4000:], file=sys.stderr)
+            print(docker("stack", "ps", "--no-trunc", stack.project, check=False).stdout,
+                  file=sys.stderr)
+        if not keep:
+            stack.close()
+
+
 def run_cluster(cluster, scenario, services, keep):
     ok = False
     try:
@@ -368,8 +584,9 @@ def run_cluster(cluster, scenario, services, keep):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
-    parser.add_argument("--only", choices=("cluster", "gymnasium"),
-                        help="run one scenario: steps 1-5 (cluster) or step 6 (gymnasium)")
+    parser.add_argument("--only", choices=("cluster", "gymnasium", "swarm"),
+                        help="run one scenario: steps 1-5 (cluster), step 6 (gymnasium) "
+                             "or step 7 (swarm)")
     args = parser.parse_args()
     reason = skip_reason()
     if reason:
@@ -390,6 +607,8 @@ def main():
         if args.only in (None, "gymnasium"):
             run_cluster(Cluster(f"flotillagym{os.getpid()}", profile="gymnasium"),
                         gymnasium_scenario, ("gym-learner", "gym-actor"), args.keep)
+        if args.only in (None, "swarm"):
+            run_swarm(args.keep)
     finally:
         if not args.keep:
             subprocess.run(["docker", "image", "rm", *(f"flotilla/{n}:{TAG}" for n in IMAGES)],

@@ -16,7 +16,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla \
- && mkdir -p /app
+ && mkdir -p /app \
+ && find / -xdev -perm /6000 -type f -exec chmod ug-s {} +
 COPY wheels/ /tmp/wheels/
 RUN python3 -m venv /opt/flotilla-actor \
  && /opt/flotilla-actor/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels flotilla \
@@ -46,8 +47,12 @@ EXPOSE 9090
 ENTRYPOINT ["/usr/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
 
+# The images hold no set-user-ID or set-group-ID programs (the `find ... chmod
+# ug-s` below): Swarm services cannot set no-new-privileges, and with no such
+# program there is nothing for it to stop.
 FROM ${BASE} AS actor
-RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla \
+ && find / -xdev -perm /6000 -type f -exec chmod ug-s {} +
 COPY actor /usr/local/bin/actor
 USER 10001
 ENV FLOTILLA_LEARNER=http://learner:50051 \
@@ -57,7 +62,8 @@ ENTRYPOINT ["/usr/local/bin/actor"]
 
 FROM ${BASE} AS learner
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin flotilla \
- && mkdir -p /runs && chown 10001:10001 /runs
+ && mkdir -p /runs && chown 10001:10001 /runs \
+ && find / -xdev -perm /6000 -type f -exec chmod ug-s {} +
 COPY learner /usr/local/bin/learner
 COPY lib/ /opt/flotilla/lib/
 COPY configs/ /etc/flotilla/configs/

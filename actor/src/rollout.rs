@@ -161,14 +161,14 @@ pub fn run_with(args: &RolloutArgs, own: Option<&OwnEnv>) -> anyhow::Result<Vec<
         None => spec.make()?,
     };
     let space = env.action_space().clone();
-    let obs_dim = env.observation_space().flat_dim();
+    let obs_shape = env.observation_space().shape();
     let mut act: Box<PolicyFn> = match trained {
         None => {
             let mut policy = RandomPolicy::new(space, args.seed ^ 0x5eed_5eed);
             Box::new(move |o: &[f32]| policy.act(o))
         }
         Some(t) => {
-            let policy = CpuPolicy::from_safetensors(&t.model, obs_dim, &space, &t.safetensors)
+            let policy = CpuPolicy::from_safetensors(&t.model, &obs_shape, &space, &t.safetensors)
                 .context("the checkpoint's policy does not fit this environment")?;
             Box::new(policy_player(policy, args.greedy, args.seed))
         }

@@ -120,8 +120,8 @@ fn follow(
     if policy.as_ref().map(|(v, _)| *v) == Some(s.version) {
         return;
     }
-    let obs_dim = spec.observation_space.flat_dim();
-    match CpuPolicy::from_safetensors(&spec.model, obs_dim, &spec.action_space, &s.safetensors) {
+    let obs_shape = spec.observation_space.shape();
+    match CpuPolicy::from_safetensors(&spec.model, &obs_shape, &spec.action_space, &s.safetensors) {
         Ok(p) => {
             debug!(version = s.version, "policy updated");
             metrics::gauge!(m::ACTOR_POLICY_VERSION).set(s.version as f64);
@@ -392,7 +392,7 @@ mod tests {
     /// Zero weights for every parameter of `spec`: a uniform policy.
     fn zero_snapshot(spec: &ModelSpec, obs_dim: usize, space: &Space, version: u64) -> Snapshot {
         let zeros: Vec<(String, Vec<usize>, Vec<f32>)> = spec
-            .parameter_shapes(obs_dim, space)
+            .parameter_shapes(&[obs_dim], space)
             .into_iter()
             .map(|(n, s)| {
                 let data = vec![0.0; s.iter().product()];

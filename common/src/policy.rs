@@ -4,12 +4,13 @@
 //! The learner's libtorch network and this one share parameter names and
 //! shapes; a parity test in the learner crate holds them to 1e-5.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, Array4, ArrayView2, Axis};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use crate::conv::{self, Conv2d};
 use crate::fastmath;
-use crate::model::{action_outputs, Activation, ModelSpec};
+use crate::model::{action_outputs, Activation, ModelSpec, ObservationLayout};
 use crate::normalize::ObsNormalizer;
 use crate::space::Space;
 
@@ -32,6 +33,8 @@ pub enum PolicyError {
     NonFinite(String),
     #[error("`{0}` holds a negative variance")]
     NegativeVariance(String),
+    #[error("model does not fit the observations: {0}")]
+    Spec(String),
 }
 
 struct Linear {
@@ -67,13 +70,22 @@ pub struct Sampled {
     pub value: Option<Vec<f32>>,
 }
 
+/// One torso: convolutions (possibly none), then linear layers.
+#[derive(Default)]
+struct Torso {
+    conv: Vec<Conv2d>,
+    linear: Vec<Linear>,
+}
+
 /// The policy network on the CPU.
 pub struct CpuPolicy {
     spec: ModelSpec,
     action_space: Space,
     obs_dim: usize,
-    actor: Vec<Linear>,
-    critic: Vec<Linear>,
+    /// `[C, H, W]` of the image a convolutional torso reads.
+    image: Option<[usize; 3]>,
+    actor: Torso,
+    critic: Torso,
     shared: bool,
     actor_head: Linear,
     critic_head: Linear,
@@ -82,16 +94,26 @@ pub struct CpuPolicy {
 }
 
 impl CpuPolicy {
-    /// Loads parameters from safetensors bytes, checking every name and shape.
+    /// Loads parameters from safetensors bytes for observations of shape
+    /// `obs_shape`, checking every name and shape.
     pub fn from_safetensors(
         spec: &ModelSpec,
-        obs_dim: usize,
+        obs_shape: &[usize],
         action_space: &Space,
         bytes: &[u8],
     ) -> Result<Self, PolicyError> {
+        if let Some((key, msg)) = spec.problems_with(obs_shape).first() {
+            return Err(PolicyError::Spec(format!("{key}: {msg}")));
+        }
+        let obs_dim: usize = obs_shape.iter().product();
+        let image = if spec.is_convolutional() {
+            Some(spec.image_shape(obs_shape).map_err(PolicyError::Spec)?)
+        } else {
+            None
+        };
         let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| PolicyError::Format(e.to_string()))?;
-        let mut shapes = spec.parameter_shapes(obs_dim, action_space);
+        let mut shapes = spec.parameter_shapes(obs_shape, action_space);
         shapes.extend(spec.statistics_shapes(obs_dim));
         let get = |name: &str| -> Result<Vec<f32>, PolicyError> {
             let expected = &shapes
@@ -133,13 +155,29 @@ impl CpuPolicy {
             let b = Array1::from_vec(get(&format!("{prefix}.bias"))?);
             Ok(Linear { w, b })
         };
-        let torso = |name: &str| -> Result<Vec<Linear>, PolicyError> {
-            (0..spec.hidden_sizes.len())
-                .map(|i| linear(&format!("{name}.{i}")))
-                .collect()
+        let convolution = |prefix: &str, stride: usize| -> Result<Conv2d, PolicyError> {
+            let wname = format!("{prefix}.weight");
+            let (_, shape) = shapes
+                .iter()
+                .find(|(n, _)| *n == wname)
+                .ok_or_else(|| PolicyError::Missing(wname.clone()))?;
+            let w = Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), get(&wname)?)
+                .map_err(|e| PolicyError::Format(e.to_string()))?;
+            let b = Array1::from_vec(get(&format!("{prefix}.bias"))?);
+            Conv2d::new(w, b, stride).map_err(PolicyError::Format)
+        };
+        let torso = |name: &str| -> Result<Torso, PolicyError> {
+            Ok(Torso {
+                conv: (spec.conv.iter().enumerate())
+                    .map(|(j, l)| convolution(&format!("{name}.conv.{j}"), l.stride))
+                    .collect::<Result<_, _>>()?,
+                linear: (0..spec.hidden_sizes.len())
+                    .map(|i| linear(&format!("{name}.{i}")))
+                    .collect::<Result<_, _>>()?,
+            })
         };
         let (actor, critic) = if spec.shared_torso {
-            (torso("torso")?, Vec::new())
+            (torso("torso")?, Torso::default())
         } else {
             (torso("actor")?, torso("critic")?)
         };
@@ -163,6 +201,7 @@ impl CpuPolicy {
             spec: spec.clone(),
             action_space: action_space.clone(),
             obs_dim,
+            image,
             actor,
             critic,
             shared: spec.shared_torso,
@@ -191,9 +230,31 @@ impl CpuPolicy {
         }
     }
 
-    fn torso(&self, layers: &[Linear], obs: &Array2<f32>) -> Array2<f32> {
-        let mut x = obs.clone();
-        for l in layers {
+    fn torso(&self, torso: &Torso, obs: &Array2<f32>) -> Array2<f32> {
+        let mut x = match self.image {
+            None => obs.clone(),
+            Some([c, h, w]) => {
+                let n = obs.nrows();
+                let flat = obs.view();
+                let images = match self.spec.observation_layout {
+                    ObservationLayout::Chw => flat.into_shape_with_order((n, c, h, w)),
+                    ObservationLayout::Hwc => flat
+                        .into_shape_with_order((n, h, w, c))
+                        .map(|v| v.permuted_axes([0, 3, 1, 2])),
+                }
+                .expect("observations are [N, C*H*W] in standard layout");
+                let mut maps: Option<Array4<f32>> = None;
+                for layer in &torso.conv {
+                    let out = match &maps {
+                        None => layer.forward(images.view(), true),
+                        Some(m) => layer.forward(m.view(), true),
+                    };
+                    maps = Some(out);
+                }
+                conv::flatten(maps.expect("a convolutional torso has a convolution"))
+            }
+        };
+        for l in &torso.linear {
             x = l.forward(&x);
             self.activate(&mut x);
         }
@@ -206,6 +267,10 @@ impl CpuPolicy {
         let mut obs = obs.as_standard_layout().into_owned();
         if let Some(norm) = &self.obs_norm {
             norm.apply(obs.as_slice_mut().expect("standard layout"));
+        }
+        if self.spec.observation_scale != 1.0 {
+            let scale = self.spec.observation_scale;
+            obs.mapv_inplace(|v| v * scale);
         }
         let h = self.torso(&self.actor, &obs);
         let head = self.actor_head.forward(&h);
@@ -452,7 +517,7 @@ mod tests {
     fn hand_worked_forward_pass() {
         let space = Space::Discrete { n: 2 };
         let (spec, bytes) = tiny_bytes(&space);
-        let p = CpuPolicy::from_safetensors(&spec, 2, &space, &bytes).unwrap();
+        let p = CpuPolicy::from_safetensors(&spec, &[2], &space, &bytes).unwrap();
         let obs = ndarray::arr2(&[[1.0f32, -3.0], [0.5, 0.25]]);
         let f = p.forward(obs.view(), true);
         // relu([1,-3]) = [1,0] -> logits [1,0], value 1.5; relu([.5,.25]) -> logits [.5,.5], value 1.25
@@ -470,7 +535,7 @@ mod tests {
         assert!((gaussian_log_prob(1.0, 0.0, 2f32.ln()) - want).abs() < 1e-6);
         let space = Space::uniform_box(-1.0, 1.0, 2);
         let (spec, bytes) = tiny_bytes(&space);
-        let p = CpuPolicy::from_safetensors(&spec, 2, &space, &bytes).unwrap();
+        let p = CpuPolicy::from_safetensors(&spec, &[2], &space, &bytes).unwrap();
         let mean = ndarray::arr2(&[[0.0f32, 0.0]]);
         let lp = p.log_prob_continuous(&mean, &[0.0, 1.0]);
         let want = gaussian_log_prob(0.0, 0.0, 0.0) + want;
@@ -481,7 +546,7 @@ mod tests {
     fn sampling_follows_the_softmax_and_greedy_takes_the_mode() {
         let space = Space::Discrete { n: 2 };
         let (spec, bytes) = tiny_bytes(&space);
-        let p = CpuPolicy::from_safetensors(&spec, 2, &space, &bytes).unwrap();
+        let p = CpuPolicy::from_safetensors(&spec, &[2], &space, &bytes).unwrap();
         // obs [2, 0] -> logits [2, 0]: P(action 0) = e²/(e²+1) ≈ 0.8808
         let obs = Array2::from_shape_fn((4000, 2), |(_, j)| if j == 0 { 2.0 } else { 0.0 });
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(1);
@@ -497,19 +562,19 @@ mod tests {
     fn loading_rejects_wrong_shapes_and_missing_names() {
         let space = Space::Discrete { n: 3 };
         let (spec, bytes) = tiny_bytes(&Space::Discrete { n: 2 });
-        let e = CpuPolicy::from_safetensors(&spec, 2, &space, &bytes)
+        let e = CpuPolicy::from_safetensors(&spec, &[2], &space, &bytes)
             .err()
             .unwrap();
         assert!(
             matches!(e, PolicyError::Shape { ref name, .. } if name == "actor.head.weight"),
             "{e}"
         );
-        let e = CpuPolicy::from_safetensors(&spec, 2, &Space::uniform_box(-1.0, 1.0, 2), &bytes)
+        let e = CpuPolicy::from_safetensors(&spec, &[2], &Space::uniform_box(-1.0, 1.0, 2), &bytes)
             .err()
             .unwrap();
         assert_eq!(e, PolicyError::Missing("log_std".into()));
         assert!(matches!(
-            CpuPolicy::from_safetensors(&spec, 2, &space, b"xx")
+            CpuPolicy::from_safetensors(&spec, &[2], &space, b"xx")
                 .err()
                 .unwrap(),
             PolicyError::Format(_)
@@ -539,7 +604,7 @@ mod tests {
             ..plain_spec.clone()
         };
         let bytes = with_statistics(&plain, &[1.0, -2.0], &[4.0, 0.25]);
-        let p = CpuPolicy::from_safetensors(&spec, 2, &space, &bytes).unwrap();
+        let p = CpuPolicy::from_safetensors(&spec, &[2], &space, &bytes).unwrap();
         // (5 − 1)/2 = 2; (−1 + 2)/0.5 = 2 → relu → logits [2, 4], value 4.5;
         // (−100 − 1)/2 → −3 (clip) → relu 0; (10 + 2)/0.5 = 24 → 3 (clip)
         let raw = ndarray::arr2(&[[5.0f32, -1.0], [-100.0, 10.0]]);
@@ -547,21 +612,21 @@ mod tests {
         assert_eq!(f.head, ndarray::arr2(&[[2.0f32, 4.0], [0.0, 6.0]]));
         assert_eq!(f.value.unwrap().to_vec(), vec![4.5, 3.5]);
         // The same as the plain network fed the normalized observations.
-        let plain = CpuPolicy::from_safetensors(&plain_spec, 2, &space, &plain).unwrap();
+        let plain = CpuPolicy::from_safetensors(&plain_spec, &[2], &space, &plain).unwrap();
         let normalized = ndarray::arr2(&[[2.0f32, 2.0], [-3.0, 3.0]]);
         assert_eq!(plain.forward(normalized.view(), true).head, f.head);
         // A plain run ignores statistics; a normalized one needs both, sound.
-        assert!(CpuPolicy::from_safetensors(&plain_spec, 2, &space, &bytes).is_ok());
+        assert!(CpuPolicy::from_safetensors(&plain_spec, &[2], &space, &bytes).is_ok());
         let (_, no_stats) = tiny_bytes(&space);
         assert_eq!(
-            CpuPolicy::from_safetensors(&spec, 2, &space, &no_stats)
+            CpuPolicy::from_safetensors(&spec, &[2], &space, &no_stats)
                 .err()
                 .unwrap(),
             PolicyError::Missing("obs_norm.mean".into())
         );
         let negative = with_statistics(&no_stats, &[0.0, 0.0], &[1.0, -0.5]);
         assert_eq!(
-            CpuPolicy::from_safetensors(&spec, 2, &space, &negative)
+            CpuPolicy::from_safetensors(&spec, &[2], &space, &negative)
                 .err()
                 .unwrap(),
             PolicyError::NegativeVariance("obs_norm.var".into())

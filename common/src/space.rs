@@ -94,6 +94,15 @@ impl Space {
         }
     }
 
+    /// Shape of one element as the network sees it: `[1]` for `Discrete`
+    /// (the index), the declared shape for `Box`.
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Space::Discrete { .. } => vec![1],
+            Space::Box { shape, .. } => shape.clone(),
+        }
+    }
+
     /// Number of f32 values in one element: 1 for `Discrete`, the flat size for `Box`.
     pub fn flat_dim(&self) -> usize {
         match self {

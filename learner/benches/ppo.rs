@@ -49,7 +49,7 @@ fn main() {
     };
     let policy = Policy::new(
         &ModelSpec::default(),
-        4,
+        &[4],
         &Space::Discrete { n: 2 },
         Device::Cpu,
         0,

@@ -390,6 +390,49 @@ pub enum ConfigError {
     Invalid(Vec<(String, String)>),
 }
 
+/// Model presets: `[model] preset = "<name>"` fills the `[model]` keys the
+/// config leaves unset from the named network.
+const MODEL_PRESETS: &[(&str, Preset)] = &[("nature", ModelSpec::nature)];
+
+/// Builds a preset's network.
+type Preset = fn() -> ModelSpec;
+
+/// Replaces `model.preset` by the keys of its network that the table does
+/// not set itself.
+fn expand_model_preset(table: &mut toml::Table) -> Result<(), String> {
+    let Some(toml::Value::Table(model)) = table.get_mut("model") else {
+        return Ok(());
+    };
+    let Some(preset) = model.remove("preset") else {
+        return Ok(());
+    };
+    let names = || {
+        MODEL_PRESETS
+            .iter()
+            .map(|(n, _)| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(name) = preset.as_str() else {
+        return Err(format!("expected one of {}, got {preset}", names()));
+    };
+    let Some((_, make)) = MODEL_PRESETS.iter().find(|(n, _)| *n == name) else {
+        return Err(format!(
+            "unknown preset \"{name}\"; expected one of {}",
+            names()
+        ));
+    };
+    let spec = toml::Table::try_from(make()).map_err(|e| e.to_string())?;
+    let default = toml::Table::try_from(ModelSpec::default()).map_err(|e| e.to_string())?;
+    for (key, value) in spec {
+        // Only what the preset changes: the other keys keep their defaults.
+        if default.get(&key) != Some(&value) {
+            model.entry(key).or_insert(value);
+        }
+    }
+    Ok(())
+}
+
 impl RunConfig {
     /// Reads `path`, applies `--set` overrides, parses and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
@@ -412,6 +455,8 @@ impl RunConfig {
         for entry in overrides {
             apply_override(&mut table, entry)?;
         }
+        expand_model_preset(&mut table)
+            .map_err(|m| ConfigError::Invalid(vec![("model.preset".to_owned(), m)]))?;
         // Re-serialize so serde's errors point at a line of the effective config.
         let effective = toml::to_string(&table).map_err(|e| parse_err(e.to_string()))?;
         let config: RunConfig = toml::from_str(&effective).map_err(|e| parse_err(e.to_string()))?;
@@ -1048,6 +1093,31 @@ mod tests {
             &["reinforce.max_held_chunks=0"],
             "reinforce.max_held_chunks",
         );
+    }
+
+    #[test]
+    fn the_nature_preset_fills_what_the_config_leaves_unset() {
+        let c = RunConfig::from_toml(MINIMAL, "t", &["model.preset=\"nature\"".into()]).unwrap();
+        assert_eq!(c.model, ModelSpec::nature());
+        let text = "[env]\nid = \"CartPole-v1\"\n[model]\npreset = \"nature\"\nhidden_sizes = [256]\nconv = [{ channels = 8, kernel = 4, stride = 2 }]\n";
+        let c = RunConfig::from_toml(text, "t", &[]).unwrap();
+        assert_eq!(c.model.hidden_sizes, [256]);
+        assert_eq!((c.model.conv.len(), c.model.conv[0].channels), (1, 8));
+        assert!(c.model.shared_torso && c.model.observation_scale == 1.0 / 255.0);
+        // The expanded config is what checkpoints store; it reads back alone.
+        assert_eq!(RunConfig::from_toml(&c.to_toml(), "t", &[]).unwrap(), c);
+        for (set, key) in [
+            ("model.preset=\"impala\"", "model.preset"),
+            ("model.preset=3", "model.preset"),
+            ("model.observation_scale=0", "model.observation_scale"),
+            ("model.conv=[{channels=0,kernel=3,stride=1}]", "model.conv"),
+            ("model.conv=[{channels=4,kernel=3}]", "stride"),
+        ] {
+            let m = RunConfig::from_toml(MINIMAL, "t", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains(key), "{set}: {m} should name {key}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! one reduction: on a small MLP this is what keeps an update as fast as
 //! PyTorch's fused multi-tensor Adam.
 
-use flotilla_common::model::{Activation, ModelSpec};
+use flotilla_common::model::{Activation, ModelSpec, ObservationLayout};
 use flotilla_common::Space;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -28,6 +28,8 @@ pub struct Policy {
     layout: Vec<(String, Vec<i64>, i64)>,
     spec: ModelSpec,
     obs_dim: usize,
+    /// `[C, H, W]` of the image a convolutional torso reads.
+    image: Option<[i64; 3]>,
     action_space: Space,
     /// Untracked views into `flat`, for reading and loading.
     params: Vec<(String, Tensor)>,
@@ -69,18 +71,34 @@ pub enum ModelError {
 }
 
 impl Policy {
-    /// A freshly initialized policy; `seed` fixes the initialization.
+    /// A freshly initialized policy over observations of shape `obs_shape`;
+    /// `seed` fixes the initialization.
+    ///
+    /// # Panics
+    ///
+    /// If the spec does not fit the observations
+    /// ([`ModelSpec::problems_with`] is not empty): check it first.
     pub fn new(
         spec: &ModelSpec,
-        obs_dim: usize,
+        obs_shape: &[usize],
         action_space: &Space,
         device: Device,
         seed: u64,
     ) -> Self {
+        if let Some((key, msg)) = spec.problems_with(obs_shape).first() {
+            panic!("model spec does not fit observations {obs_shape:?}: {key}: {msg}");
+        }
+        let obs_dim = obs_shape.iter().product();
+        let image = spec.is_convolutional().then(|| {
+            let [c, h, w] = spec
+                .image_shape(obs_shape)
+                .expect("problems_with checked the image shape");
+            [c as i64, h as i64, w as i64]
+        });
         // Initial values come from our own seeded stream, not libtorch's global
         // generator, so a seed fixes the network whatever else the process does.
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
-        let shapes = spec.parameter_shapes(obs_dim, action_space);
+        let shapes = spec.parameter_shapes(obs_shape, action_space);
         let mut inits = Vec::with_capacity(shapes.len());
         let mut layout = Vec::with_capacity(shapes.len());
         let mut offset = 0i64;
@@ -100,7 +118,10 @@ impl Policy {
                     "critic.head.weight" => 1.0,
                     _ => std::f64::consts::SQRT_2,
                 };
-                orthogonal(shape[0], shape[1], gain, &mut rng)
+                // A convolution's kernel is orthogonal as a [out, in*k*k]
+                // matrix, as torch.nn.init.orthogonal_ treats it.
+                let fan_in = shape[1..].iter().product();
+                orthogonal(shape[0], fan_in, gain, &mut rng).view(dims.as_slice())
             };
             inits.push(init.flatten(0, -1));
             layout.push((name.clone(), dims.clone(), offset));
@@ -123,6 +144,7 @@ impl Policy {
             layout,
             spec: spec.clone(),
             obs_dim,
+            image,
             action_space: action_space.clone(),
             params,
         }
@@ -220,8 +242,41 @@ impl Policy {
         }
     }
 
-    fn torso(&self, w: &Views<'_>, prefix: &str, obs: &Tensor) -> Tensor {
-        let mut x = obs.shallow_clone();
+    /// Observations `[B, obs_dim]` scaled, and for a convolutional torso
+    /// viewed as NCHW images.
+    fn input(&self, obs: &Tensor) -> Tensor {
+        let x = if self.spec.observation_scale == 1.0 {
+            obs.shallow_clone()
+        } else {
+            obs * f64::from(self.spec.observation_scale)
+        };
+        match (self.image, self.spec.observation_layout) {
+            (None, _) => x,
+            (Some([c, h, w]), ObservationLayout::Chw) => x.reshape([-1, c, h, w]),
+            (Some([c, h, w]), ObservationLayout::Hwc) => {
+                x.reshape([-1, h, w, c]).permute([0, 3, 1, 2])
+            }
+        }
+    }
+
+    fn torso(&self, w: &Views<'_>, prefix: &str, input: &Tensor) -> Tensor {
+        let mut x = input.shallow_clone();
+        if self.image.is_some() {
+            for (j, l) in self.spec.conv.iter().enumerate() {
+                let s = l.stride as i64;
+                x = x
+                    .conv2d(
+                        w.get(&format!("{prefix}.conv.{j}.weight")),
+                        Some(w.get(&format!("{prefix}.conv.{j}.bias"))),
+                        [s, s],
+                        [0, 0],
+                        [1, 1],
+                        1,
+                    )
+                    .relu();
+            }
+            x = x.flatten(1, -1);
+        }
         for i in 0..self.spec.hidden_sizes.len() {
             x = x.linear(
                 w.get(&format!("{prefix}.{i}.weight")),
@@ -246,6 +301,7 @@ impl Policy {
     /// from one set of views, so the backward pass meets one split.
     pub fn forward_all(&self, obs: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
         let w = self.views();
+        let obs = &self.input(obs);
         let (a, c) = if self.spec.shared_torso {
             let h = self.torso(&w, "torso", obs);
             (h.shallow_clone(), h)
@@ -265,6 +321,7 @@ impl Policy {
     /// Values `[B]` only.
     pub fn value(&self, obs: &Tensor) -> Tensor {
         let w = self.views();
+        let obs = &self.input(obs);
         let c = if self.spec.shared_torso {
             self.torso(&w, "torso", obs)
         } else {
@@ -386,7 +443,7 @@ mod tests {
     fn cartpole_policy(seed: u64) -> Policy {
         Policy::new(
             &ModelSpec::default(),
-            4,
+            &[4],
             &Space::Discrete { n: 2 },
             Device::Cpu,
             seed,
@@ -403,7 +460,7 @@ mod tests {
         assert_eq!(p.value(&obs).size(), [5]);
         let names: Vec<_> = p.parameters().iter().map(|(n, _)| n.clone()).collect();
         let spec_names: Vec<_> = ModelSpec::default()
-            .parameter_shapes(4, &Space::Discrete { n: 2 })
+            .parameter_shapes(&[4], &Space::Discrete { n: 2 })
             .into_iter()
             .map(|(n, _)| n)
             .collect();
@@ -467,13 +524,76 @@ mod tests {
     }
 
     #[test]
+    fn nature_cnn_reads_frame_stacks_and_trains_its_kernels() {
+        let p = Policy::new(
+            &ModelSpec::nature(),
+            &[4, 84, 84],
+            &Space::Discrete { n: 6 },
+            Device::Cpu,
+            0,
+        );
+        let shapes: Vec<_> = p
+            .parameters()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.size()))
+            .collect();
+        assert_eq!(shapes[0], ("torso.conv.0.weight".into(), vec![32, 4, 8, 8]));
+        assert_eq!(
+            shapes[4],
+            ("torso.conv.2.weight".into(), vec![64, 64, 3, 3])
+        );
+        assert_eq!(shapes[6], ("torso.0.weight".into(), vec![512, 3136]));
+        // Kernels are orthogonal as [out, in*k*k] matrices, gain sqrt(2).
+        let k = p.parameters()[0].1.view([32, 256]);
+        let kkt = k.matmul(&k.tr()) / 2.0;
+        assert!(
+            (kkt - Tensor::eye(32, (Kind::Float, Device::Cpu)))
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-4
+        );
+        let obs = Tensor::randint(256, [3, 4 * 84 * 84], (Kind::Float, Device::Cpu));
+        let (logits, v) = p.forward(&obs);
+        assert_eq!((logits.size(), v.size()), (vec![3, 6], vec![3]));
+        // Gradients reach the first kernel.
+        v.sum(Kind::Float).backward();
+        let g = p.trainable().grad();
+        assert!(
+            g.narrow(0, 0, 32 * 4 * 8 * 8)
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                > 0.0
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "model.conv")]
+    fn a_kernel_larger_than_the_image_is_refused() {
+        Policy::new(
+            &ModelSpec::nature(),
+            &[4, 20, 20],
+            &Space::Discrete { n: 2 },
+            Device::Cpu,
+            0,
+        );
+    }
+
+    #[test]
     fn gaussian_policy_has_log_std_at_its_initial_value() {
         let spec = ModelSpec {
             init_log_std: -0.5,
             shared_torso: true,
             ..Default::default()
         };
-        let p = Policy::new(&spec, 3, &Space::uniform_box(-2.0, 2.0, 1), Device::Cpu, 0);
+        let p = Policy::new(
+            &spec,
+            &[3],
+            &Space::uniform_box(-2.0, 2.0, 1),
+            Device::Cpu,
+            0,
+        );
         assert_eq!(tensor_to_vec(&p.log_std().unwrap()), vec![-0.5]);
         let (mean, v) = p.forward(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
         assert_eq!((mean.size(), v.size()), (vec![2, 1], vec![2]));

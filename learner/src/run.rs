@@ -97,6 +97,8 @@ pub enum RunError {
         "the checkpoint was trained with a different [env] or [model]; resume with the same config"
     )]
     ConfigMismatch,
+    #[error("[model] does not fit the environment's observations: {0}")]
+    ModelDoesNotFit(ConfigError),
     #[error("kl.reference: {0}")]
     KlReference(checkpoint::CheckpointError),
     #[error("kl.reference {path}: {source}")]
@@ -132,6 +134,7 @@ impl RunError {
             | RunError::OpenWithoutToken(_)
             | RunError::CheckpointConfig(_)
             | RunError::ConfigMismatch
+            | RunError::ModelDoesNotFit(_)
             | RunError::KlReference(_)
             | RunError::KlReferenceModel { .. }
             | RunError::Restore { .. }
@@ -357,8 +360,8 @@ fn prepare(opts: &RunOptions, device: tch::Device, spaces: Spaces) -> Result<Pre
         observation: observation_space,
         action: action_space,
     } = spaces;
-    let obs_dim = observation_space.flat_dim();
-    let expected = cfg.model.parameter_shapes(obs_dim, &action_space);
+    let obs_shape = observation_space.shape();
+    let expected = cfg.model.parameter_shapes(&obs_shape, &action_space);
     let resumed = find_resume_point(opts, &expected)?;
     let run_id = resumed
         .as_ref()
@@ -367,10 +370,10 @@ fn prepare(opts: &RunOptions, device: tch::Device, spaces: Spaces) -> Result<Pre
     std::fs::write(opts.run_dir.join("config.toml"), cfg.to_toml())
         .map_err(io_err("writing config.toml"))?;
     tch::manual_seed(cfg.run.seed as i64);
-    let policy = Policy::new(&cfg.model, obs_dim, &action_space, device, cfg.run.seed);
+    let policy = Policy::new(&cfg.model, &obs_shape, &action_space, device, cfg.run.seed);
     let kl = kl_penalty(
         cfg,
-        obs_dim,
+        &obs_shape,
         &action_space,
         device,
         &expected,
@@ -544,7 +547,7 @@ fn set_aside(run_dir: &Path) -> Result<(), RunError> {
 /// policy rebuilt from the seed, the same after a resume) and controller.
 fn kl_penalty(
     cfg: &RunConfig,
-    obs_dim: usize,
+    obs_shape: &[usize],
     action_space: &Space,
     device: tch::Device,
     expected: &[(String, Vec<usize>)],
@@ -553,7 +556,7 @@ fn kl_penalty(
     if !cfg.kl.enabled() {
         return Ok(None);
     }
-    let mut reference = Policy::new(&cfg.model, obs_dim, action_space, device, cfg.run.seed);
+    let mut reference = Policy::new(&cfg.model, obs_shape, action_space, device, cfg.run.seed);
     if let Some(path) = &cfg.kl.reference {
         let data = checkpoint::load(Path::new(path), expected).map_err(RunError::KlReference)?;
         reference
@@ -840,6 +843,12 @@ pub async fn bind(
     let device = opts.device.resolve()?;
     m::describe_learner();
     let known = known_spaces(&opts)?;
+    if let Some(spaces) = &known {
+        let problems = cfg.model.problems_with(&spaces.observation.shape());
+        if !problems.is_empty() {
+            return Err(RunError::ModelDoesNotFit(ConfigError::Invalid(problems)));
+        }
+    }
     std::fs::create_dir_all(&opts.run_dir)
         .map_err(io_err(format!("creating {}", opts.run_dir.display())))?;
     if !opts.resume && !opts.force_new && !checkpoint::list(&opts.run_dir).is_empty() {
@@ -853,9 +862,13 @@ pub async fn bind(
             source,
         })?;
     let addr = listener.local_addr().map_err(io_err("listener address"))?;
-    let discover = known
-        .is_none()
-        .then(|| (cfg.env.id.clone(), cfg.ingest.max_envs_per_actor));
+    let discover = known.is_none().then(|| {
+        (
+            cfg.env.id.clone(),
+            cfg.ingest.max_envs_per_actor,
+            cfg.model.clone(),
+        )
+    });
     let (front, first, ready) = server::Front::new(discover);
     let (server_stop, server_stop_rx) = watch::channel(false);
     let server = server::spawn(listener, front, server_options(&opts), server_stop_rx)

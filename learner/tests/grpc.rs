@@ -117,8 +117,9 @@ async fn chunks_train_the_policy_and_subscribers_get_the_new_version() {
     let first = sub.next().await.unwrap().unwrap();
     assert_eq!(first.version, 0);
     let model = ModelSpec::try_from(spec.model.as_ref().unwrap()).unwrap();
-    let p0 = CpuPolicy::from_safetensors(&model, 4, &Space::Discrete { n: 2 }, &first.safetensors)
-        .unwrap();
+    let p0 =
+        CpuPolicy::from_safetensors(&model, &[4], &Space::Discrete { n: 2 }, &first.safetensors)
+            .unwrap();
 
     // 2 chunks x 8 steps x 4 envs = 64 samples = one batch
     let summary = send(
@@ -134,8 +135,9 @@ async fn chunks_train_the_policy_and_subscribers_get_the_new_version() {
         .unwrap()
         .unwrap();
     assert_eq!(next.version, 1);
-    let p1 = CpuPolicy::from_safetensors(&model, 4, &Space::Discrete { n: 2 }, &next.safetensors)
-        .unwrap();
+    let p1 =
+        CpuPolicy::from_safetensors(&model, &[4], &Space::Discrete { n: 2 }, &next.safetensors)
+            .unwrap();
     let obs = ndarray::Array2::from_elem((1, 4), 0.1f32);
     assert_ne!(
         p0.forward(obs.view(), true),
@@ -285,7 +287,9 @@ async fn handshake_rejects_bad_requests() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
-        err.message().contains("protocol 4") && err.message().contains("the actor 3"),
+        err.message()
+            .contains(&format!("protocol {}", proto::PROTOCOL_VERSION))
+            && err.message().contains("the actor 3"),
         "{}",
         err.message()
     );
@@ -862,6 +866,63 @@ fn mountain_car_chunk(spec: &proto::RunSpec, seq: u64) -> proto::Chunk {
     )
 }
 
+/// An external run with a convolutional torso refuses a first actor whose
+/// observations are no image its kernels fit, naming `model.conv`, and
+/// starts with the first one whose observations fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_conv_run_refuses_observations_its_kernels_do_not_fit() {
+    let (starting, _dir) = TestLearner::bind(
+        "external-conv",
+        "id = \"Pixels-v0\"\nsource = \"external\"\n",
+        &["model.conv=[{channels=4,kernel=3,stride=1}]"],
+    )
+    .await;
+    let addr = starting.local_addr();
+    let start = tokio::spawn(starting.start());
+    let mut c = client(addr).await;
+    let e = c
+        .hello(declaring("flat", "Pixels-v0", &mountain_car()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("model.conv") && e.message().contains("shape [2]"),
+        "{}",
+        e.message()
+    );
+    let small = flotilla_common::Spaces {
+        observation: Space::Box {
+            low: vec![0.0; 4],
+            high: vec![1.0; 4],
+            shape: vec![1, 2, 2],
+        },
+        action: Space::Discrete { n: 3 },
+    };
+    let e = c
+        .hello(declaring("small", "Pixels-v0", &small))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("does not fit"), "{}", e.message());
+    let image = flotilla_common::Spaces {
+        observation: Space::Box {
+            low: vec![0.0; 2 * 5 * 5],
+            high: vec![255.0; 2 * 5 * 5],
+            shape: vec![2, 5, 5],
+        },
+        action: Space::Discrete { n: 3 },
+    };
+    let spec = c
+        .hello(declaring("image", "Pixels-v0", &image))
+        .await
+        .expect("an image the kernels fit starts the run")
+        .into_inner();
+    let model = spec.model.unwrap();
+    assert_eq!((model.conv.len(), model.conv[0].channels), (1, 4));
+    let learner = start.await.unwrap().expect("the run starts");
+    learner.stop();
+    learner.wait().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_run_takes_its_spaces_from_the_first_declaring_actor() {
     let (starting, dir) = TestLearner::bind(
@@ -930,7 +991,12 @@ async fn an_external_run_takes_its_spaces_from_the_first_declaring_actor() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("protocol 4"), "{}", e.message());
+    assert!(
+        e.message()
+            .contains(&format!("protocol {}", proto::PROTOCOL_VERSION)),
+        "{}",
+        e.message()
+    );
 
     // The first declaration starts the run with its spaces.
     let spec = c
@@ -988,7 +1054,7 @@ async fn an_external_run_takes_its_spaces_from_the_first_declaring_actor() {
     let v1 = sub.next().await.unwrap().unwrap();
     assert_eq!(v1.version, 1);
     let model = ModelSpec::try_from(spec.model.as_ref().unwrap()).unwrap();
-    CpuPolicy::from_safetensors(&model, 2, &spaces.action, &v1.safetensors)
+    CpuPolicy::from_safetensors(&model, &[2], &spaces.action, &v1.safetensors)
         .expect("the published policy fits the declared spaces");
 
     // Its checkpoints record the spaces: a resumed run knows them at once.

@@ -14,10 +14,14 @@
 //! The two sides agreeing to a fixed 1e-5 was a guess about summation order
 //! that one CPU's kernels broke; the bound holds on every CPU, and a wrong
 //! weight, layout or activation still misses it by orders of magnitude.
+//!
+//! A convolution is a dot product of `C·k·k` terms plus a bias per output,
+//! so it carries the same bound; the observation scale is one f32 product
+//! (relative error u).
 
 use std::collections::HashMap;
 
-use flotilla_common::model::{Activation, ModelSpec};
+use flotilla_common::model::{Activation, ConvLayer, ModelSpec, ObservationLayout};
 use flotilla_common::policy::CpuPolicy;
 use flotilla_common::Space;
 use flotilla_learner::algo::distributions::{Categorical, DiagGaussian};
@@ -71,14 +75,97 @@ fn linear(p: &Params, name: &str, x: &[f64], e: &[f64], b: usize) -> (Vec<f64>, 
     (y, ye)
 }
 
+/// One convolution plus ReLU over NCHW images `x` `[b, c, h, w]` carrying
+/// the error bound `e`; returns the output and its `[c, h, w]`.
+fn conv(
+    p: &Params,
+    name: &str,
+    stride: usize,
+    (x, e): (&[f64], &[f64]),
+    b: usize,
+    [c, h, w]: [usize; 3],
+) -> (Vec<f64>, Vec<f64>, [usize; 3]) {
+    let (shape, wt) = &p[&format!("{name}.weight")];
+    let (_, bias) = &p[&format!("{name}.bias")];
+    let (o, k) = (shape[0], shape[2]);
+    assert_eq!((shape[1], shape[3]), (c, k), "{name}: weight shape");
+    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    let g = gamma(c * k * k + 1);
+    let (mut y, mut ye) = (vec![0.0; b * o * oh * ow], vec![0.0; b * o * oh * ow]);
+    for n in 0..b {
+        for oc in 0..o {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let bo = f64::from(bias[oc]);
+                    let (mut s, mut mag, mut prop) = (bo, bo.abs(), 0.0);
+                    for ci in 0..c {
+                        for ki in 0..k {
+                            for kj in 0..k {
+                                let wi = f64::from(wt[((oc * c + ci) * k + ki) * k + kj]);
+                                let at = ((n * c + ci) * h + i * stride + ki) * w + j * stride + kj;
+                                s += wi * x[at];
+                                mag += wi.abs() * (x[at].abs() + e[at]);
+                                prop += wi.abs() * e[at];
+                            }
+                        }
+                    }
+                    let out = ((n * o + oc) * oh + i) * ow + j;
+                    // relu is exact and moves no error up
+                    y[out] = s.max(0.0);
+                    ye[out] = prop + g * mag;
+                }
+            }
+        }
+    }
+    (y, ye, [o, oh, ow])
+}
+
+/// The network's input in f64: observations `[b, obs_dim]` scaled (one f32
+/// product each) and, for a convolutional torso, reordered to NCHW.
+fn network_input(spec: &ModelSpec, obs_shape: &[usize], obs: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let scale = f64::from(spec.observation_scale);
+    let (mut x, mut e): (Vec<f64>, Vec<f64>) = if spec.observation_scale == 1.0 {
+        (obs.to_vec(), vec![0.0; obs.len()])
+    } else {
+        obs.iter()
+            .map(|&v| (v * scale, (v * scale).abs() * U))
+            .unzip()
+    };
+    if spec.is_convolutional() && spec.observation_layout == ObservationLayout::Hwc {
+        let [c, h, w] = spec.image_shape(obs_shape).unwrap();
+        let d = c * h * w;
+        let (mut xc, mut ec) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        for n in 0..x.len() / d {
+            for y in 0..h {
+                for z in 0..w {
+                    for ch in 0..c {
+                        let from = n * d + (y * w + z) * c + ch;
+                        let to = n * d + (ch * h + y) * w + z;
+                        (xc[to], ec[to]) = (x[from], e[from]);
+                    }
+                }
+            }
+        }
+        (x, e) = (xc, ec);
+    }
+    (x, e)
+}
+
 fn torso(
     p: &Params,
     spec: &ModelSpec,
+    obs_shape: &[usize],
     prefix: &str,
-    obs: &[f64],
+    input: &(Vec<f64>, Vec<f64>),
     b: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let (mut x, mut e) = (obs.to_vec(), vec![0.0; obs.len()]);
+    let (mut x, mut e) = input.clone();
+    if spec.is_convolutional() {
+        let mut chw = spec.image_shape(obs_shape).unwrap();
+        for (j, l) in spec.conv.iter().enumerate() {
+            (x, e, chw) = conv(p, &format!("{prefix}.conv.{j}"), l.stride, (&x, &e), b, chw);
+        }
+    }
     for i in 0..spec.hidden_sizes.len() {
         (x, e) = linear(p, &format!("{prefix}.{i}"), &x, &e, b);
         for (v, err) in x.iter_mut().zip(e.iter_mut()) {
@@ -97,15 +184,22 @@ fn torso(
     (x, e)
 }
 
-fn reference(p: &Params, spec: &ModelSpec, obs: &[f32], b: usize) -> Reference {
+fn reference(
+    p: &Params,
+    spec: &ModelSpec,
+    obs_shape: &[usize],
+    obs: &[f32],
+    b: usize,
+) -> Reference {
     let obs: Vec<f64> = obs.iter().map(|&x| f64::from(x)).collect();
+    let input = network_input(spec, obs_shape, &obs);
     let ((a, ae), (c, ce)) = if spec.shared_torso {
-        let t = torso(p, spec, "torso", &obs, b);
+        let t = torso(p, spec, obs_shape, "torso", &input, b);
         (t.clone(), t)
     } else {
         (
-            torso(p, spec, "actor", &obs, b),
-            torso(p, spec, "critic", &obs, b),
+            torso(p, spec, obs_shape, "actor", &input, b),
+            torso(p, spec, obs_shape, "critic", &input, b),
         )
     };
     let (head, head_err) = linear(p, "actor.head", &a, &ae, b);
@@ -225,21 +319,27 @@ fn reference_logp(
     (logp, err)
 }
 
-/// A policy whose every parameter is moved by up to ±0.5 from its
+/// A policy whose every parameter is moved by up to ±0.5 (less for wide
+/// fan-ins) from its
 /// initialization: initial weights hide mismatches (zero biases, a 0.01 head
 /// gain, one log-std for all dims).
 fn perturbed(
     spec: &ModelSpec,
-    obs_dim: usize,
+    obs_shape: &[usize],
     space: &Space,
     seed: u64,
 ) -> (Policy, rand_pcg::Pcg64Mcg) {
-    let mut torch = Policy::new(spec, obs_dim, space, Device::Cpu, seed);
+    let mut torch = Policy::new(spec, obs_shape, space, Device::Cpu, seed);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
     let mut params = torch.host_parameters();
-    for (_, _, data) in &mut params {
+    for (_, shape, data) in &mut params {
+        // ±0.5, narrowed for fan-ins above 64 (convolutions, wide layers)
+        // so activations stay O(1) and the bounds stay tight; the MLPs'
+        // fan-ins are at most 64.
+        let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+        let amp = 0.5 * (64.0 / fan_in as f32).sqrt().min(1.0);
         for x in data.iter_mut() {
-            *x += rng.random_range(-0.5..0.5);
+            *x += rng.random_range(-amp..amp);
         }
     }
     torch.load_parameters(&params).unwrap();
@@ -252,17 +352,29 @@ fn perturbed(
 }
 
 fn check(spec: &ModelSpec, obs_dim: usize, space: &Space, seed: u64) {
-    let (torch, mut rng) = perturbed(spec, obs_dim, space, seed);
-    let cpu = CpuPolicy::from_safetensors(spec, obs_dim, space, &torch.to_safetensors()).unwrap();
-    let b = 37;
+    check_batch(spec, &[obs_dim], space, seed, 37, -3.0..3.0);
+}
+
+/// [`check`] over `b` observations of shape `obs_shape` drawn from `range`.
+fn check_batch(
+    spec: &ModelSpec,
+    obs_shape: &[usize],
+    space: &Space,
+    seed: u64,
+    b: usize,
+    range: std::ops::Range<f32>,
+) {
+    let obs_dim: usize = obs_shape.iter().product();
+    let (torch, mut rng) = perturbed(spec, obs_shape, space, seed);
+    let cpu = CpuPolicy::from_safetensors(spec, obs_shape, space, &torch.to_safetensors()).unwrap();
     let obs: Vec<f32> = (0..b * obs_dim)
-        .map(|_| rng.random_range(-3.0..3.0))
+        .map(|_| rng.random_range(range.clone()))
         .collect();
     let obs_t = Tensor::from_slice(&obs).view([b as i64, obs_dim as i64]);
     let obs_a = ndarray::Array2::from_shape_vec((b, obs_dim), obs.clone()).unwrap();
 
     let p = named(&torch);
-    let exact = reference(&p, spec, &obs, b);
+    let exact = reference(&p, spec, obs_shape, &obs, b);
     let (head_t, value_t) = tch::no_grad(|| torch.forward(&obs_t));
     let f = cpu.forward(obs_a.view(), true);
     forward_within(&exact, &head_t, &value_t, &f);
@@ -293,14 +405,14 @@ fn check(spec: &ModelSpec, obs_dim: usize, space: &Space, seed: u64) {
 fn the_bound_catches_a_weight_off_by_a_thousandth() {
     let (spec, space) = (ModelSpec::default(), Space::Discrete { n: 2 });
     for seed in 0..3 {
-        let (torch, mut rng) = perturbed(&spec, 4, &space, seed);
+        let (torch, mut rng) = perturbed(&spec, &[4], &space, seed);
         let p = named(&torch);
         let obs: Vec<f32> = (0..37 * 4).map(|_| rng.random_range(-3.0..3.0)).collect();
-        let exact = reference(&p, &spec, &obs, 37);
+        let exact = reference(&p, &spec, &[4], &obs, 37);
         for name in ["critic.head.weight", "actor.head.weight"] {
             let mut nudged = p.clone();
             nudged.get_mut(name).unwrap().1[0] += 1e-3;
-            let r = reference(&nudged, &spec, &obs, 37);
+            let r = reference(&nudged, &spec, &[4], &obs, 37);
             let (got, want, err) = if name.starts_with("critic") {
                 (&r.value, &exact.value, &exact.value_err)
             } else {
@@ -334,6 +446,155 @@ fn discrete_shared_relu_torso() {
     check(&spec, 6, &Space::Discrete { n: 5 }, 11);
 }
 
+/// The Nature CNN on a stack of four 84x84 frames, pixels 0..255 scaled by
+/// 1/255: shared torso, ReLU everywhere. Through four layers with fan-ins of
+/// 256 to 3136 the worst-case bound compounds (each layer multiplies an
+/// incoming error by the l1 norm of its weight rows) into bounds wider than
+/// the outputs, so here both sides must agree with the exact pass to
+/// 1e-5 of the outputs' scale (the largest |exact| of each kind); the
+/// small CNNs below hold the rigorous bound through the same code paths.
+#[test]
+fn nature_cnn_on_pixels() {
+    let (spec, shape, space) = (ModelSpec::nature(), [4, 84, 84], Space::Discrete { n: 4 });
+    let (torch, mut rng) = perturbed(&spec, &shape, &space, 21);
+    let cpu = CpuPolicy::from_safetensors(&spec, &shape, &space, &torch.to_safetensors()).unwrap();
+    let (b, d) = (3, 4 * 84 * 84);
+    let obs: Vec<f32> = (0..b * d).map(|_| rng.random_range(0.0..255.0)).collect();
+    let exact = reference(&named(&torch), &spec, &shape, &obs, b);
+    let (head_t, value_t) =
+        tch::no_grad(|| torch.forward(&Tensor::from_slice(&obs).view([b as i64, d as i64])));
+    let f = cpu.forward(ndarray::ArrayView2::from_shape((b, d), &obs).unwrap(), true);
+    let relative = |what: &str, exact: &[f64], torch: &[f32], cpu: &[f32]| {
+        let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let mut worst = 0.0f64;
+        for (i, &x) in exact.iter().enumerate() {
+            for (side, got) in [("libtorch", torch[i]), ("ndarray", cpu[i])] {
+                let off = (f64::from(got) - x).abs() / scale;
+                assert!(
+                    off <= 1e-5,
+                    "{what}[{i}]: {side} {got} vs exact {x}: {off:.2e} of the scale {scale:.3e}"
+                );
+                worst = worst.max(off);
+            }
+        }
+        eprintln!("{what}: worst error {worst:.2e} of the scale {scale:.3e}");
+    };
+    relative(
+        "head",
+        &exact.head,
+        &tensor_to_vec(&head_t),
+        f.head.as_slice().unwrap(),
+    );
+    let v = f.value.unwrap();
+    relative(
+        "value",
+        &exact.value,
+        &tensor_to_vec(&value_t),
+        v.as_slice().unwrap(),
+    );
+}
+
+/// A small convolutional torso of every kind: separate actor and critic
+/// torsos, tanh hidden layers, `[H, W, C]` observations with an odd
+/// stride that drops a row, and a Gaussian head; and a one-channel `[H, W]`
+/// observation.
+#[test]
+fn small_cnns_in_both_layouts() {
+    let hwc = ModelSpec {
+        conv: vec![
+            ConvLayer {
+                channels: 6,
+                kernel: 3,
+                stride: 2,
+            },
+            ConvLayer {
+                channels: 5,
+                kernel: 2,
+                stride: 1,
+            },
+        ],
+        observation_layout: ObservationLayout::Hwc,
+        hidden_sizes: vec![16],
+        init_log_std: -0.3,
+        ..Default::default()
+    };
+    check_batch(
+        &hwc,
+        &[10, 9, 3],
+        &Space::uniform_box(-1.0, 1.0, 2),
+        4,
+        5,
+        -3.0..3.0,
+    );
+    let gray = ModelSpec {
+        conv: vec![ConvLayer {
+            channels: 4,
+            kernel: 3,
+            stride: 1,
+        }],
+        hidden_sizes: vec![8, 8],
+        activation: Activation::Relu,
+        shared_torso: true,
+        observation_scale: 0.5,
+        ..Default::default()
+    };
+    check_batch(&gray, &[7, 6], &Space::Discrete { n: 3 }, 8, 6, 0.0..4.0);
+}
+
+/// The checks are not vacuous: the Nature CNN with its first kernels
+/// transposed (rows read as columns, the slip an im2col index makes) moves
+/// its outputs far beyond 1e-5 of their scale, and one kernel weight of a
+/// small CNN off by 10⁻³ beyond the rigorous bound.
+#[test]
+fn the_checks_catch_a_transposed_kernel_and_a_weight_off_by_a_thousandth() {
+    let outputs = |spec: &ModelSpec, shape: &[usize], edit: &dyn Fn(&mut Vec<f32>)| {
+        let (torch, mut rng) = perturbed(spec, shape, &Space::Discrete { n: 4 }, 2);
+        let p = named(&torch);
+        let d: usize = shape.iter().product();
+        let obs: Vec<f32> = (0..2 * d).map(|_| rng.random_range(0.0..255.0)).collect();
+        let exact = reference(&p, spec, shape, &obs, 2);
+        let mut edited = p.clone();
+        edit(&mut edited.get_mut("torso.conv.0.weight").unwrap().1);
+        (exact, reference(&edited, spec, shape, &obs, 2))
+    };
+    let (exact, r) = outputs(&ModelSpec::nature(), &[4, 84, 84], &|w| {
+        // [32, 4, 8, 8]: swap the two kernel axes
+        let orig = w.clone();
+        for oc in 0..32 * 4 {
+            for i in 0..8 {
+                for j in 0..8 {
+                    w[oc * 64 + i * 8 + j] = orig[oc * 64 + j * 8 + i];
+                }
+            }
+        }
+    });
+    let scale = exact.value.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let moved = (0..r.value.len()).fold(0.0f64, |m, i| m.max((r.value[i] - exact.value[i]).abs()));
+    assert!(
+        moved > 1e-3 * scale,
+        "transposed kernels move the value by only {moved:.2e} (scale {scale:.2e})"
+    );
+    let small = ModelSpec {
+        conv: vec![ConvLayer {
+            channels: 4,
+            kernel: 3,
+            stride: 1,
+        }],
+        hidden_sizes: vec![8],
+        shared_torso: true,
+        observation_scale: 1.0 / 255.0,
+        ..Default::default()
+    };
+    let (exact, r) = outputs(&small, &[2, 6, 6], &|w| w[0] += 1e-3);
+    let caught = (0..r.value.len())
+        .any(|i| (r.value[i] - exact.value[i]).abs() > exact.value_err[i])
+        || (0..r.head.len()).any(|i| (r.head[i] - exact.head[i]).abs() > exact.head_err[i]);
+    assert!(
+        caught,
+        "a kernel weight off by 1e-3 stays within the bounds"
+    );
+}
+
 #[test]
 fn continuous_gaussian() {
     let spec = ModelSpec {
@@ -363,7 +624,7 @@ fn normalized_observations() {
     )
     .unwrap();
     let space = Space::uniform_box(-2.0, 2.0, 1);
-    let policy = Policy::new(&cfg.model, 3, &space, Device::Cpu, 9);
+    let policy = Policy::new(&cfg.model, &[3], &space, Device::Cpu, 9);
     let mut learning = Learning::new(policy, None, &cfg);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(9);
     let seen: Vec<f32> = (0..300)
@@ -372,7 +633,7 @@ fn normalized_observations() {
     learning
         .norm
         .merge_observations(&Moments::of_rows(3, seen.chunks_exact(3)));
-    let cpu = CpuPolicy::from_safetensors(&cfg.model, 3, &space, &learning.snapshot()).unwrap();
+    let cpu = CpuPolicy::from_safetensors(&cfg.model, &[3], &space, &learning.snapshot()).unwrap();
     let raw: Vec<f32> = (0..40 * 3)
         .map(|k| 50.0 * (k % 3) as f32 + rng.random_range(-30.0..30.0))
         .collect();
@@ -388,6 +649,7 @@ fn normalized_observations() {
     let exact = reference(
         &named(&learning.policy),
         &cfg.model,
+        &[3],
         &tensor_to_vec(&normalized),
         40,
     );

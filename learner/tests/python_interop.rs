@@ -23,7 +23,7 @@ fn python_safetensors_reads_a_snapshot() {
     let python = format!("{venv}/bin/python");
     let p = Policy::new(
         &ModelSpec::default(),
-        4,
+        &[4],
         &Space::Discrete { n: 2 },
         Device::Cpu,
         3,

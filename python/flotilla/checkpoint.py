@@ -9,7 +9,10 @@ network, its `[env]` the environment id) and, in checkpoints of current
 learners, the run's spaces as JSON under `spaces`. A run with `[model]
 normalize_observations` also has its observation statistics in `model/`
 (`obs_norm.mean`, `obs_norm.var`): the policy applies them to the raw
-observations it is given, as the actors' network does.
+observations it is given, as the actors' network does. A run with a
+convolutional torso (`[model] conv`, or `preset = "nature"`) plays image
+observations of its declared shape (`[C, H, W]` or `[H, W, C]`, per
+`observation_layout`), in numpy like the rest (no torch).
 
     policy = flotilla.load_policy("runs/cartpole/checkpoints/ckpt-0000000244.safetensors")
     obs, _ = env.reset(seed=0)
@@ -169,6 +172,10 @@ def _spaces_from_tensors(tensors: dict[str, np.ndarray], model: ModelSpec) -> tu
     """Spaces of a checkpoint that records none (written before spaces were
     recorded): the observation size from the first layer, the action space
     from the head, unbounded (continuous actions are then not clipped)."""
+    if model.is_convolutional():
+        # Convolutional torsos are younger than the `spaces` metadata: the
+        # image shape cannot be told from the tensors.
+        raise CheckpointError("the checkpoint records no spaces and its [model] is convolutional")
     first = "torso.0.weight" if model.shared_torso else "actor.0.weight"
     if first not in tensors or "actor.head.weight" not in tensors:
         raise CheckpointError("the checkpoint records no spaces and its model tensors are incomplete")
@@ -243,7 +250,7 @@ def load_policy(
         if not _same_shape_and_bounds(act_adapter.space, act_space):
             raise ValueError(f"action space {action_space} is not the run's ({act_space!r})")
     try:
-        policy = Policy(model, obs_space.flat_dim, act_space, tensors)
+        policy = Policy(model, obs_space.shape, act_space, tensors)
     except PolicyError as e:
         raise CheckpointError(f"{path}: the policy does not fit its own spaces and [model]: {e}") from None
     return LoadedPolicy(

@@ -339,6 +339,11 @@ def session_from_run_spec(rs: pb.RunSpec, opts: ActorOptions, info: EnvInfo) -> 
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"{name}: the learner's run has {difference} (environment {info.env_id})",
             )
+    # A convolutional torso needs image observations its kernels fit (the
+    # learner checks this for its run; an older or broken one may not).
+    problems = model.problems_with(info.observation.space.shape)
+    if problems:
+        raise _spec_error("model", "; ".join(f"{k}: {m}" for k, m in problems))
     spec = WorkerSpec(
         env_id=rs.env_id,
         model=model,

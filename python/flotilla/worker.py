@@ -300,7 +300,9 @@ class EnvWorker(threading.Thread):
             return policy
         spec = self.spec
         try:
-            p = Policy.from_safetensors(spec.model, self.info.observation.dim, spec.action_space, snap.safetensors)
+            p = Policy.from_safetensors(
+                spec.model, self.info.observation.space.shape, spec.action_space, snap.safetensors
+            )
         except PolicyError as e:
             log.warning("ignoring unusable policy snapshot %d: %s", snap.version, e)
             return policy

@@ -89,6 +89,7 @@ class FakeLearner(pb_grpc.LearnerServicer):
                 hidden_sizes=list(MODEL.hidden_sizes),
                 activation=pb.ACTIVATION_TANH,
                 observation_clip=MODEL.observation_clip,
+                observation_scale=MODEL.observation_scale,
             ),
             chunk_len=self.chunk_len,
             observation_space=request.observation_space,

@@ -28,6 +28,7 @@ from flotilla.client import (
 from flotilla.envs import EnvFactory, probe
 from flotilla.seeds import actor_seed
 from flotilla.spaces import to_proto
+from flotilla.v1 import PROTOCOL_VERSION
 from flotilla.v1 import flotilla_pb2 as pb
 from flotilla.worker import Snapshot, SnapshotBox
 
@@ -42,12 +43,14 @@ def run_spec(**kw) -> pb.RunSpec:
     rs = pb.RunSpec(
         run_id="r1",
         env_id="CartPole-v1",
-        model=pb.ModelSpec(hidden_sizes=[64, 64], activation=pb.ACTIVATION_TANH, observation_clip=10.0),
+        model=pb.ModelSpec(
+            hidden_sizes=[64, 64], activation=pb.ACTIVATION_TANH, observation_clip=10.0, observation_scale=1.0
+        ),
         chunk_len=64,
         observation_space=to_proto(INFO.observation.space),
         action_space=to_proto(INFO.action.space),
         policy_version=7,
-        protocol_version=4,
+        protocol_version=PROTOCOL_VERSION,
         actor_id=3,
         send_behavior_values=True,
         seed=42,
@@ -103,7 +106,7 @@ def test_tokens_are_checked_like_the_learner_does():
 
 def test_hello_declares_the_environment():
     req = hello_request(opts(num_envs=3), INFO)
-    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 4, "CartPole-v1")
+    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 5, "CartPole-v1")
     assert list(req.observation_space.box.shape) == [4]
     assert req.observation_space.box.low[1] == -np.inf
     assert req.action_space.discrete.n == 2
@@ -146,8 +149,27 @@ def test_unusable_specs_are_refused_naming_the_field(change, field):
     assert f"`{field}`" in e.value.message or e.value.message.startswith(field), e.value.message
 
 
+def test_a_convolutional_run_needs_image_observations():
+    conv = [pb.ConvLayer(channels=8, kernel=3, stride=1)]
+    model = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_RELU, conv=conv, observation_scale=1.0)
+    # CartPole's observations are four values, not an image.
+    with pytest.raises(Status) as e:
+        session_from_run_spec(run_spec(model=model), opts(), INFO)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.fatal
+    assert e.value.message.startswith(
+        "run spec field `model`: model.conv: a convolutional torso needs image observations of 2 or 3 dimensions"
+    ), e.value.message
+    # A bad convolution is refused before the observations are looked at.
+    model.conv[0].stride = 0
+    with pytest.raises(Status) as e:
+        session_from_run_spec(run_spec(model=model), opts(), INFO)
+    assert e.value.message.startswith("run spec field `model`: model.conv: convolution 0 has"), e.value.message
+
+
 def test_a_normalizing_run_reaches_the_worker_and_a_bad_clip_is_refused():
-    model = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH, normalize_observations=True)
+    model = pb.ModelSpec(
+        hidden_sizes=[8], activation=pb.ACTIVATION_TANH, normalize_observations=True, observation_scale=1.0
+    )
     model.observation_clip = 5.0
     w = session_from_run_spec(run_spec(model=model), opts(), INFO).spec
     assert w.model.normalize_observations and w.model.observation_clip == 5.0

@@ -330,15 +330,15 @@ def test_normalization_settings_are_read_from_configs_and_the_wire():
         with pytest.raises(PolicyError, match="model.observation_clip: must be finite and above 0"):
             ModelSpec.from_config({"normalize_observations": True, "observation_clip": clip})
 
-    wire = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_RELU, observation_clip=0.3)
+    wire = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_RELU, observation_clip=0.3, observation_scale=1.0)
     wire.normalize_observations = True
     spec = ModelSpec.from_proto(wire)
     # The f32 of the wire, which is the clip the learner applies.
     assert spec.normalize_observations and spec.observation_clip == float(np.float32(0.3))
-    plain = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH, observation_clip=10.0)
+    plain = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH, observation_clip=10.0, observation_scale=1.0)
     assert not ModelSpec.from_proto(plain).normalize_observations
     # The clip only matters, and is only checked, when normalizing (as in Rust).
-    unset = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH)
+    unset = pb.ModelSpec(hidden_sizes=[8], activation=pb.ACTIVATION_TANH, observation_scale=1.0)
     assert ModelSpec.from_proto(unset).observation_clip == 0.0
     for clip in (0.0, -2.0, math.inf, math.nan):
         wire.observation_clip = clip

@@ -47,7 +47,7 @@ def test_stubs_import_from_the_package():
     from flotilla.v1 import flotilla_pb2 as pb
     from flotilla.v1 import flotilla_pb2_grpc as pb_grpc
 
-    assert PROTOCOL_VERSION == 4 and SESSION_METADATA == "x-flotilla-session"
+    assert PROTOCOL_VERSION == 5 and SESSION_METADATA == "x-flotilla-session"
     assert pb.DESCRIPTOR.name == "flotilla/v1/flotilla.proto"
     assert pb.DESCRIPTOR.package == "flotilla.v1"
     service = pb.DESCRIPTOR.services_by_name["Learner"]
@@ -59,3 +59,12 @@ def test_stubs_import_from_the_package():
     # The v4 normalization fields exist.
     m = pb.ModelSpec(normalize_observations=True, observation_clip=5.0)
     assert m.normalize_observations and m.observation_clip == 5.0
+    # The v5 convolutional torso fields exist.
+    m = pb.ModelSpec(
+        conv=[pb.ConvLayer(channels=32, kernel=8, stride=4)],
+        observation_layout=pb.OBSERVATION_LAYOUT_HWC,
+        observation_scale=0.5,
+    )
+    assert [(c.channels, c.kernel, c.stride) for c in m.conv] == [(32, 8, 4)]
+    assert m.observation_layout == pb.OBSERVATION_LAYOUT_HWC and m.observation_scale == 0.5
+    assert pb.ModelSpec().observation_layout == pb.OBSERVATION_LAYOUT_CHW

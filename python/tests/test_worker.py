@@ -214,6 +214,37 @@ def test_a_normalizing_run_sends_raw_observations_and_values_of_normalized_ones(
     w.finish()
 
 
+def test_a_convolutional_run_acts_on_its_image_observations():
+    """GridEnv's (2, 3) observations are one-channel images: a 2x2
+    convolution of ones gives the two window sums, and the critic's value is
+    what they give by hand, computed from the observations the chunk sends."""
+    from flotilla.policy import ConvLayer
+
+    factory = EnvFactory("Grid-v0", "flotilla_test_envs:make_grid")
+    info = probe(factory)
+    model = ModelSpec(conv=(ConvLayer(1, 2, 1),), hidden_sizes=(1,), observation_scale=0.5)
+    params = zero_parameters(model, (2, 3), Discrete(3))
+    assert params["critic.conv.0.weight"].shape == (1, 1, 2, 2) and params["critic.0.weight"].shape == (1, 2)
+    params["critic.conv.0.weight"][:] = 1.0
+    params["critic.0.weight"][:] = [[1.0, -2.0]]
+    params["critic.head.weight"][:] = 1.0
+    s = WorkerSpec("Grid-v0", model, 8, 2, info.observation.space, Discrete(3), True, False, 0, 1)
+    box = SnapshotBox()
+    box.publish(Snapshot(1, save(params)))
+    w = EnvWorker(s, "run", factory, info, "sync", box, ActorMetrics())
+    w.start()
+    try:
+        c = w.chunks.get(timeout=20)
+    finally:
+        w.shut_down()
+    assert w.error is None, w.error
+    d = decode(c, 6, Discrete(3), behavior_values=True)
+    img = d.obs[:-1].reshape(8, 2, 2, 3) * np.float32(0.5)
+    left = np.maximum(img[..., 0:2].sum(axis=(2, 3)), 0)
+    right = np.maximum(img[..., 1:3].sum(axis=(2, 3)), 0)
+    np.testing.assert_allclose(d.value, np.tanh(left - 2 * right), rtol=1e-5, atol=1e-6)
+
+
 def test_an_environment_that_raises_ends_the_thread_with_its_error():
     factory = EnvFactory("Exploding-v0", "flotilla_test_envs:make_exploding")
     info = probe(factory)

@@ -251,3 +251,31 @@ fn a_failing_local_actor_ends_the_run() {
         "{log}"
     );
 }
+
+/// A convolutional torso on observations it cannot read (CartPole's four
+/// numbers are no image) fails at start-up, exit 64, naming `model.conv`;
+/// the same run on Maze-v0's image observation starts.
+#[test]
+fn a_conv_torso_needs_image_observations() {
+    let dir = TempDir::new("cli-conv");
+    let out = learner_command("cartpole.toml", &dir.path().join("flat"))
+        .args(["--set", "model.conv=[{channels=4,kernel=3,stride=1}]"])
+        .output()
+        .expect("learner runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{log}");
+    assert!(
+        log.contains("model.conv") && log.contains("shape [4]"),
+        "{log}"
+    );
+    let out = learner_command("maze.toml", &dir.path().join("image"))
+        .args(["--local-actors", "1", "--total-env-steps", "1024"])
+        .args([
+            "--set",
+            "env.observation=\"image\",model.conv=[{channels=4,kernel=3,stride=2}]",
+        ])
+        .output()
+        .expect("learner runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+}

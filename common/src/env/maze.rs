@@ -63,6 +63,18 @@
 //! For a layout, `H × W` counts every character cell, walls included (their
 //! entries are never hot). For a generated maze it is `size × size`.
 //!
+//! ## Image observation (`observation = "image"`)
+//!
+//! `Box([0, 255], [3, 2H + 1, 2W + 1])`, channels first, every entry 0.0 or
+//! 255.0 (pixel values, for a convolutional torso with
+//! `observation_scale = 1/255`): the grid drawn one pixel per cell and one
+//! per wall between cells. Cell `(row, column)` is pixel
+//! `(2·row + 1, 2·column + 1)`; the pixel between two neighbouring cells is a
+//! wall when the move between them is blocked; the border and the pixels at
+//! even row and even column (where walls meet) are walls; a layout's `#`
+//! cell is a wall pixel. Channel 0 holds the walls, channel 1 the agent's
+//! cell, channel 2 the exit's cell. An 8 × 8 maze is a `3 × 17 × 17` image.
+//!
 //! # Configuration
 //!
 //! ```toml
@@ -77,6 +89,7 @@
 //! # """
 //! step_cost = 0.0          # subtracted on each step that does not reach the exit
 //! max_episode_steps = 256  # default 4 × H × W
+//! observation = "vector"   # or "image" (see above)
 //! ```
 
 use std::collections::VecDeque;
@@ -121,7 +134,23 @@ pub struct MazeConfig {
     pub step_cost: f32,
     /// Time limit; `None` means `4 × H × W`.
     pub max_episode_steps: Option<u32>,
+    /// What the agent observes.
+    pub observation: MazeObservation,
 }
+
+/// The two observation modes of `Maze-v0` (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MazeObservation {
+    /// One-hot position and the four blocked moves.
+    #[default]
+    Vector,
+    /// The grid as a `3 × (2H + 1) × (2W + 1)` image.
+    Image,
+}
+
+/// Value of a lit pixel of the image observation.
+pub const PIXEL_ON: f32 = 255.0;
 
 impl Default for MazeConfig {
     fn default() -> Self {
@@ -131,6 +160,7 @@ impl Default for MazeConfig {
             layout: None,
             step_cost: 0.0,
             max_episode_steps: None,
+            observation: MazeObservation::Vector,
         }
     }
 }
@@ -153,6 +183,9 @@ pub struct Maze {
     elapsed: u32,
     /// The final step's flags once the episode has ended.
     ended: Option<(bool, bool)>,
+    /// Image observations: the walls and exit channels, drawn once; the
+    /// agent's channel is empty.
+    image: Option<Vec<f32>>,
     observation_space: Space,
     action_space: Space,
 }
@@ -213,7 +246,7 @@ impl Maze {
             }
             Some(m) => m,
         };
-        Ok(Maze {
+        let mut maze = Maze {
             height,
             width,
             blocked,
@@ -226,9 +259,47 @@ impl Maze {
             pos: start,
             elapsed: 0,
             ended: None,
+            image: None,
             observation_space: Space::uniform_box(0.0, 1.0, cells + 4),
             action_space: Space::Discrete { n: 4 },
-        })
+        };
+        if cfg.observation == MazeObservation::Image {
+            let shape = vec![3, 2 * height + 1, 2 * width + 1];
+            let n: usize = shape.iter().product();
+            maze.observation_space = Space::Box {
+                low: vec![0.0; n],
+                high: vec![PIXEL_ON; n],
+                shape,
+            };
+            maze.image = Some(maze.draw_static());
+        }
+        Ok(maze)
+    }
+
+    /// The image observation's wall and exit channels (the agent's empty).
+    fn draw_static(&self) -> Vec<f32> {
+        let (ih, iw) = (2 * self.height + 1, 2 * self.width + 1);
+        let mut img = vec![0.0; 3 * ih * iw];
+        // Everything starts as wall; cells and open passages are cleared.
+        img[..ih * iw].fill(PIXEL_ON);
+        for cell in 0..self.height * self.width {
+            let (r, c) = self.rc(cell);
+            let (y, x) = (2 * r + 1, 2 * c + 1);
+            if self.wall_cells.as_ref().is_some_and(|walls| walls[cell]) {
+                continue;
+            }
+            img[y * iw + x] = 0.0;
+            let b = self.blocked[cell];
+            if b & (1 << RIGHT) == 0 {
+                img[y * iw + x + 1] = 0.0;
+            }
+            if b & (1 << DOWN) == 0 {
+                img[(y + 1) * iw + x] = 0.0;
+            }
+        }
+        let (r, c) = self.rc(self.goal);
+        img[2 * ih * iw + (2 * r + 1) * iw + 2 * c + 1] = PIXEL_ON;
+        img
     }
 
     /// The agent's cell, `(row, column)`.
@@ -377,6 +448,18 @@ impl Maze {
     }
 
     fn write_obs(&self, obs: &mut [f32]) {
+        if let Some(image) = &self.image {
+            assert_eq!(
+                obs.len(),
+                image.len(),
+                "{ID}: observation buffer has the wrong length"
+            );
+            obs.copy_from_slice(image);
+            let iw = 2 * self.width + 1;
+            let (r, c) = self.rc(self.pos);
+            obs[image.len() / 3 + (2 * r + 1) * iw + 2 * c + 1] = PIXEL_ON;
+            return;
+        }
         let cells = self.height * self.width;
         assert_eq!(
             obs.len(),
@@ -692,6 +775,68 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn image_observation_draws_walls_agent_and_exit() {
+        let mut m = Maze::new(MazeConfig {
+            layout: Some("S.\n#G".to_owned()),
+            observation: MazeObservation::Image,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(m.observation_space().shape(), [3, 5, 5]);
+        let mut obs = vec![-1.0; 75];
+        m.reset(None, &mut obs);
+        let channel = |obs: &[f32], ch: usize| -> Vec<String> {
+            obs[ch * 25..(ch + 1) * 25]
+                .chunks(5)
+                .map(|row| {
+                    row.iter()
+                        .map(|&v| match v {
+                            0.0 => '.',
+                            PIXEL_ON => '#',
+                            _ => '?',
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        // Worked by hand: cells at odd pixels, the wall cell (1, 0) filled,
+        // the open passages right of S and below (0, 1).
+        assert_eq!(
+            channel(&obs, 0),
+            ["#####", "#...#", "###.#", "###.#", "#####"]
+        );
+        assert_eq!(
+            channel(&obs, 1),
+            [".....", ".#...", ".....", ".....", "....."]
+        );
+        assert_eq!(
+            channel(&obs, 2),
+            [".....", ".....", ".....", "...#.", "....."]
+        );
+        m.step(ActionRef::Discrete(RIGHT), &mut obs);
+        assert_eq!(
+            channel(&obs, 1),
+            [".....", "...#.", ".....", ".....", "....."]
+        );
+        assert_eq!(
+            channel(&obs, 0),
+            ["#####", "#...#", "###.#", "###.#", "#####"]
+        );
+        let s = m.step(ActionRef::Discrete(DOWN), &mut obs);
+        assert!(s.terminated);
+        assert_eq!(channel(&obs, 1), channel(&obs, 2));
+        // A generated 8x8 maze is a 3x17x17 image; the vector mode is unchanged.
+        let g = Maze::new(MazeConfig {
+            size: Some(8),
+            observation: MazeObservation::Image,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(g.observation_space().shape(), [3, 17, 17]);
+        assert_eq!(generated(8, 0).observation_space().shape(), [68]);
     }
 
     fn generated(size: usize, seed: u64) -> Maze {

@@ -410,6 +410,8 @@ pub struct Front {
 struct Discovery {
     env_id: String,
     max_envs_per_actor: u32,
+    /// The run's network, which the declared observations must fit.
+    model: flotilla_common::model::ModelSpec,
     first: std::sync::Mutex<Option<oneshot::Sender<Spaces>>>,
 }
 
@@ -421,19 +423,21 @@ pub type FrontReady = watch::Sender<Option<Arc<LearnerService>>>;
 
 impl Front {
     /// A front whose run has not started yet. With `discover`
-    /// (`(env_id, ingest.max_envs_per_actor)`) the run waits for the spaces
-    /// of that external environment: the receiver yields the first valid
-    /// declaration. Send the started run's service into the [`FrontReady`].
+    /// (`(env_id, ingest.max_envs_per_actor, model)`) the run waits for the
+    /// spaces of that external environment: the receiver yields the first
+    /// valid declaration whose observations the model fits. Send the started
+    /// run's service into the [`FrontReady`].
     pub fn new(
-        discover: Option<(String, u32)>,
+        discover: Option<(String, u32, flotilla_common::model::ModelSpec)>,
     ) -> (Self, Option<oneshot::Receiver<Spaces>>, FrontReady) {
         let (ready_tx, ready) = watch::channel(None);
         let (discovery, spaces) = match discover {
-            Some((env_id, max_envs_per_actor)) => {
+            Some((env_id, max_envs_per_actor, model)) => {
                 let (first, spaces) = oneshot::channel();
                 let d = Discovery {
                     env_id,
                     max_envs_per_actor,
+                    model,
                     first: std::sync::Mutex::new(Some(first)),
                 };
                 (Some(d), Some(spaces))
@@ -460,6 +464,12 @@ impl Front {
             let declared = check_hello(req, d.max_envs_per_actor)?;
             match declared {
                 Some((id, spaces)) if id == d.env_id => {
+                    let obs_shape = spaces.observation.shape();
+                    if let Some((key, msg)) = d.model.problems_with(&obs_shape).first() {
+                        return Err(LearnerError::EnvMismatch(format!(
+                            "field `observation_space`: the run's [model] does not fit this environment's observations: {key}: {msg}"
+                        )));
+                    }
                     let first = d.first.lock().unwrap_or_else(|e| e.into_inner()).take();
                     if let Some(first) = first {
                         info!(

@@ -73,8 +73,8 @@ pub fn evaluate(
 ) -> anyhow::Result<Evaluation> {
     let mut env = env.make()?;
     let space = env.action_space().clone();
-    let obs_dim = env.observation_space().flat_dim();
-    let policy = CpuPolicy::from_safetensors(model, obs_dim, &space, &snapshot.safetensors)?;
+    let obs_shape = env.observation_space().shape();
+    let policy = CpuPolicy::from_safetensors(model, &obs_shape, &space, &snapshot.safetensors)?;
     let mut act = policy_player(policy, settings.greedy, settings.seed);
     let episodes: Vec<EpisodeSummary> = play(
         env.as_mut(),

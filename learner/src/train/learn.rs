@@ -358,7 +358,7 @@ mod tests {
         )
         .unwrap();
         let space = Space::Discrete { n: 2 };
-        let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 3);
+        let policy = Policy::new(&cfg.model, &[D], &space, Device::Cpu, 3);
         let mut learning = Learning::new(policy, None, &cfg);
         let host_state = |l: &Learning| {
             (
@@ -409,7 +409,7 @@ mod tests {
         )
         .unwrap();
         let space = Space::Discrete { n: 2 };
-        let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 3);
+        let policy = Policy::new(&cfg.model, &[D], &space, Device::Cpu, 3);
         let learning = Learning::new(policy, None, &cfg);
         let chunks = [
             chunk(1, 2, 2, &[(0, 1, false), (1, 0, true)]),
@@ -475,10 +475,10 @@ mod tests {
         )
         .unwrap();
         let space = Space::Discrete { n: 2 };
-        let policy = Policy::new(&cfg.model, D, &space, Device::Cpu, 5);
+        let policy = Policy::new(&cfg.model, &[D], &space, Device::Cpu, 5);
         let mut learning = Learning::new(policy, None, &cfg);
         let actor = |bytes: &[u8], spec: &ModelSpec| {
-            CpuPolicy::from_safetensors(spec, D, &space, bytes).unwrap()
+            CpuPolicy::from_safetensors(spec, &[D], &space, bytes).unwrap()
         };
         // Raw observations far from the unit scale, so statistics matter.
         let raw = |a: u32| {

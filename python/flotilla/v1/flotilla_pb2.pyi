@@ -12,9 +12,16 @@ class Activation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTIVATION_UNSPECIFIED: _ClassVar[Activation]
     ACTIVATION_TANH: _ClassVar[Activation]
     ACTIVATION_RELU: _ClassVar[Activation]
+
+class ObservationLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBSERVATION_LAYOUT_CHW: _ClassVar[ObservationLayout]
+    OBSERVATION_LAYOUT_HWC: _ClassVar[ObservationLayout]
 ACTIVATION_UNSPECIFIED: Activation
 ACTIVATION_TANH: Activation
 ACTIVATION_RELU: Activation
+OBSERVATION_LAYOUT_CHW: ObservationLayout
+OBSERVATION_LAYOUT_HWC: ObservationLayout
 
 class HelloRequest(_message.Message):
     __slots__ = ("actor_name", "num_envs", "protocol_version", "env_id", "observation_space", "action_space")
@@ -57,20 +64,36 @@ class Space(_message.Message):
     def __init__(self, discrete: _Optional[_Union[DiscreteSpace, _Mapping]] = ..., box: _Optional[_Union[BoxSpace, _Mapping]] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("hidden_sizes", "activation", "shared_torso", "init_log_std", "normalize_observations", "observation_clip")
+    __slots__ = ("hidden_sizes", "activation", "shared_torso", "init_log_std", "normalize_observations", "observation_clip", "conv", "observation_layout", "observation_scale")
     HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_TORSO_FIELD_NUMBER: _ClassVar[int]
     INIT_LOG_STD_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_CLIP_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_SCALE_FIELD_NUMBER: _ClassVar[int]
     hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
     activation: Activation
     shared_torso: bool
     init_log_std: float
     normalize_observations: bool
     observation_clip: float
-    def __init__(self, hidden_sizes: _Optional[_Iterable[int]] = ..., activation: _Optional[_Union[Activation, str]] = ..., shared_torso: _Optional[bool] = ..., init_log_std: _Optional[float] = ..., normalize_observations: _Optional[bool] = ..., observation_clip: _Optional[float] = ...) -> None: ...
+    conv: _containers.RepeatedCompositeFieldContainer[ConvLayer]
+    observation_layout: ObservationLayout
+    observation_scale: float
+    def __init__(self, hidden_sizes: _Optional[_Iterable[int]] = ..., activation: _Optional[_Union[Activation, str]] = ..., shared_torso: _Optional[bool] = ..., init_log_std: _Optional[float] = ..., normalize_observations: _Optional[bool] = ..., observation_clip: _Optional[float] = ..., conv: _Optional[_Iterable[_Union[ConvLayer, _Mapping]]] = ..., observation_layout: _Optional[_Union[ObservationLayout, str]] = ..., observation_scale: _Optional[float] = ...) -> None: ...
+
+class ConvLayer(_message.Message):
+    __slots__ = ("channels", "kernel", "stride")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    channels: int
+    kernel: int
+    stride: int
+    def __init__(self, channels: _Optional[int] = ..., kernel: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
 
 class RunSpec(_message.Message):
     __slots__ = ("run_id", "env_id", "env_config_toml", "model", "chunk_len", "observation_space", "action_space", "policy_version", "protocol_version", "actor_id", "send_behavior_values", "seed", "max_chunk_bytes", "default_num_envs", "sync", "batch_samples", "session")

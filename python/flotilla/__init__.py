@@ -7,6 +7,9 @@ learner, and play trained policies from its checkpoints.
   callable policy, numpy only.
 * `flotilla.actor_seed(run_seed, name)` is the seed an actor of that name
   derives in a run, bit-exact with the Rust actors.
+* `flotilla.atari.make_atari_env(id)` builds an Atari game with the standard
+  DQN/PPO preprocessing, as `flotilla-actor --atari` does (needs the `atari`
+  extra: ale-py and OpenCV).
 """
 
 from .checkpoint import CheckpointError, LoadedPolicy, load_policy

@@ -1,6 +1,7 @@
 """`flotilla-actor`: runs a Gymnasium environment as a Flotilla actor.
 
     flotilla-actor --learner http://127.0.0.1:50051 --env CartPole-v1
+    flotilla-actor --learner http://127.0.0.1:50051 --env ALE/Breakout-v5 --atari
 
 connects to the learner, declares the environment (its id and spaces) at
 `Hello`, acts with the newest policy and streams trajectory chunks until
@@ -84,6 +85,19 @@ def _positive_int(text: str) -> int:
     return v
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _switch(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(_TRUE + _FALSE)}, got {text!r}")
+
+
 def default_name() -> str:
     """`<host name>-<pid>`: unique per process on a host, so actors started
     side by side without `--name` get different seeds."""
@@ -152,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="{}",
         metavar="JSON",
         help="keyword arguments of gymnasium.make or of --make, a JSON object [default: {}]",
+    )
+    atari = _env("FLOTILLA_ATARI")
+    if atari is not None:
+        try:
+            atari = _switch(atari)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"FLOTILLA_ATARI: {e}")
+    p.add_argument(
+        "--atari",
+        action="store_true",
+        default=bool(atari),
+        help="ID is an Atari game of ale-py (e.g. ALE/Breakout-v5): build it with the standard "
+        "DQN/PPO preprocessing (30 no-op reset, frame skip 4 with max-pooling, episodic life, "
+        "FIRE on reset, reward sign clipping, 84x84 grayscale, 4 stacked frames); needs "
+        'pip install "flotilla[atari]" [env: FLOTILLA_ATARI]',
     )
     arg(
         "--name",
@@ -317,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls = load_tls(args)
         parse_learner_url(args.learner, tls)
-        factory = EnvFactory(args.env, args.make, _env_kwargs(args.env_kwargs))
+        factory = EnvFactory(args.env, args.make, _env_kwargs(args.env_kwargs), atari=args.atari)
+        if args.atari:
+            from .atari import check_env_id
+
+            check_env_id(args.env)
         opts = ActorOptions(
             learner=args.learner,
             env=factory,

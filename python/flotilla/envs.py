@@ -1,7 +1,9 @@
 """Gymnasium environments as an actor steps them.
 
 `EnvFactory` builds one environment: `gymnasium.make(id, **kwargs)`, or a
-callable of your own named `module:callable` (called with the same kwargs).
+callable of your own named `module:callable` (called with the same kwargs),
+or with `atari=True` an Atari game with the standard preprocessing
+(`flotilla.atari.make_atari_env`).
 It is a plain picklable object, so asynchronous vector environments can build
 environments in their worker processes.
 
@@ -11,6 +13,11 @@ environments in the `SAME_STEP` autoreset mode, the semantics of the Rust
 the returned observation is the next episode's first one, and the true last
 observation of the finished episode is kept for the chunk (the learner needs
 it to bootstrap truncated episodes).
+
+The episode returns the actor reports sum the rewards it trains on, or, for
+an environment whose step infos carry `RAW_REWARD_KEY` ("raw_reward"), those
+instead: the Atari wrappers train on clipped rewards and report the game's
+score that way.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ from .spaces import ActionAdapter, ObservationAdapter
 
 class EnvError(RuntimeError):
     """An environment that cannot be built, or misbehaves."""
+
+
+#: Step-info key of the reward an episode's reported return counts, where an
+#: environment trains on another one (`flotilla.atari.ClipReward`).
+RAW_REWARD_KEY = "raw_reward"
 
 
 def resolve_callable(spec: str) -> Callable[..., Any]:
@@ -58,10 +70,29 @@ class EnvFactory:
     env_id: str
     make: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Build `env_id` as an Atari game with the standard preprocessing
+    #: (`flotilla.atari.make_atari_env`); not with `make`.
+    atari: bool = False
+
+    def __post_init__(self) -> None:
+        if self.atari and self.make:
+            raise EnvError("--atari builds the environment itself: it does not go with --make")
+
+    def describe(self) -> str:
+        """How the environment is built, for error messages."""
+        if self.make:
+            return self.make
+        if self.atari:
+            return f"flotilla.atari.make_atari_env({self.env_id!r})"
+        return f"gymnasium.make({self.env_id!r})"
 
     def __call__(self) -> Any:
         if self.make:
             return resolve_callable(self.make)(**self.kwargs)
+        if self.atari:
+            from .atari import make_atari_env
+
+            return make_atari_env(self.env_id, **self.kwargs)
         import gymnasium
 
         return gymnasium.make(self.env_id, **self.kwargs)
@@ -101,8 +132,7 @@ def probe(factory: EnvFactory) -> EnvInfo:
     except EnvError:
         raise
     except Exception as e:
-        what = factory.make or f"gymnasium.make({factory.env_id!r})"
-        raise EnvError(f"cannot build the environment with {what}: {type(e).__name__}: {e}") from e
+        raise EnvError(f"cannot build the environment with {factory.describe()}: {type(e).__name__}: {e}") from e
     try:
         return EnvInfo(
             factory.env_id,
@@ -127,6 +157,25 @@ class StepResult:
     final_envs: np.ndarray  # [K] environments whose episode ended, increasing
     final_obs: np.ndarray  # [K, obs_dim] their true last observations
     episodes: list[tuple[float, int]]  # (return, length) of each ended episode
+
+
+def _raw_rewards(infos: dict, done: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """The rewards an episode's return counts: `infos[RAW_REWARD_KEY]` where
+    the environments give it (in `infos["final_info"]` for those whose
+    episode ended: their `infos` are the next episode's reset infos), the
+    training rewards elsewhere."""
+    out = rewards
+    for where, envs in ((infos, ~done), (infos.get("final_info"), done)):
+        if not isinstance(where, dict) or RAW_REWARD_KEY not in where:
+            continue
+        values = np.asarray(where[RAW_REWARD_KEY])
+        mask = np.asarray(where.get("_" + RAW_REWARD_KEY, np.ones(done.shape, bool)), dtype=bool)
+        take = mask.reshape(done.shape) & envs
+        if take.any():
+            if out is rewards:
+                out = rewards.copy()
+            out[take] = values.reshape(done.shape)[take].astype(np.float64)
+    return out
 
 
 class VectorRunner:
@@ -164,9 +213,9 @@ class VectorRunner:
         terminated = np.asarray(terminated, dtype=bool).reshape(self.num_envs)
         truncated = np.asarray(truncated, dtype=bool).reshape(self.num_envs)
         self.obs = self.info.observation.encode_batch(obs)
-        self._returns += rewards
-        self._lengths += 1
         done = terminated | truncated
+        self._returns += _raw_rewards(infos, done, rewards)
+        self._lengths += 1
         final_envs = np.flatnonzero(done)
         dim = self.info.observation.dim
         episodes: list[tuple[float, int]] = []

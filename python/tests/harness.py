@@ -20,7 +20,7 @@ REPO = PYTHON_DIR.parent
 
 def skip(stage: str, reason: str) -> None:
     """Skips a test that cannot run its stage here (`"learner"`,
-    `"grpcio-tools"`, `"openssl"`), as the Rust tests do
+    `"grpcio-tools"`, `"openssl"`, `"atari"`), as the Rust tests do
     (`common/src/testing.rs`): when FLOTILLA_ALLOW_SKIP is set (CI sets it to
     the stages its machines may lack, comma-separated), a skip of any other
     stage fails the test instead, so a green run cannot hide a stage that did

@@ -1,6 +1,7 @@
 """`flotilla-actor` as a program: usage errors, signals and the metrics
 endpoint, without a learner."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def actor(*args, env=None, timeout=60):
 def test_help_and_version():
     code, _, out = actor("--help")
     assert code == 0 and "--make MODULE:CALLABLE" in out and "FLOTILLA_LEARNER" in out
+    assert "--atari" in out and "FLOTILLA_ATARI" in out
     code, _, out = actor("--version")
     assert code == 0 and "flotilla-actor" in out
 
@@ -64,11 +66,23 @@ def test_usage_errors_exit_64_and_say_why(args, env, needle):
     assert "error: " in err and needle in err, err
 
 
+def test_atari_without_ale_py_says_how_to_install_it(tmp_path):
+    # An ale_py that cannot be imported, first on PYTHONPATH.
+    (tmp_path / "ale_py").mkdir()
+    (tmp_path / "ale_py" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join([str(tmp_path), actor_env()["PYTHONPATH"]])
+    code, err, _ = actor("--learner", NOBODY, "--env", "ALE/Breakout-v5", "--atari", env={"PYTHONPATH": path})
+    assert code == 64, err
+    assert "error: --atari needs ale-py" in err and 'pip install "flotilla[atari]"' in err, err
+
+
 def test_bad_flag_values_are_refused_by_the_parser():
     code, err, _ = actor("--env", "CartPole-v1", "--num-envs", "0")
     assert code == 2 and "--num-envs" in err
     code, err, _ = actor("--env", "CartPole-v1", env={"FLOTILLA_MAX_STEPS_PER_SECOND": "-1"})
     assert code == 2 and "FLOTILLA_MAX_STEPS_PER_SECOND" in err
+    code, err, _ = actor("--env", "CartPole-v1", env={"FLOTILLA_ATARI": "maybe"})
+    assert code == 2 and "FLOTILLA_ATARI" in err
 
 
 def test_sigterm_while_the_learner_is_away_exits_0_and_metrics_are_served():

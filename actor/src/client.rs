@@ -187,6 +187,7 @@ fn check_chunk_size(spec: &WorkerSpec, run_id: &str, max_bytes: u64) -> Result<(
         chunk_len: spec.chunk_len,
         num_envs,
         obs_dim: spec.observation_space.flat_dim(),
+        obs_dtype: spec.observation_space.dtype(),
         action_space: &spec.action_space,
         behavior_values: spec.behavior_values,
         episodes: num_envs,

@@ -152,7 +152,8 @@ impl Acting {
             spec.num_envs,
             spec.observation_space.flat_dim(),
             spec.action_space.clone(),
-        );
+        )
+        .with_obs_dtype(spec.observation_space.dtype());
         builder.begin(envs.observations());
         Ok(Acting {
             envs,
@@ -425,6 +426,7 @@ mod tests {
                 low: vec![f32::NEG_INFINITY; 4],
                 high: vec![f32::INFINITY; 4],
                 shape: vec![4],
+                dtype: flotilla_common::space::Dtype::Float32,
             },
             action_space: act.clone(),
             behavior_values: true,

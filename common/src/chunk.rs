@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::metrics::DropReason;
 use crate::proto;
-use crate::space::Space;
+use crate::space::{Dtype, Space};
 use crate::vec_env::VecEnv;
 
 /// What the learner expects of every chunk of a run.
@@ -29,6 +29,8 @@ pub struct ChunkExpectations {
     pub env_id: String,
     /// Flat observation size.
     pub obs_dim: usize,
+    /// Element type of `obs` and `final_obs` (the observation space's).
+    pub obs_dtype: Dtype,
     pub action_space: Space,
     /// Largest T; shorter chunks (`1..=chunk_len`) are accepted.
     pub chunk_len: usize,
@@ -115,6 +117,101 @@ pub enum Actions {
     Continuous(Vec<f32>),
 }
 
+/// Observations of a chunk in their wire type, flat and row-major.
+///
+/// Pixels stay bytes all the way to the learner's device, where they become
+/// f32 (a quarter of the memory and of the host-to-device copy).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observations {
+    F32(Vec<f32>),
+    /// Integers `0..=255`, from a `uint8` observation space.
+    U8(Vec<u8>),
+}
+
+impl From<Vec<f32>> for Observations {
+    fn from(v: Vec<f32>) -> Self {
+        Observations::F32(v)
+    }
+}
+
+impl From<Vec<u8>> for Observations {
+    fn from(v: Vec<u8>) -> Self {
+        Observations::U8(v)
+    }
+}
+
+impl Observations {
+    /// No values, room for `capacity`.
+    pub fn with_capacity(dtype: Dtype, capacity: usize) -> Self {
+        match dtype {
+            Dtype::Float32 => Observations::F32(Vec::with_capacity(capacity)),
+            Dtype::Uint8 => Observations::U8(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Observations::F32(v) => v.len(),
+            Observations::U8(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Observations::F32(_) => Dtype::Float32,
+            Observations::U8(_) => Dtype::Uint8,
+        }
+    }
+
+    /// The values, when they are f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Observations::F32(v) => Some(v),
+            Observations::U8(_) => None,
+        }
+    }
+
+    /// Values `range` as f32 (borrowed when they are f32 already).
+    ///
+    /// # Panics
+    /// If `range` is out of bounds.
+    pub fn f32s(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Observations::F32(v) => std::borrow::Cow::Borrowed(&v[range]),
+            Observations::U8(v) => v[range].iter().map(|&x| f32::from(x)).collect(),
+        }
+    }
+
+    /// Appends values `range` of `other`.
+    ///
+    /// # Panics
+    /// If `other` has another dtype (a run has one) or `range` is out of bounds.
+    pub fn extend_from(&mut self, other: &Observations, range: std::ops::Range<usize>) {
+        match (self, other) {
+            (Observations::F32(out), Observations::F32(v)) => out.extend_from_slice(&v[range]),
+            (Observations::U8(out), Observations::U8(v)) => out.extend_from_slice(&v[range]),
+            (out, _) => panic!(
+                "observations of {} appended to {}",
+                other.dtype().name(),
+                out.dtype().name()
+            ),
+        }
+    }
+
+    /// The packed little-endian wire bytes.
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Observations::F32(v) => f32_bytes(v),
+            Observations::U8(v) => Bytes::copy_from_slice(v),
+        }
+    }
+}
+
 /// A validated chunk of T steps of N environments.
 ///
 /// Every array is row-major with the layout of the wire message; after
@@ -133,7 +230,7 @@ pub struct Chunk {
     /// N: environments.
     pub n: usize,
     /// `[T+1, N, obs_dim]`; row T is the observation after the last step.
-    pub obs: Vec<f32>,
+    pub obs: Observations,
     pub actions: Actions,
     /// `[T, N]`.
     pub rewards: Vec<f32>,
@@ -148,7 +245,7 @@ pub struct Chunk {
     /// Strictly increasing flat positions `t * N + n` where an episode ended.
     pub final_obs_index: Vec<usize>,
     /// `[K, obs_dim]`: the true last observation of each ended episode.
-    pub final_obs: Vec<f32>,
+    pub final_obs: Observations,
     /// Returns of the episodes that finished in this chunk.
     pub episode_returns: Vec<f32>,
     /// Lengths (>= 1) of the episodes that finished in this chunk.
@@ -210,7 +307,7 @@ impl Chunk {
             policy_version: *policy_version,
             t: u32::try_from(*t).unwrap_or(u32::MAX),
             n: u32::try_from(*n).unwrap_or(u32::MAX),
-            obs: f32_bytes(obs),
+            obs: obs.to_bytes(),
             actions: match actions {
                 Actions::Discrete(a) => i64_bytes(a),
                 Actions::Continuous(a) => f32_bytes(a),
@@ -224,10 +321,11 @@ impl Chunk {
                 .iter()
                 .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
                 .collect(),
-            final_obs: f32_bytes(final_obs),
+            final_obs: final_obs.to_bytes(),
             episode_returns: episode_returns.clone(),
             episode_lengths: episode_lengths.clone(),
             env_id: env_id.clone(),
+            obs_dtype: proto::Dtype::from(obs.dtype()).into(),
         }
     }
 }
@@ -365,6 +463,7 @@ pub struct ChunkShape<'a> {
     pub chunk_len: usize,
     pub num_envs: usize,
     pub obs_dim: usize,
+    pub obs_dtype: Dtype,
     pub action_space: &'a Space,
     pub behavior_values: bool,
     /// Episodes that end inside the chunk (K).
@@ -390,6 +489,7 @@ pub fn max_encoded_len(s: &ChunkShape) -> u64 {
         s.episodes as u64,
     );
     let tn = t * n;
+    let obs_bytes = s.obs_dtype.size() as u64;
     let action_bytes = match s.action_space {
         Space::Discrete { .. } => 8,
         space => 4 * space.flat_dim() as u64,
@@ -398,17 +498,18 @@ pub fn max_encoded_len(s: &ChunkShape) -> u64 {
         + (1 + 5) // actor_id
         + 2 * (1 + 10) // sequence, policy_version
         + 2 * (1 + 5) // t, n
-        + field(1, (t + 1) * n * d * 4)
+        + field(1, (t + 1) * n * d * obs_bytes)
         + field(1, tn * action_bytes)
         + field(1, tn * 4) // rewards
         + 2 * field(1, tn) // terminated, truncated
         + field(1, tn * 4) // behavior_logp
         + field(1, if s.behavior_values { tn * 4 } else { 0 })
         + field(1, k * 5) // final_obs_index
-        + field(1, k * d * 4)
+        + field(1, k * d * obs_bytes)
         + field(2, k * 4) // episode_returns
         + field(2, k * 5) // episode_lengths
         + field(2, s.env_id_len as u64)
+        + if s.obs_dtype == Dtype::Float32 { 0 } else { 2 + 1 } // obs_dtype
 }
 
 /// Validates a chunk from the wire against what the run expects.
@@ -450,6 +551,7 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
         episode_returns,
         episode_lengths,
         env_id,
+        obs_dtype,
     } = chunk;
 
     if run_id != exp.run_id {
@@ -473,21 +575,32 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
             actual: policy_version,
         });
     }
+    let wanted = proto::Dtype::from(exp.obs_dtype);
+    if obs_dtype != i32::from(wanted) {
+        let actual = proto::Dtype::try_from(obs_dtype).map_or_else(
+            |_| format!("unknown dtype {obs_dtype}"),
+            |d| Dtype::from(d).name().into(),
+        );
+        return Err(ChunkError::Invalid {
+            field: "obs_dtype",
+            expected: format!("{} (the run's observation space)", exp.obs_dtype.name()),
+            actual,
+        });
+    }
     let t = in_range("t", t, exp.chunk_len, "chunk_len")?;
     let n = in_range("n", n, exp.max_envs, "max envs per actor")?;
     let (t64, n64) = (t as u64, n as u64);
     let t1 = t64 + 1; // t <= u32::MAX: no overflow
     let d = exp.obs_dim as u64;
 
-    check_size(
-        "obs",
-        obs.len(),
-        F32,
-        &[("T+1", t1), ("N", n64), ("obs_dim", d)],
-    )?;
-    let obs = finite_f32s("obs", &obs)?;
     let b = &exp.bounds;
-    observations_within("obs", &obs, b)?;
+    let obs = observations(
+        "obs",
+        &obs,
+        exp.obs_dtype,
+        &[("T+1", t1), ("N", n64), ("obs_dim", d)],
+        b,
+    )?;
 
     let actions = match &exp.action_space {
         Space::Discrete { n: num_actions } => {
@@ -552,14 +665,13 @@ pub fn validate(chunk: proto::Chunk, exp: &ChunkExpectations) -> Result<Chunk, C
 
     let final_obs_index = check_final_index(&final_obs_index, &terminated, &truncated, n)?;
     let k = final_obs_index.len() as u64;
-    check_size(
+    let final_obs = observations(
         "final_obs",
-        final_obs.len(),
-        F32,
+        &final_obs,
+        exp.obs_dtype,
         &[("K", k), ("obs_dim", d)],
+        b,
     )?;
-    let final_obs = finite_f32s("final_obs", &final_obs)?;
-    observations_within("final_obs", &final_obs, b)?;
 
     let what = "one per episode that ended in the chunk";
     for (field, actual) in [
@@ -823,38 +935,93 @@ fn abs_within(
     }
 }
 
-/// Observations (rows of `obs_dim`) within `max_abs_observation` and the
-/// observation space's finite bounds. The space's bounds get a relative slack
-/// of 1e-5 for values an environment rounds onto them.
-fn observations_within(
+/// Decodes packed observations of `dtype` and `dims` (checking the size),
+/// finite (f32) and within the [`ValueBounds`].
+fn observations(
     field: &'static str,
-    values: &[f32],
+    bytes: &[u8],
+    dtype: Dtype,
+    dims: &[(&str, u64)],
+    b: &ValueBounds,
+) -> Result<Observations, ChunkError> {
+    match dtype {
+        Dtype::Float32 => {
+            check_size(field, bytes.len(), F32, dims)?;
+            let v = finite_f32s(field, bytes)?;
+            abs_within(
+                field,
+                &v,
+                b.max_abs_observation,
+                "ingest.max_abs_observation",
+            )?;
+            observations_within(field, &v, b)?;
+            Ok(Observations::F32(v))
+        }
+        Dtype::Uint8 => {
+            check_size(field, bytes.len(), U8, dims)?;
+            // Every byte is finite and at most 255; only a tighter bound
+            // needs a look at the values.
+            if b.max_abs_observation < 255.0 {
+                if let Some(index) = bytes
+                    .iter()
+                    .position(|&x| f32::from(x) > b.max_abs_observation)
+                {
+                    let max = b.max_abs_observation;
+                    return Err(ChunkError::OutOfBounds {
+                        field,
+                        index,
+                        value: f32::from(bytes[index]),
+                        expected: format!("|x| <= {max:e} (ingest.max_abs_observation)"),
+                    });
+                }
+            }
+            let full_range = b.observation_low.iter().all(|&lo| lo <= 0.0)
+                && b.observation_high.iter().all(|&hi| hi >= 255.0);
+            if !full_range {
+                observations_within(field, bytes, b)?;
+            }
+            Ok(Observations::U8(bytes.to_vec()))
+        }
+    }
+}
+
+/// Observations (rows of `obs_dim`) within the observation space's finite
+/// bounds. The space's bounds get a relative slack of 1e-5 for values an
+/// environment rounds onto them.
+fn observations_within<T: Copy + Into<f32>>(
+    field: &'static str,
+    values: &[T],
     b: &ValueBounds,
 ) -> Result<(), ChunkError> {
-    abs_within(
-        field,
-        values,
-        b.max_abs_observation,
-        "ingest.max_abs_observation",
-    )?;
     let dim = b.observation_low.len();
     if dim == 0 || b.observation_high.len() != dim {
         return Ok(());
     }
     let slack = |x: f32| 1e-5 * x.abs().max(1.0);
-    for (index, &x) in values.iter().enumerate() {
-        let (lo, hi) = (
-            b.observation_low[index % dim],
-            b.observation_high[index % dim],
-        );
-        if x < lo - slack(lo) || x > hi + slack(hi) {
+    // The slackened bounds once per chunk, then row by row: no division or
+    // slack per value (an image row holds tens of thousands).
+    let lows: Vec<f32> = b.observation_low.iter().map(|&lo| lo - slack(lo)).collect();
+    let highs: Vec<f32> = b
+        .observation_high
+        .iter()
+        .map(|&hi| hi + slack(hi))
+        .collect();
+    for (r, row) in values.chunks(dim).enumerate() {
+        let outside = row
+            .iter()
+            .zip(lows.iter().zip(&highs))
+            .position(|(&x, (&lo, &hi))| {
+                let x: f32 = x.into();
+                x < lo || x > hi
+            });
+        if let Some(k) = outside {
+            let (lo, hi) = (b.observation_low[k], b.observation_high[k]);
             return Err(ChunkError::OutOfBounds {
                 field,
-                index,
-                value: x,
+                index: r * dim + k,
+                value: row[k].into(),
                 expected: format!(
-                    "values in the observation space, dimension {}: [{lo}, {hi}] (ingest.check_observation_space)",
-                    index % dim
+                    "values in the observation space, dimension {k}: [{lo}, {hi}] (ingest.check_observation_space)"
                 ),
             });
         }
@@ -923,6 +1090,25 @@ fn put_f32s(buf: &mut Vec<u8>, values: &[f32]) {
     }
 }
 
+/// Appends observations packed as `dtype`.
+///
+/// # Panics
+/// For `Uint8`, on a value that is not an integer in `0..=255`: the
+/// environment declared a uint8 space and broke it.
+fn put_obs(buf: &mut Vec<u8>, values: &[f32], dtype: Dtype) {
+    match dtype {
+        Dtype::Float32 => put_f32s(buf, values),
+        Dtype::Uint8 => buf.extend(values.iter().map(|&x| {
+            let b = x as u8; // saturating; checked exact below
+            assert!(
+                f32::from(b) == x,
+                "observation {x} is not a uint8 value, but the observation space is uint8"
+            );
+            b
+        })),
+    }
+}
+
 fn put_flags(buf: &mut Vec<u8>, values: &[bool]) {
     buf.extend(values.iter().map(|&b| u8::from(b)));
 }
@@ -970,6 +1156,7 @@ pub struct ChunkBuilder {
     t: usize,
     n: usize,
     obs_dim: usize,
+    obs_dtype: Dtype,
     action_space: Space,
     act_dim: usize,
     /// Steps pushed into the current chunk.
@@ -1018,6 +1205,7 @@ impl ChunkBuilder {
             t,
             n,
             obs_dim,
+            obs_dtype: Dtype::Float32,
             action_space,
             act_dim,
             steps: 0,
@@ -1035,6 +1223,16 @@ impl ChunkBuilder {
             episode_returns: Vec::with_capacity(n),
             episode_lengths: Vec::with_capacity(n),
         }
+    }
+
+    /// Packs observations as `dtype` (the observation space's; f32 unless
+    /// set). For `Uint8` every observation must be an integer in `0..=255`.
+    pub fn with_obs_dtype(mut self, dtype: Dtype) -> Self {
+        self.obs_dtype = dtype;
+        let d = self.obs_dim * dtype.size();
+        self.obs = Vec::with_capacity((self.t + 1) * self.n * d);
+        self.final_obs = Vec::with_capacity(self.n * d);
+        self
     }
 
     /// T: steps per full chunk.
@@ -1071,7 +1269,7 @@ impl ChunkBuilder {
             "observations must be [N, obs_dim]"
         );
         self.clear();
-        put_f32s(&mut self.obs, first_obs);
+        put_obs(&mut self.obs, first_obs, self.obs_dtype);
         self.started = true;
     }
 
@@ -1144,8 +1342,8 @@ impl ChunkBuilder {
         policy_version: u64,
     ) -> proto::Chunk {
         assert!(self.steps > 0, "finish() needs at least one pushed step");
-        let (t, n, d) = (self.t, self.n, self.obs_dim);
-        let row = n * d * 4;
+        let (t, n, d) = (self.t, self.n, self.obs_dim * self.obs_dtype.size());
+        let row = n * d;
         let mut next_obs = Vec::with_capacity((t + 1) * row);
         next_obs.extend_from_slice(&self.obs[self.obs.len() - row..]);
         let obs = std::mem::replace(&mut self.obs, next_obs);
@@ -1174,10 +1372,11 @@ impl ChunkBuilder {
             behavior_logp: take(&mut self.logp, t * n * 4),
             behavior_value,
             final_obs_index: std::mem::take(&mut self.final_obs_index),
-            final_obs: take(&mut self.final_obs, n * d * 4),
+            final_obs: take(&mut self.final_obs, n * d),
             episode_returns: std::mem::take(&mut self.episode_returns),
             episode_lengths: std::mem::take(&mut self.episode_lengths),
             env_id: env_id.to_owned(),
+            obs_dtype: proto::Dtype::from(self.obs_dtype).into(),
         };
         self.steps = 0;
         self.with_values = None;
@@ -1240,12 +1439,12 @@ impl ChunkBuilder {
         // new() checked that T * N fits in u32, and every env index is below N.
         self.final_obs_index
             .extend(ended.iter().map(|&env| (base + env) as u32));
-        put_f32s(&mut self.final_obs, final_obs);
+        put_obs(&mut self.final_obs, final_obs, self.obs_dtype);
         for ep in envs.finished_episodes() {
             self.episode_returns.push(ep.ret as f32);
             self.episode_lengths.push(ep.length);
         }
-        put_f32s(&mut self.obs, envs.observations());
+        put_obs(&mut self.obs, envs.observations(), self.obs_dtype);
         self.steps += 1;
     }
 }
@@ -1263,16 +1462,19 @@ mod tests {
     fn max_encoded_len_is_the_widest_encoding() {
         let spaces = [Space::Discrete { n: 3 }, Space::uniform_box(-1.0, 1.0, 2)];
         for space in &spaces {
-            for (t, n, d, k, values) in [
-                (1, 1, 1, 0, false),
-                (64, 8, 4, 8, true),
-                (128, 16, 17, 300, false),
-                (5, 3, 2000, 2, true),
+            for (t, n, d, k, values, dtype) in [
+                (1, 1, 1, 0, false, Dtype::Float32),
+                (64, 8, 4, 8, true, Dtype::Float32),
+                (128, 16, 17, 300, false, Dtype::Float32),
+                (5, 3, 2000, 2, true, Dtype::Float32),
+                (1, 1, 1, 0, false, Dtype::Uint8),
+                (32, 8, 4 * 84 * 84, 8, true, Dtype::Uint8),
             ] {
                 let shape = ChunkShape {
                     chunk_len: t,
                     num_envs: n,
                     obs_dim: d,
+                    obs_dtype: dtype,
                     action_space: space,
                     behavior_values: values,
                     episodes: k,
@@ -1288,7 +1490,7 @@ mod tests {
                     policy_version: u64::MAX,
                     t: u32::MAX,
                     n: u32::MAX,
-                    obs: zeros((t + 1) * n * d * 4),
+                    obs: zeros((t + 1) * n * d * dtype.size()),
                     actions: zeros(t * n * action_bytes),
                     rewards: zeros(t * n * 4),
                     terminated: zeros(t * n),
@@ -1296,10 +1498,11 @@ mod tests {
                     behavior_logp: zeros(t * n * 4),
                     behavior_value: zeros(if values { t * n * 4 } else { 0 }),
                     final_obs_index: vec![u32::MAX; k],
-                    final_obs: zeros(k * d * 4),
+                    final_obs: zeros(k * d * dtype.size()),
                     episode_returns: vec![1.0; k],
                     episode_lengths: vec![u32::MAX; k],
                     env_id: "e".repeat(11),
+                    obs_dtype: proto::Dtype::from(dtype).into(),
                 };
                 let exact = prost::Message::encoded_len(&widest) as u64;
                 assert_eq!(max_encoded_len(&shape), exact, "{shape:?}");
@@ -1393,6 +1596,13 @@ mod tests {
         Space::uniform_box(-1.0, 1.0, 2)
     }
 
+    fn f32s_mut(o: &mut Observations) -> &mut Vec<f32> {
+        match o {
+            Observations::F32(v) => v,
+            Observations::U8(_) => panic!("f32 observations expected"),
+        }
+    }
+
     fn toys(space: &Space, n: usize, seed: u64) -> VecEnv {
         let envs = (0..n)
             .map(|_| Box::new(Toy::new(space.clone())) as Box<dyn Env>)
@@ -1405,6 +1615,7 @@ mod tests {
             run_id: "run-a".into(),
             env_id: "Toy-v0".into(),
             obs_dim: D,
+            obs_dtype: Dtype::Float32,
             action_space: space,
             chunk_len: t,
             max_envs: n,
@@ -1447,7 +1658,7 @@ mod tests {
                 policy_version: 3,
                 t,
                 n,
-                obs: envs.observations().to_vec(),
+                obs: envs.observations().to_vec().into(),
                 actions: match space {
                     Space::Discrete { .. } => Actions::Discrete(vec![]),
                     Space::Box { .. } => Actions::Continuous(vec![]),
@@ -1458,7 +1669,7 @@ mod tests {
                 behavior_logp: vec![],
                 behavior_value: values.then(Vec::new),
                 final_obs_index: vec![],
-                final_obs: vec![],
+                final_obs: Vec::<f32>::new().into(),
                 episode_returns: vec![],
                 episode_lengths: vec![],
             };
@@ -1494,12 +1705,12 @@ mod tests {
                 }
                 let (ended, fin) = envs.final_observations();
                 exp.final_obs_index.extend(ended.iter().map(|&e| s * n + e));
-                exp.final_obs.extend_from_slice(fin);
+                f32s_mut(&mut exp.final_obs).extend_from_slice(fin);
                 for ep in envs.finished_episodes() {
                     exp.episode_returns.push(ep.ret as f32);
                     exp.episode_lengths.push(ep.length);
                 }
-                exp.obs.extend_from_slice(envs.observations());
+                f32s_mut(&mut exp.obs).extend_from_slice(envs.observations());
             }
             assert!(b.is_full());
             out.push((b.finish("run-a", "Toy-v0", 7, c as u64 + 1, 3), exp));
@@ -1567,15 +1778,17 @@ mod tests {
                 assert!(got.done(pos));
                 // the final observation is the episode's last; obs[t+1] is the next's first
                 let (s, e) = (pos / 3, pos % 3);
-                let fin = &got.final_obs[k * D..(k + 1) * D];
-                let next = &got.obs[((s + 1) * 3 + e) * D..((s + 1) * 3 + e + 1) * D];
+                let fin = &got.final_obs.as_f32().unwrap()[k * D..(k + 1) * D];
+                let next =
+                    &got.obs.as_f32().unwrap()[((s + 1) * 3 + e) * D..((s + 1) * 3 + e + 1) * D];
                 assert_eq!(fin[0], fin[1], "the final observation has step == limit");
                 assert_eq!(next[0], 0.0, "the next row starts a new episode");
             }
             if i > 0 {
                 // consecutive chunks share the boundary observation row
-                let prev = &chunks[i - 1].1.obs;
-                assert_eq!(&got.obs[..3 * D], &prev[prev.len() - 3 * D..]);
+                let prev = chunks[i - 1].1.obs.as_f32().unwrap();
+                let got = got.obs.as_f32().unwrap();
+                assert_eq!(&got[..3 * D], &prev[prev.len() - 3 * D..]);
             }
         }
         assert!(total_episodes > 5, "the toy env ends episodes often");
@@ -1941,15 +2154,17 @@ mod tests {
     fn shipped_environments_pass_the_default_bounds() {
         use crate::env::EnvSpec;
         let (t, n) = (64, 4);
-        for id in [
-            "CartPole-v1",
-            "Acrobot-v1",
-            "MountainCar-v0",
-            "Pendulum-v1",
-            "Maze-v0",
-            "TextMatch-v0",
+        for (id, config) in [
+            ("CartPole-v1", ""),
+            ("Acrobot-v1", ""),
+            ("MountainCar-v0", ""),
+            ("Pendulum-v1", ""),
+            ("Maze-v0", ""),
+            ("Maze-v0", "observation = \"image\""),
+            ("TextMatch-v0", ""),
         ] {
-            let mut envs = VecEnv::new(&EnvSpec::new(id), n, 3).unwrap();
+            let spec = EnvSpec::from_parts(id, config).unwrap();
+            let mut envs = VecEnv::new(&spec, n, 3).unwrap();
             let (obs_space, act_space) = (
                 envs.observation_space().clone(),
                 envs.action_space().clone(),
@@ -1958,6 +2173,7 @@ mod tests {
                 run_id: "run".into(),
                 env_id: id.into(),
                 obs_dim: envs.obs_dim(),
+                obs_dtype: obs_space.dtype(),
                 action_space: act_space.clone(),
                 chunk_len: t,
                 max_envs: n,
@@ -1966,7 +2182,8 @@ mod tests {
                 require_behavior_value: false,
                 bounds: ValueBounds::defaults(&obs_space),
             };
-            let mut b = ChunkBuilder::new(t, n, envs.obs_dim(), act_space.clone());
+            let mut b = ChunkBuilder::new(t, n, envs.obs_dim(), act_space.clone())
+                .with_obs_dtype(obs_space.dtype());
             b.begin(envs.observations());
             let mut i = 0;
             for c in 0..40 {
@@ -1997,6 +2214,169 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Plays `chunks` chunks of the maze drawn as pixels, packing the same
+    /// steps as f32 and as u8 chunks.
+    fn pixel_chunks(t: usize, n: usize, chunks: usize) -> Vec<(proto::Chunk, proto::Chunk)> {
+        use crate::env::EnvSpec;
+        let spec = EnvSpec::from_parts("Maze-v0", "observation = \"image\"").unwrap();
+        let mut envs = VecEnv::new(&spec, n, 5).unwrap();
+        let (d, act) = (envs.obs_dim(), envs.action_space().clone());
+        let mut f = ChunkBuilder::new(t, n, d, act.clone());
+        let mut u = ChunkBuilder::new(t, n, d, act).with_obs_dtype(Dtype::Uint8);
+        f.begin(envs.observations());
+        u.begin(envs.observations());
+        (0..chunks as u64)
+            .map(|c| {
+                for s in 0..t {
+                    let a: Vec<usize> = (0..n).map(|e| (s * 7 + e * 3 + c as usize) % 4).collect();
+                    envs.step_discrete(&a);
+                    f.push_discrete(&a, &vec![-1.0; n], None, &envs);
+                    u.push_discrete(&a, &vec![-1.0; n], None, &envs);
+                }
+                (
+                    f.finish("run-a", "Maze-v0", 7, c + 1, 3),
+                    u.finish("run-a", "Maze-v0", 7, c + 1, 3),
+                )
+            })
+            .collect()
+    }
+
+    fn pixel_expectations(dtype: Dtype, t: usize, n: usize) -> ChunkExpectations {
+        let space = Space::pixels(vec![3, 17, 17]);
+        ChunkExpectations {
+            run_id: "run-a".into(),
+            env_id: "Maze-v0".into(),
+            obs_dim: space.flat_dim(),
+            obs_dtype: dtype,
+            action_space: Space::Discrete { n: 4 },
+            chunk_len: t,
+            max_envs: n,
+            max_bytes: 1 << 24,
+            newest_version: 5,
+            require_behavior_value: false,
+            bounds: ValueBounds::defaults(&space),
+        }
+    }
+
+    #[test]
+    fn pixel_chunks_travel_as_bytes_with_the_same_values() {
+        let (t, n) = (32, 3);
+        let (d, rows) = (3 * 17 * 17, (t + 1) * n);
+        let mut episodes = 0;
+        // 9 chunks of 32 steps pass the 8x8 maze's time limit of 256 steps
+        for (f, u) in pixel_chunks(t, n, 9) {
+            assert_eq!(f.obs.len(), rows * d * 4);
+            assert_eq!(u.obs.len(), rows * d, "one byte per value");
+            assert_eq!(u.obs_dtype, proto::Dtype::Uint8 as i32);
+            assert_eq!(u.final_obs.len() * 4, f.final_obs.len());
+            let (fv, uv) = (
+                validate(f, &pixel_expectations(Dtype::Float32, t, n)).unwrap(),
+                validate(u.clone(), &pixel_expectations(Dtype::Uint8, t, n)).unwrap(),
+            );
+            assert_eq!(uv.obs.dtype(), Dtype::Uint8);
+            assert_eq!(uv.obs.f32s(0..rows * d), fv.obs.f32s(0..rows * d));
+            let k = fv.final_obs.len();
+            assert_eq!(uv.final_obs.f32s(0..k), fv.final_obs.f32s(0..k));
+            assert_eq!(uv.obs_dim(), d);
+            assert_eq!(uv.to_proto(), u, "to_proto is the exact inverse");
+            // the pixels are the drawing's 0/255, walls and agent included
+            let px = uv.obs.f32s(0..rows * d);
+            assert!(px.iter().all(|&x| x == 0.0 || x == 255.0));
+            assert!(px.iter().filter(|&&x| x == 255.0).count() > rows * 17);
+            episodes += uv.final_obs_index.len();
+        }
+        assert!(
+            episodes >= n,
+            "every env's first episode ended, with its final observation"
+        );
+    }
+
+    #[test]
+    fn the_observation_dtype_must_be_the_runs() {
+        let (t, n) = (4, 2);
+        let (f, u) = pixel_chunks(t, n, 1).remove(0);
+        let msg = assert_rejects(
+            f,
+            &pixel_expectations(Dtype::Uint8, t, n),
+            "obs_dtype",
+            "invalid",
+        );
+        assert_eq!(
+            msg,
+            "field `obs_dtype`: expected uint8 (the run's observation space), got float32"
+        );
+        let msg = assert_rejects(
+            u.clone(),
+            &pixel_expectations(Dtype::Float32, t, n),
+            "obs_dtype",
+            "invalid",
+        );
+        assert!(msg.ends_with("expected float32 (the run's observation space), got uint8"));
+        let unknown = proto::Chunk {
+            obs_dtype: 9,
+            ..u.clone()
+        };
+        let msg = assert_rejects(
+            unknown,
+            &pixel_expectations(Dtype::Uint8, t, n),
+            "obs_dtype",
+            "invalid",
+        );
+        assert!(msg.ends_with("got unknown dtype 9"), "{msg}");
+        // f32-sized bytes under a uint8 dtype: a size error in u8 terms
+        let widened = proto::Chunk {
+            obs: Bytes::from(vec![0u8; u.obs.len() * 4]),
+            ..u.clone()
+        };
+        let msg = assert_rejects(
+            widened,
+            &pixel_expectations(Dtype::Uint8, t, n),
+            "obs",
+            "invalid",
+        );
+        assert!(msg.contains("u8 [T+1=5, N=2, obs_dim=867]"), "{msg}");
+        let short = proto::Chunk {
+            final_obs: Bytes::from(vec![0u8; 867 + 1]),
+            final_obs_index: vec![0],
+            terminated: set_byte(&u.terminated, 0, 1),
+            episode_returns: vec![1.0],
+            episode_lengths: vec![1],
+            ..u
+        };
+        let msg = assert_rejects(
+            short,
+            &pixel_expectations(Dtype::Uint8, t, n),
+            "final_obs",
+            "invalid",
+        );
+        assert!(msg.contains("u8 [K=1, obs_dim=867]"), "{msg}");
+    }
+
+    #[test]
+    fn pixel_bounds_tighter_than_a_byte_are_checked() {
+        let (t, n) = (4, 2);
+        let (_, u) = pixel_chunks(t, n, 1).remove(0);
+        let mut exp = pixel_expectations(Dtype::Uint8, t, n);
+        validate(u.clone(), &exp).unwrap();
+        // a space of 0/1 pixels refuses the drawing's 255s
+        exp.bounds.observation_high = vec![1.0; 867];
+        let e = err(u.clone(), &exp);
+        assert_eq!(e.field(), "obs");
+        assert!(e.to_string().contains("[0, 1]"), "{e}");
+        let mut exp = pixel_expectations(Dtype::Uint8, t, n);
+        exp.bounds.max_abs_observation = 100.0;
+        let e = err(u, &exp);
+        assert!(e.to_string().contains("ingest.max_abs_observation"), "{e}");
+    }
+
+    #[test]
+    #[should_panic(expected = "not a uint8 value")]
+    fn a_uint8_builder_refuses_observations_that_are_no_bytes() {
+        let mut b =
+            ChunkBuilder::new(2, 1, 2, Space::Discrete { n: 2 }).with_obs_dtype(Dtype::Uint8);
+        b.begin(&[3.0, 255.5]);
     }
 
     #[test]
@@ -2158,6 +2538,7 @@ mod tests {
                 episode_returns,
                 episode_lengths,
                 env_id: "Toy-v0".into(),
+                obs_dtype: 0,
             }
         }
     }
@@ -2230,6 +2611,7 @@ mod tests {
                             episode_returns: vec![1.0; lengths.len()],
                             episode_lengths: lengths,
                             env_id: "Toy-v0".into(),
+                            obs_dtype: 0,
                         }
                     },
                 )

@@ -31,7 +31,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::proto;
-use crate::space::Space;
+use crate::space::{Dtype, Space};
 
 /// Hidden-layer nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -450,13 +450,37 @@ impl From<&Space> for proto::Space {
             Space::Discrete { n } => {
                 proto::space::Kind::Discrete(proto::DiscreteSpace { n: *n as u32 })
             }
-            Space::Box { low, high, shape } => proto::space::Kind::Box(proto::BoxSpace {
+            Space::Box {
+                low,
+                high,
+                shape,
+                dtype,
+            } => proto::space::Kind::Box(proto::BoxSpace {
                 low: low.clone(),
                 high: high.clone(),
                 shape: shape.iter().map(|&d| d as u32).collect(),
+                dtype: proto::Dtype::from(*dtype).into(),
             }),
         };
         proto::Space { kind: Some(kind) }
+    }
+}
+
+impl From<Dtype> for proto::Dtype {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::Float32 => proto::Dtype::Float32,
+            Dtype::Uint8 => proto::Dtype::Uint8,
+        }
+    }
+}
+
+impl From<proto::Dtype> for Dtype {
+    fn from(d: proto::Dtype) -> Self {
+        match d {
+            proto::Dtype::Float32 => Dtype::Float32,
+            proto::Dtype::Uint8 => Dtype::Uint8,
+        }
     }
 }
 
@@ -485,10 +509,13 @@ impl TryFrom<&proto::Space> for Space {
                         b.high.len()
                     ));
                 }
+                let dtype = proto::Dtype::try_from(b.dtype)
+                    .map_err(|_| format!("box space dtype {} is unknown", b.dtype))?;
                 Ok(Space::Box {
                     low: b.low.clone(),
                     high: b.high.clone(),
                     shape: b.shape.iter().map(|&d| d as usize).collect(),
+                    dtype: dtype.into(),
                 })
             }
             None => Err("space has no kind".into()),
@@ -633,9 +660,16 @@ mod tests {
         for s in [
             Space::Discrete { n: 3 },
             Space::bounded_box(vec![-1.0, 0.0], vec![1.0, 2.0]),
+            Space::pixels(vec![2, 3, 1]),
         ] {
             assert_eq!(Space::try_from(&proto::Space::from(&s)).unwrap(), s);
         }
+        let mut unknown = proto::Space::from(&Space::pixels(vec![1]));
+        if let Some(proto::space::Kind::Box(b)) = &mut unknown.kind {
+            b.dtype = 7;
+        }
+        let e = Space::try_from(&unknown).unwrap_err();
+        assert_eq!(e, "box space dtype 7 is unknown");
     }
 
     #[test]

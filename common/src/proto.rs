@@ -8,7 +8,7 @@
 tonic::include_proto!("flotilla.v1");
 
 /// Protocol version spoken by this build (see `HelloRequest.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Metadata key of the session credential on `StreamTrajectories` (see the
 /// proto's header and `RunSpec.session`).

@@ -229,6 +229,7 @@ mod tests {
                 low: vec![-1.0; 4],
                 high: vec![1.0; 4],
                 shape: vec![4],
+                dtype: crate::space::Dtype::Float32,
             },
             action_space: Space::Discrete { n: 2 },
             policy_version: 7,
@@ -298,6 +299,7 @@ mod tests {
                         low: vec![],
                         high: vec![],
                         shape: vec![u32::MAX, u32::MAX, u32::MAX],
+                        dtype: 0,
                     })),
                 })
             }),

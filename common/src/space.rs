@@ -16,7 +16,47 @@ pub enum Space {
         #[serde(with = "bounds")]
         high: Vec<f32>,
         shape: Vec<usize>,
+        /// How the values travel in chunks: f32, or one byte each for
+        /// pixels (observation spaces only). Left out of the JSON form when
+        /// f32, so spaces written before dtypes existed read back unchanged.
+        #[serde(default, skip_serializing_if = "Dtype::is_float32")]
+        dtype: Dtype,
     },
+}
+
+/// Element type of a `Box` on the wire (Gymnasium's `Box.dtype`, for the two
+/// kinds chunks carry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 4-byte IEEE floats: every action Box and most observations.
+    #[default]
+    Float32,
+    /// Integers `0..=255` in one byte: image observations.
+    Uint8,
+}
+
+impl Dtype {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Float32 => 4,
+            Dtype::Uint8 => 1,
+        }
+    }
+
+    /// The name used in errors and configs: `float32`, `uint8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Float32 => "float32",
+            Dtype::Uint8 => "uint8",
+        }
+    }
+
+    /// Whether this is the default, f32.
+    pub fn is_float32(&self) -> bool {
+        *self == Dtype::Float32
+    }
 }
 
 /// Box bounds with infinities: finite values as numbers, the rest as the
@@ -71,6 +111,27 @@ impl Space {
             low: vec![low; dim],
             high: vec![high; dim],
             shape: vec![dim],
+            dtype: Dtype::Float32,
+        }
+    }
+
+    /// A box of pixels, `0..=255` in every dimension, sent as bytes.
+    pub fn pixels(shape: Vec<usize>) -> Self {
+        let dim = shape.iter().product();
+        Space::Box {
+            low: vec![0.0; dim],
+            high: vec![255.0; dim],
+            shape,
+            dtype: Dtype::Uint8,
+        }
+    }
+
+    /// The wire type of an element: a `Box`'s dtype; f32 for `Discrete`
+    /// (an index as an action, one-hot as an observation).
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Space::Box { dtype, .. } => *dtype,
+            Space::Discrete { .. } => Dtype::Float32,
         }
     }
 
@@ -82,6 +143,7 @@ impl Space {
             low,
             high,
             shape: vec![dim],
+            dtype: Dtype::Float32,
         }
     }
 
@@ -90,7 +152,14 @@ impl Space {
     pub fn summary(&self) -> String {
         match self {
             Space::Discrete { n } => format!("Discrete({n})"),
-            Space::Box { shape, .. } => format!("Box(shape {shape:?})"),
+            Space::Box {
+                shape,
+                dtype: Dtype::Float32,
+                ..
+            } => format!("Box(shape {shape:?})"),
+            Space::Box { shape, dtype, .. } => {
+                format!("Box(shape {shape:?}, {})", dtype.name())
+            }
         }
     }
 
@@ -168,7 +237,12 @@ impl Spaces {
                     ))
                 }
                 Space::Discrete { .. } => {}
-                Space::Box { low, high, shape } => {
+                Space::Box {
+                    low,
+                    high,
+                    shape,
+                    dtype,
+                } => {
                     let size = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
                     match size {
                         Some(n) if n > 0 && n <= MAX_DECLARED_SIZE => {}
@@ -192,6 +266,22 @@ impl Spaces {
                             "{name}: bound {i} has low {} and high {} (low must be <= high, neither NaN)",
                             low[i], high[i]
                         ));
+                    }
+                    if *dtype == Dtype::Uint8 {
+                        if name == "action_space" {
+                            return Err(format!(
+                                "{name}: a uint8 Box is an observation type; actions are float32"
+                            ));
+                        }
+                        if let Some(i) = (0..low.len()).find(|&i| {
+                            let int = |x: f32| x.fract() == 0.0 && (0.0..=255.0).contains(&x);
+                            !int(low[i]) || !int(high[i])
+                        }) {
+                            return Err(format!(
+                                "{name}: bound {i} has low {} and high {}; a uint8 Box has integer bounds in 0..=255",
+                                low[i], high[i]
+                            ));
+                        }
                     }
                 }
             }
@@ -220,16 +310,29 @@ fn space_difference(run: &Space, got: &Space) -> Option<String> {
         }
         (Space::Discrete { .. }, Space::Discrete { .. }) => None,
         (
-            Space::Box { low, high, shape },
+            Space::Box {
+                low,
+                high,
+                shape,
+                dtype,
+            },
             Space::Box {
                 low: l2,
                 high: h2,
                 shape: s2,
+                dtype: d2,
             },
         ) => {
             if shape != s2 {
                 return Some(format!(
                     "a Box of shape {shape:?}, the actor declared shape {s2:?}"
+                ));
+            }
+            if dtype != d2 {
+                return Some(format!(
+                    "a Box of {}, the actor declared {}",
+                    dtype.name(),
+                    d2.name()
                 ));
             }
             let differs = |a: &[f32], b: &[f32]| {
@@ -273,6 +376,7 @@ mod tests {
                 low: vec![f32::NEG_INFINITY; 6],
                 high: vec![f32::INFINITY; 6],
                 shape: vec![2, 3],
+                dtype: Dtype::Float32,
             },
             Space::uniform_box(-1.0, 1.0, 2),
         );
@@ -308,6 +412,7 @@ mod tests {
                         low: vec![0.0; 3],
                         high: vec![1.0; 3],
                         shape: vec![4],
+                        dtype: Dtype::Float32,
                     },
                     Space::Discrete { n: 2 },
                 ),
@@ -319,6 +424,7 @@ mod tests {
                         low: vec![],
                         high: vec![],
                         shape: vec![0],
+                        dtype: Dtype::Float32,
                     },
                     Space::Discrete { n: 2 },
                 ),
@@ -331,6 +437,7 @@ mod tests {
                         low: vec![],
                         high: vec![],
                         shape: vec![1 << 31, 1 << 31],
+                        dtype: Dtype::Float32,
                     },
                 ),
                 "action_space: shape",
@@ -340,6 +447,65 @@ mod tests {
             let e = s.check_declared().unwrap_err();
             assert!(e.contains(needle), "{needle}: {e}");
         }
+    }
+
+    #[test]
+    fn pixel_spaces_are_uint8_observations_only() {
+        let px = Space::pixels(vec![4, 84, 84]);
+        assert_eq!(px.dtype(), Dtype::Uint8);
+        assert_eq!(px.summary(), "Box(shape [4, 84, 84], uint8)");
+        spaces(px.clone(), Space::Discrete { n: 4 })
+            .check_declared()
+            .unwrap();
+        let e = spaces(Space::uniform_box(0.0, 1.0, 2), Space::pixels(vec![2]))
+            .check_declared()
+            .unwrap_err();
+        assert!(e.starts_with("action_space: a uint8 Box"), "{e}");
+        for (low, high) in [
+            (-1.0, 255.0),
+            (0.0, 256.0),
+            (0.5, 1.0),
+            (0.0, f32::INFINITY),
+        ] {
+            let mut s = Space::pixels(vec![3]);
+            if let Space::Box {
+                low: l, high: h, ..
+            } = &mut s
+            {
+                l[1] = low;
+                h[1] = high;
+            }
+            let e = spaces(s, Space::Discrete { n: 2 })
+                .check_declared()
+                .unwrap_err();
+            assert!(e.contains("bound 1") && e.contains("0..=255"), "{e}");
+        }
+        let floats = |mut s: Space| {
+            if let Space::Box { dtype, .. } = &mut s {
+                *dtype = Dtype::Float32;
+            }
+            s
+        };
+        let f32_px = floats(Space::pixels(vec![2, 2]));
+        let run = spaces(px.clone(), Space::Discrete { n: 4 });
+        let other = spaces(floats(px), Space::Discrete { n: 4 });
+        assert_eq!(
+            run.difference(&other).as_deref(),
+            Some("observation_space: the run has a Box of uint8, the actor declared float32")
+        );
+        // JSON: the dtype appears only when it is not f32, and old text reads back as f32
+        let text = serde_json::to_string(&Space::pixels(vec![1])).unwrap();
+        assert_eq!(
+            text,
+            r#"{"Box":{"low":[0.0],"high":[255.0],"shape":[1],"dtype":"uint8"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Space>(&text).unwrap(),
+            Space::pixels(vec![1])
+        );
+        let old = serde_json::to_string(&f32_px).unwrap();
+        assert!(!old.contains("dtype"), "{old}");
+        assert_eq!(serde_json::from_str::<Space>(&old).unwrap(), f32_px);
     }
 
     #[test]

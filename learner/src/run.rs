@@ -1015,6 +1015,7 @@ fn chunk_expectations(cfg: &RunConfig, spec: &RunSpec) -> ChunkExpectations {
         run_id: spec.run_id.clone(),
         env_id: spec.env.id.clone(),
         obs_dim: spec.observation_space.flat_dim(),
+        obs_dtype: spec.observation_space.dtype(),
         action_space: spec.action_space.clone(),
         chunk_len: spec.chunk_len as usize,
         max_envs: cfg.ingest.max_envs_per_actor as usize,

@@ -10,6 +10,7 @@ use flotilla_common::env::EnvSpec;
 use flotilla_common::model::ModelSpec;
 use flotilla_common::policy::CpuPolicy;
 use flotilla_common::proto::{self, learner_client::LearnerClient};
+use flotilla_common::space::Dtype;
 use flotilla_common::testing::eventually;
 use flotilla_common::{Space, VecEnv};
 use tokio_stream::StreamExt;
@@ -895,6 +896,7 @@ async fn an_external_conv_run_refuses_observations_its_kernels_do_not_fit() {
             low: vec![0.0; 4],
             high: vec![1.0; 4],
             shape: vec![1, 2, 2],
+            dtype: Dtype::Float32,
         },
         action: Space::Discrete { n: 3 },
     };
@@ -908,6 +910,7 @@ async fn an_external_conv_run_refuses_observations_its_kernels_do_not_fit() {
             low: vec![0.0; 2 * 5 * 5],
             high: vec![255.0; 2 * 5 * 5],
             shape: vec![2, 5, 5],
+            dtype: Dtype::Float32,
         },
         action: Space::Discrete { n: 3 },
     };
@@ -1065,6 +1068,128 @@ async fn an_external_run_takes_its_spaces_from_the_first_declaring_actor() {
     let recorded: flotilla_common::Spaces =
         serde_json::from_str(&meta[flotilla_common::checkpoint::key::SPACES]).unwrap();
     assert_eq!(recorded, spaces);
+    drop(dir);
+}
+
+/// A chunk of real steps of the maze drawn as pixels, packed as `dtype`.
+fn maze_pixel_chunk(spec: &proto::RunSpec, seq: u64, dtype: Dtype) -> proto::Chunk {
+    let maze = EnvSpec::from_parts("Maze-v0", "observation = \"image\"").unwrap();
+    let mut envs = VecEnv::new(&maze, N, seq).unwrap();
+    let mut b =
+        ChunkBuilder::new(T, N, 3 * 17 * 17, Space::Discrete { n: 4 }).with_obs_dtype(dtype);
+    b.begin(envs.observations());
+    for t in 0..T {
+        let actions: Vec<usize> = (0..N).map(|i| (t + i) % 4).collect();
+        envs.step_discrete(&actions);
+        b.push_discrete(&actions, &[0.25f32.ln(); N], None, &envs);
+    }
+    b.finish(
+        &spec.run_id,
+        &spec.env_id,
+        spec.actor_id,
+        seq,
+        spec.policy_version,
+    )
+}
+
+/// An external run declared with uint8 image observations takes chunks of
+/// bytes and trains on them; a declaration of the same image as float32 and
+/// a chunk of f32 observations are refused, naming the difference; the
+/// checkpoint records the dtype.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_pixel_run_trains_on_bytes_and_refuses_floats() {
+    let (starting, dir) = TestLearner::bind(
+        "external-pixels",
+        "id = \"MazePixels-v0\"\nsource = \"external\"\n",
+        &[
+            "model.conv=[{channels=4,kernel=3,stride=2}]",
+            "model.observation_scale=0.00392156862745098",
+        ],
+    )
+    .await;
+    let addr = starting.local_addr();
+    let start = tokio::spawn(starting.start());
+    let mut c = client(addr).await;
+    let pixels = flotilla_common::Spaces {
+        observation: Space::pixels(vec![3, 17, 17]),
+        action: Space::Discrete { n: 4 },
+    };
+    let spec = c
+        .hello(declaring("bytes", "MazePixels-v0", &pixels))
+        .await
+        .expect("a uint8 image starts the run")
+        .into_inner();
+    let learner = start.await.unwrap().expect("the run starts");
+    let declared = Space::try_from(spec.observation_space.as_ref().unwrap()).unwrap();
+    assert_eq!(declared.dtype(), Dtype::Uint8);
+
+    let floats = flotilla_common::Spaces {
+        observation: Space::Box {
+            low: vec![0.0; 3 * 17 * 17],
+            high: vec![255.0; 3 * 17 * 17],
+            shape: vec![3, 17, 17],
+            dtype: Dtype::Float32,
+        },
+        action: Space::Discrete { n: 4 },
+    };
+    let e = c
+        .hello(declaring("floats", "MazePixels-v0", &floats))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message()
+            .contains("observation_space: the run has a Box of uint8, the actor declared float32"),
+        "{}",
+        e.message()
+    );
+
+    // f32 observations in a chunk of the bytes run: INVALID_ARGUMENT.
+    let e = send_in(
+        &mut c,
+        &spec,
+        vec![maze_pixel_chunk(&spec, 1, Dtype::Float32)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("field `obs_dtype`"), "{}", e.message());
+
+    // Bytes train: two chunks are one batch.
+    let spec = c
+        .hello(declaring("bytes", "MazePixels-v0", &pixels))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sub = c
+        .subscribe_policy(proto::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sub.next().await.unwrap().unwrap().version, 0);
+    let chunks: Vec<_> = (1..=2)
+        .map(|s| maze_pixel_chunk(&spec, s, Dtype::Uint8))
+        .collect();
+    assert_eq!(
+        chunks[0].obs.len(),
+        (T + 1) * N * 3 * 17 * 17,
+        "one byte a pixel"
+    );
+    let summary = send_in(&mut c, &spec, chunks).await.unwrap();
+    assert_eq!(summary.chunks_accepted, 2);
+    let v1 = sub.next().await.unwrap().unwrap();
+    assert_eq!(v1.version, 1);
+    let model = ModelSpec::try_from(spec.model.as_ref().unwrap()).unwrap();
+    CpuPolicy::from_safetensors(&model, &[3, 17, 17], &pixels.action, &v1.safetensors)
+        .expect("the published policy fits the declared image");
+
+    learner.stop();
+    let summary = learner.wait().await.unwrap();
+    let ckpt = summary.train.final_checkpoint.expect("a final checkpoint");
+    let meta = flotilla_common::checkpoint::read_metadata(&ckpt).unwrap();
+    let recorded: flotilla_common::Spaces =
+        serde_json::from_str(&meta[flotilla_common::checkpoint::key::SPACES]).unwrap();
+    assert_eq!(recorded, pixels);
     drop(dir);
 }
 

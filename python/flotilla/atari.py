@@ -24,7 +24,8 @@ in, from the inside out:
    first: observations of shape (4, 84, 84), uint8 in [0, 255], channels
    first (the learner's `[model] preset = "nature"`, `observation_layout =
    "chw"`, `observation_scale = 1/255`). A reset fills the stack with copies
-   of its frame.
+   of its frame. The actor declares them as a uint8 Box, so they travel to
+   the learner as bytes (28,224 a frame stack).
 
 The environments keep Gymnasium's v5 defaults otherwise, sticky actions
 included (`repeat_action_probability = 0.25`); `--env-kwargs` can change

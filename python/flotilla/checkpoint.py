@@ -6,7 +6,8 @@ safetensors file (`common/src/checkpoint.rs`): the policy's f32 tensors under
 string metadata: `format` (`flotilla-checkpoint-v1`), `run_id`, `version`,
 the run configuration as TOML under `config` (its `[model]` gives the
 network, its `[env]` the environment id) and, in checkpoints of current
-learners, the run's spaces as JSON under `spaces`. A run with `[model]
+learners, the run's spaces as JSON under `spaces` (a pixel run's
+observation Box with `"dtype": "uint8"`). A run with `[model]
 normalize_observations` also has its observation statistics in `model/`
 (`obs_norm.mean`, `obs_norm.var`): the policy applies them to the raw
 observations it is given, as the actors' network does. A run with a
@@ -51,9 +52,10 @@ class LoadedPolicy:
     """A trained policy: `policy(obs, greedy=True)` returns the action(s).
 
     `obs` is one observation or a batch of them. Observations are what the
-    actors send: flat float32 vectors of the run's observation space (any
-    array whose trailing dimensions hold `obs_dim` values: the declared shape
-    or the flat vector; for a one-value space, also a scalar, and an `(N,)`
+    actors send: vectors of the run's observation space, of any numeric
+    dtype, read as float32 (a uint8 run's frames as they come; any array
+    whose trailing dimensions hold `obs_dim` values: the declared shape or
+    the flat vector; for a one-value space, also a scalar, and an `(N,)`
     array as a batch). Pass the environment's Gymnasium spaces to
     `load_policy` to feed raw observations of other kinds (a `Discrete`
     observation is one-hot encoded) and get actions in the environment's
@@ -267,7 +269,10 @@ def load_policy(
 
 
 def _same_shape_and_bounds(a: Space, b: Space) -> bool:
-    """Equal spaces, comparing bounds by value (so -0.0 equals 0.0)."""
+    """Equal spaces, comparing bounds by value (so -0.0 equals 0.0) and not
+    the dtype: how observations travelled does not change the policy, and a
+    pixel environment's uint8 space plays the checkpoints of runs from
+    before uint8 observations too (declared float32 then)."""
     if isinstance(a, Discrete) or isinstance(b, Discrete):
         return a == b
     return a.shape == b.shape and np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high)

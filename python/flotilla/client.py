@@ -37,7 +37,7 @@ from .envs import EnvFactory, EnvInfo
 from .metrics import ActorMetrics
 from .policy import ModelSpec, PolicyError
 from .seeds import actor_seed
-from .spaces import Discrete, SpaceError, from_proto, space_difference, to_proto
+from .spaces import Discrete, SpaceError, dtype_of, from_proto, space_difference, to_proto
 from .v1 import PROTOCOL_VERSION, SESSION_METADATA
 from .v1 import flotilla_pb2 as pb
 from .v1 import flotilla_pb2_grpc as pb_grpc
@@ -386,6 +386,7 @@ def check_chunk_size(spec: WorkerSpec, run_id: str, max_bytes: int, obs_dim: int
             num_envs,
             len(run_id.encode()),
             len(spec.env_id.encode()),
+            dtype_of(spec.observation_space),
         )
 
     need = size(spec.num_envs)

@@ -153,9 +153,9 @@ class StepResult:
     rewards: np.ndarray  # [N] float32
     terminated: np.ndarray  # [N] bool
     truncated: np.ndarray  # [N] bool
-    obs: np.ndarray  # [N, obs_dim] float32, after the step (and any reset)
+    obs: np.ndarray  # [N, obs_dim] after the step (and any reset): float32, or uint8 for a uint8 space
     final_envs: np.ndarray  # [K] environments whose episode ended, increasing
-    final_obs: np.ndarray  # [K, obs_dim] their true last observations
+    final_obs: np.ndarray  # [K, obs_dim] their true last observations (same dtype)
     episodes: list[tuple[float, int]]  # (return, length) of each ended episode
 
 
@@ -233,7 +233,7 @@ class VectorRunner:
             self._returns[final_envs] = 0.0
             self._lengths[final_envs] = 0
         else:
-            final_obs = np.zeros((0, dim), np.float32)
+            final_obs = np.zeros((0, dim), self.info.observation.dtype)
         return StepResult(
             rewards.astype(np.float32),
             terminated,

@@ -1,18 +1,21 @@
 """Observation and action spaces: Flotilla's two kinds, and the mapping from
 Gymnasium's spaces to them.
 
-Flotilla knows `Discrete(n)` (integers `0..n`) and `Box(low, high, shape)`
-(f32 values, flattened row-major on the wire), as `common/src/space.rs` does.
-An actor that brings its own environment declares both spaces at `Hello`:
+Flotilla knows `Discrete(n)` (integers `0..n`) and `Box(low, high, shape,
+dtype)` (values flattened row-major on the wire, as float32, or as one byte
+each for a `uint8` Box), as `common/src/space.rs` does. An actor that brings
+its own environment declares both spaces at `Hello`:
 
-* observations are always a `Box`: a Gymnasium `Box` of any shape is sent
-  flattened as float32, and a `Discrete(n)` observation is sent one-hot, as a
+* observations are always a `Box`: a Gymnasium `Box` of dtype uint8 (pixels:
+  integers 0..=255, Atari frames among them) is declared as a `uint8` Box and
+  sent flattened as bytes; a `Box` of any other dtype is sent flattened as
+  float32, and a `Discrete(n)` observation is sent one-hot, as a float32
   `Box` of `n` values in `[0, 1]`;
 * actions are a `Discrete(n)` (a Gymnasium `Discrete` with any `start`; the
   policy picks `0..n` and the environment receives `start + k`) or a `Box`
   of any shape (the policy samples flat f32 vectors; the environment receives
   them reshaped, cast to the space's dtype and clipped to the space's own
-  bounds).
+  bounds); action Boxes are always float32.
 
 `ObservationAdapter` and `ActionAdapter` hold these conversions; the actor and
 `flotilla.load_policy` share them.
@@ -32,6 +35,16 @@ from .v1 import flotilla_pb2 as pb
 
 class SpaceError(ValueError):
     """A space Flotilla cannot represent, or a malformed one."""
+
+
+#: Element types of a `Box` on the wire (`Dtype` of the contract), by name.
+FLOAT32 = "float32"
+UINT8 = "uint8"
+DTYPES = (FLOAT32, UINT8)
+_DTYPE_TO_PROTO = {FLOAT32: pb.DTYPE_FLOAT32, UINT8: pb.DTYPE_UINT8}
+_DTYPE_FROM_PROTO = {v: k for k, v in _DTYPE_TO_PROTO.items()}
+#: The numpy dtype of each (little-endian, as packed in chunks).
+NUMPY_DTYPES = {FLOAT32: np.dtype("<f4"), UINT8: np.dtype(np.uint8)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,15 +71,26 @@ class Discrete:
 @dataclass(frozen=True, eq=False)
 class Box:
     """Real arrays of `shape` with per-value bounds (`low`, `high`: flat
-    float32 arrays of `prod(shape)` values). Equality compares the bounds'
-    f32 bit patterns, as the learner does (`space_difference`): -0.0 and 0.0
-    differ, a NaN equals a NaN of the same bits."""
+    float32 arrays of `prod(shape)` values), whose values travel as `dtype`:
+    "float32" (the default), or "uint8" for observations that are integers
+    in 0..=255 (pixels), one byte each. Equality compares the dtype and the
+    bounds' f32 bit patterns, as the learner does (`space_difference`): -0.0
+    and 0.0 differ, a NaN equals a NaN of the same bits."""
 
     low: np.ndarray
     high: np.ndarray
     shape: tuple[int, ...]
+    dtype: str = FLOAT32
 
     def __post_init__(self) -> None:
+        dtype = self.dtype
+        if not isinstance(dtype, str):  # np.uint8, np.dtype("float32"), ...
+            try:
+                dtype = np.dtype(dtype).name
+            except TypeError:
+                pass
+        if dtype not in DTYPES:
+            raise SpaceError(f'a Box\'s dtype is "float32" or "uint8", got {self.dtype!r}')
         low = np.ascontiguousarray(self.low, dtype=np.float32).reshape(-1)
         high = np.ascontiguousarray(self.high, dtype=np.float32).reshape(-1)
         shape = tuple(int(d) for d in self.shape)
@@ -80,23 +104,64 @@ class Box:
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
         object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", dtype)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Box) and space_difference(self, other) is None
 
     def __hash__(self) -> int:
-        return hash(("Box", self.shape, self.low.tobytes(), self.high.tobytes()))
+        return hash(("Box", self.shape, self.dtype, self.low.tobytes(), self.high.tobytes()))
 
     @property
     def flat_dim(self) -> int:
         """Values in one element: the product of the shape."""
         return math.prod(self.shape)
 
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The numpy dtype values travel as: `<f4` or `uint8`."""
+        return NUMPY_DTYPES[self.dtype]
+
     def __repr__(self) -> str:
-        return f"Box(shape={list(self.shape)})"
+        # The learner's summary adds the dtype only when it is not f32.
+        if self.dtype == FLOAT32:
+            return f"Box(shape={list(self.shape)})"
+        return f"Box(shape={list(self.shape)}, {self.dtype})"
 
 
 Space = Discrete | Box
+
+
+def dtype_of(space: Space) -> str:
+    """The wire type of a space's elements: a `Box`'s dtype; "float32" for
+    `Discrete` (an index as an action, one-hot as an observation). A chunk's
+    `obs_dtype` is its run's observation space's."""
+    return space.dtype if isinstance(space, Box) else FLOAT32
+
+
+def as_uint8(values: Any, what: str = "observation") -> np.ndarray:
+    """`values` as a uint8 array of the same shape: the array itself when it
+    is uint8 already (no copy, no float round trip), else checked to hold
+    integers in 0..=255 only (`ValueError` naming the first other value: an
+    environment that declared a uint8 space and broke it)."""
+    a = np.asarray(values)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind == "b":
+        return a.astype(np.uint8)
+    if a.dtype.kind in "iu":
+        ok = (a >= 0) & (a <= 255)
+    else:
+        f = a.astype(np.float64)
+        ok = (f >= 0) & (f <= 255) & (np.floor(f) == f)  # NaN: False
+    if not ok.all():
+        i = int(np.flatnonzero(~ok.reshape(-1))[0])
+        x = a.reshape(-1)[i]
+        raise ValueError(
+            f"{what} value {x} (at flat index {i}) is not a uint8 value, an integer in 0..=255, "
+            "but the observation space is uint8"
+        )
+    return a.astype(np.uint8)
 
 
 def action_outputs(space: Space) -> int:
@@ -126,6 +191,8 @@ def space_difference(run: Space, got: Space) -> str | None:
         return f"a Box of shape {list(run.shape)}, the actor declared Discrete({got.n})"
     if run.shape != got.shape:
         return f"a Box of shape {list(run.shape)}, the actor declared shape {list(got.shape)}"
+    if run.dtype != got.dtype:
+        return f"a Box of {run.dtype}, the actor declared {got.dtype}"
     for name, ours, theirs in (("low", run.low, got.low), ("high", run.high, got.high)):
         differs = np.flatnonzero(ours.view(np.uint32) != theirs.view(np.uint32))
         if differs.size:
@@ -146,6 +213,7 @@ def to_proto(space: Space) -> pb.Space:
             low=space.low.tolist(),
             high=space.high.tolist(),
             shape=list(space.shape),
+            dtype=_DTYPE_TO_PROTO[space.dtype],
         )
     )
 
@@ -159,11 +227,17 @@ def from_proto(space: pb.Space, field: str = "space") -> Space:
         return Discrete(int(space.discrete.n))
     if kind == "box":
         b = space.box
+        dtype = _DTYPE_FROM_PROTO.get(b.dtype)
+        if dtype is None:
+            raise SpaceError(
+                f"{field}: field `box.dtype`: unknown value {b.dtype} (expected DTYPE_FLOAT32 or DTYPE_UINT8)"
+            )
         try:
             return Box(
                 np.array(b.low, dtype=np.float32),
                 np.array(b.high, dtype=np.float32),
                 tuple(b.shape),
+                dtype,
             )
         except SpaceError as e:
             raise SpaceError(f"{field}: {e}") from None
@@ -173,7 +247,10 @@ def from_proto(space: pb.Space, field: str = "space") -> Space:
 def from_json(value: Any, field: str = "space") -> Space:
     """A space from its JSON form in a checkpoint's `spaces` metadata, serde's
     externally tagged enum: `{"Discrete": {"n": 2}}` or
-    `{"Box": {"low": [...], "high": [...], "shape": [4]}}`.
+    `{"Box": {"low": [...], "high": [...], "shape": [4]}}`. A Box of pixels
+    adds `"dtype": "uint8"` (the learner writes the key only then; without
+    it, as in checkpoints written before dtypes existed, a Box is float32);
+    any other dtype than "float32" or "uint8" is a `SpaceError`.
 
     JSON has no infinity, so the learner writes a bound that is not finite as
     a string: `"inf"`, `"-inf"` or `"nan"`. A bound is read exactly as the
@@ -201,8 +278,11 @@ def from_json(value: Any, field: str = "space") -> Space:
             raise SpaceError(f"{field}: Box shape must list non-negative integers, got {shape!r}")
         low = np.array([_json_bound(x, f"{field}: Box low[{i}]") for i, x in enumerate(body["low"])], np.float32)
         high = np.array([_json_bound(x, f"{field}: Box high[{i}]") for i, x in enumerate(body["high"])], np.float32)
+        dtype = body.get("dtype", FLOAT32)
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise SpaceError(f'{field}: Box dtype must be "float32" or "uint8", got {json.dumps(dtype)}')
         try:
-            return Box(low, high, tuple(shape))
+            return Box(low, high, tuple(shape), dtype)
         except SpaceError as e:
             raise SpaceError(f"{field}: {e}") from None
     raise SpaceError(f"{field}: unknown space kind {kind!r}")
@@ -250,7 +330,13 @@ def _gym_spaces():
 
 class ObservationAdapter:
     """Turns a Gymnasium environment's observations into Flotilla's flat
-    float32 vectors, and declares the matching `Box`.
+    vectors, and declares the matching `Box`.
+
+    A Gymnasium `Box` of dtype uint8 (pixels) is declared as a `uint8` Box
+    and its observations stay uint8 (they travel as bytes; its bounds must
+    be integers in 0..=255, which a uint8 Gymnasium `Box` has, else
+    `SpaceError`); every other `Box` is declared float32 and its observations
+    are cast to float32; a `Discrete(n)` is one-hot float32.
 
     `encode_batch` takes a vector environment's batched observations
     (`[N, *shape]`, or `[N]` for `Discrete`), `encode_one` one observation.
@@ -270,7 +356,11 @@ class ObservationAdapter:
             shape = tuple(gym_space.shape) or (1,)
             low = np.asarray(gym_space.low, dtype=np.float64).astype(np.float32).reshape(-1)
             high = np.asarray(gym_space.high, dtype=np.float64).astype(np.float32).reshape(-1)
-            self.space = Box(low, high, shape)
+            dtype = FLOAT32
+            if np.dtype(gym_space.dtype) == np.uint8:
+                dtype = UINT8
+                _check_uint8_bounds(gym_space, low, high)
+            self.space = Box(low, high, shape, dtype)
         else:
             raise SpaceError(
                 f"observation space {gym_space} is not supported: Flotilla takes a Box "
@@ -278,20 +368,43 @@ class ObservationAdapter:
                 "Gymnasium wrapper (e.g. gymnasium.wrappers.FlattenObservation)"
             )
         self.dim = self.space.flat_dim
+        #: The dtype of the encoded observations: float32, or uint8 for a
+        #: uint8 Box (`self.space.dtype`).
+        self.dtype = self.space.numpy_dtype
 
     def encode_batch(self, obs: Any) -> np.ndarray:
-        """`[N, dim]` float32 of `N` observations."""
+        """`[N, dim]` of `N` observations: float32, or uint8 for a uint8 Box
+        (`ValueError` on a value that is not an integer in 0..=255)."""
         if self.one_hot is not None:
             idx = np.asarray(obs, dtype=np.int64).reshape(-1) - self.start
             out = np.zeros((idx.size, self.one_hot), dtype=np.float32)
             out[np.arange(idx.size), idx] = 1.0
             return out
-        a = np.asarray(obs, dtype=np.float32)
+        if self.space.dtype == UINT8:
+            a = as_uint8(obs)
+        else:
+            a = np.asarray(obs, dtype=np.float32)
         return a.reshape(a.shape[0] if a.ndim else 1, self.dim)
 
     def encode_one(self, obs: Any) -> np.ndarray:
-        """`[dim]` float32 of one observation."""
+        """`[dim]` of one observation (float32, or uint8 for a uint8 Box)."""
         return self.encode_batch(np.asarray(obs)[None, ...]).reshape(self.dim)
+
+
+def _check_uint8_bounds(gym_space: Any, low: np.ndarray, high: np.ndarray) -> None:
+    """`SpaceError` unless every bound of a uint8 observation space is an
+    integer in 0..=255, as the learner requires of a uint8 Box (a float32
+    declaration instead would quietly cost four times the bytes)."""
+    ok = lambda x: np.isfinite(x) & (x >= 0) & (x <= 255) & (np.floor(x) == x)  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(ok(low) & ok(high)))
+    if bad.size:
+        i = int(bad[0])
+        raise SpaceError(
+            f"observation space {gym_space} is uint8, sent as bytes, but its bound {i} has low "
+            f"{_f32_text(low[i])} and high {_f32_text(high[i])}; a uint8 Box has integer bounds in "
+            "0..=255 (give the space such bounds, or make it float32 to send floats)"
+        )
 
 
 class ActionAdapter:

@@ -22,7 +22,7 @@ from .envs import EnvFactory, EnvInfo, VectorRunner
 from .metrics import ActorMetrics
 from .policy import ModelSpec, Policy, PolicyError
 from .seeds import sampling_seed
-from .spaces import Space
+from .spaces import Space, dtype_of
 
 log = logging.getLogger("flotilla.actor")
 
@@ -256,7 +256,15 @@ class EnvWorker(threading.Thread):
         spec, stop = self.spec, self.stop_event
         runner = VectorRunner(self.factory, self.info, spec.num_envs, spec.seed, self.vector_mode)
         try:
-            builder = ChunkBuilder(spec.chunk_len, spec.num_envs, self.info.observation.dim, spec.action_space)
+            # Observations travel in the run's dtype: the bytes of a uint8
+            # (pixel) space as they are, a quarter of f32.
+            builder = ChunkBuilder(
+                spec.chunk_len,
+                spec.num_envs,
+                self.info.observation.dim,
+                spec.action_space,
+                obs_dtype=dtype_of(spec.observation_space),
+            )
             builder.begin(runner.obs)
             rng = np.random.Generator(np.random.PCG64(sampling_seed(spec.seed)))
             pacer = Pacer(spec.max_steps_per_second) if spec.max_steps_per_second else None
@@ -325,7 +333,11 @@ class EnvWorker(threading.Thread):
             if self._stopping():
                 return None
             t0 = time.perf_counter()
-            s = policy.act(runner.obs, rng, greedy=False, with_value=spec.behavior_values)
+            # The network computes in f32 (uint8 pixels become their values
+            # 0..=255, scaled by `model.observation_scale` inside it), while
+            # the chunk keeps the observations as they travel.
+            obs = np.asarray(runner.obs, dtype=np.float32)
+            s = policy.act(obs, rng, greedy=False, with_value=spec.behavior_values)
             m.inference.observe(time.perf_counter() - t0)
             r = runner.step(action_adapter.to_env_batch(s.actions))
             builder.push(

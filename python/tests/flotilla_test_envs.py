@@ -177,6 +177,41 @@ class Liar(gym.Env):
         return np.full(2, 5.0, np.float32), 0.0, False, False, {}
 
 
+class PixelEnv(gym.Env):
+    """Images: observations of shape (2, 4, 4), channels first, uint8 in
+    0..=`high` (a Box of pixels, sent as bytes), uniform draws of the env's
+    seeded stream; `Discrete(3)` actions, reward 1 when the action is the
+    first pixel modulo 3. Episodes end at random (terminated, 1 in 8) or after
+    `horizon` steps (truncated). With `dtype="float32"` the same images are
+    declared (and given) as float32: the same Box, sent as floats."""
+
+    SHAPE = (2, 4, 4)
+
+    def __init__(self, high: int = 255, horizon: int = 20, dtype: str = "uint8"):
+        self.observation_space = spaces.Box(0, high, self.SHAPE, np.dtype(dtype))
+        self.action_space = spaces.Discrete(3)
+        self.high, self.horizon = high, horizon
+        self.t = 0
+        self.obs = np.zeros(self.SHAPE, np.uint8)
+
+    def _draw(self):
+        self.obs = self.np_random.integers(0, self.high, self.SHAPE, dtype=np.uint8, endpoint=True)
+        return self.obs.astype(self.observation_space.dtype)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._draw(), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        reward = float(int(action) == int(self.obs[0, 0, 0]) % 3)
+        self.t += 1
+        terminated = bool(self.np_random.random() < 0.125)
+        truncated = not terminated and self.t >= self.horizon
+        return self._draw(), reward, terminated, truncated, {}
+
+
 def make_counter() -> gym.Env:
     return CounterEnv()
 
@@ -203,3 +238,7 @@ def make_slow(**kwargs) -> gym.Env:
 
 def make_liar() -> gym.Env:
     return Liar()
+
+
+def make_pixels(high: int = 255, horizon: int = 20, dtype: str = "uint8") -> gym.Env:
+    return PixelEnv(high, horizon, dtype)

@@ -1,10 +1,11 @@
 """`flotilla-actor --atari`: Atari games of ale-py with the standard DQN/PPO
 preprocessing (`flotilla.atari.make_atari_env`), on the real Arcade Learning
-Environment: frame stacks of (4, 84, 84) uint8, episodic life that ends the
-training episode without resetting the game, FIRE at reset, clipped rewards
-with the game's score reported, reproducible no-op resets; the actor's
-episode statistics over lives; and a short run of the actor against the real
-learner with the Nature CNN.
+Environment: frame stacks of (4, 84, 84) uint8, declared as a uint8 Box and
+packed into chunks as bytes; episodic life that ends the training episode
+without resetting the game, FIRE at reset, clipped rewards with the game's
+score reported, reproducible no-op resets; the actor's episode statistics
+over lives; and a short run of the actor against the real learner with the
+Nature CNN, whose chunks of bytes it accepts.
 
 They need ale-py and OpenCV (`pip install "./python[atari]"`, part of the
 `test` extra): without them they are skipped as stage "atari" (a failure
@@ -14,9 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from chunk_check import decode
 from harness import BAD_DROP_REASONS, dropped, run_actor, skip, start_actor, stop_process
+from safetensors.numpy import save
 
+from flotilla.chunk import max_encoded_len
 from flotilla.envs import EnvError, EnvFactory, VectorRunner, probe
+from flotilla.metrics import ActorMetrics
+from flotilla.policy import ModelSpec, zero_parameters
+from flotilla.spaces import Discrete
+from flotilla.v1 import flotilla_pb2 as pb
+from flotilla.worker import EnvWorker, Snapshot, SnapshotBox, WorkerSpec
 
 BREAKOUT = "ALE/Breakout-v5"
 NOBODY = "http://127.0.0.1:1"  # nothing listens there
@@ -65,6 +74,9 @@ def test_observations_are_stacks_of_four_84x84_uint8_frames():
         box = info.observation.space
         assert box.shape == (4, 84, 84) and info.observation.dim == 4 * 84 * 84
         assert (box.low == 0).all() and (box.high == 255).all()
+        # Declared uint8: the frames travel as bytes, a quarter of f32.
+        assert box.dtype == "uint8" and info.observation.dtype == np.uint8
+        assert repr(box) == "Box(shape=[4, 84, 84], uint8)"
         assert env.action_space.n == 4 and env.unwrapped.get_action_meanings() == ["NOOP", "FIRE", "RIGHT", "LEFT"]
     finally:
         env.close()
@@ -244,7 +256,7 @@ def test_the_actor_reports_lives_as_episodes_with_the_true_final_observation():
     that life, so over a game the returns add up to the score."""
     num_envs, seed, steps = 2, 7, 300
     first, results = _run("sync", steps, num_envs, seed)
-    assert first.shape == (num_envs, 4 * 84 * 84) and first.dtype == np.float32
+    assert first.shape == (num_envs, 4 * 84 * 84) and first.dtype == np.uint8
 
     # The same games, one environment at a time, as Gymnasium steps them.
     rng = np.random.default_rng(seed)
@@ -317,6 +329,38 @@ def test_async_environments_report_the_same():
         assert a.episodes == b.episodes
         np.testing.assert_array_equal(a.final_envs, b.final_envs)
         np.testing.assert_array_equal(a.obs, b.obs)
+
+
+def test_breakout_chunks_carry_the_frames_as_bytes():
+    """The environment thread with the Nature network: each chunk's `obs`
+    is the frame stacks' bytes, one per value ([T+1, N, 28,224] u8), with
+    `obs_dtype` uint8, starting from the environments' first frames."""
+    factory = EnvFactory(BREAKOUT, atari=True)
+    info = probe(factory)
+    model = ModelSpec.nature()
+    seed, t, n, dim = 5, 8, 2, 4 * 84 * 84
+    spec = WorkerSpec(BREAKOUT, model, t, n, info.observation.space, Discrete(4), False, False, 0, seed)
+    box = SnapshotBox()
+    box.publish(Snapshot(1, save(zero_parameters(model, (4, 84, 84), Discrete(4)))))
+    worker = EnvWorker(spec, "run", factory, info, "sync", box, ActorMetrics())
+    worker.start()
+    try:
+        chunks = [worker.chunks.get(timeout=60) for _ in range(2)]
+    finally:
+        worker.shut_down()
+    assert worker.error is None, worker.error
+    for c in chunks:
+        assert c.obs_dtype == pb.DTYPE_UINT8 and len(c.obs) == (t + 1) * n * dim
+        assert len(c.final_obs) == len(c.final_obs_index) * dim
+    d = decode(chunks[0], dim, Discrete(4), False, obs_dtype="uint8")
+    for i in range(n):
+        env = make()
+        try:
+            obs, _ = env.reset(seed=seed + i)
+        finally:
+            env.close()
+        assert d.obs[0, i].tobytes() == obs.tobytes()
+    assert chunks[1].obs[: n * dim] == chunks[0].obs[-n * dim :], "chunks tile"
 
 
 def test_bad_atari_options_are_refused():
@@ -398,5 +442,15 @@ num_minibatches = 1
     finally:
         stop_process(actor)
     text = log.read_text()
-    assert "connected to learner" in text and "Box(shape=[4, 84, 84])" in text, text
+    assert "connected to learner" in text and "Box(shape=[4, 84, 84], uint8)" in text, text
     assert "the first actor declared the environment's spaces" in learner.log()
+    assert "Box(shape [4, 84, 84], uint8)" in learner.log()
+    # The chunks' frames travelled as bytes: every accepted chunk is at most
+    # the widest uint8 chunk (every step ending a life), less than a chunk
+    # of the same frames in f32 could ever be.
+    m = learner.metrics()
+    chunks, received = m["flotilla_chunks_received_total"], m["flotilla_bytes_received_total"]
+    rows, frame = 33 * 2, 4 * 84 * 84
+    widest = max_encoded_len(32, 2, frame, Discrete(4), False, 64, 64, len(BREAKOUT), "uint8")
+    assert widest < rows * frame * 4
+    assert chunks * rows * frame <= received <= chunks * widest, (chunks, received)

@@ -116,6 +116,36 @@ def test_environment_spaces_convert_observations_and_actions(tmp_path):
         flotilla.load_policy(path, action_space=gs.Discrete(4))
 
 
+def test_a_pixel_runs_checkpoint_plays_its_bytes(tmp_path):
+    """A run of uint8 observations records its space with `"dtype": "uint8"`
+    (the learner's JSON): it loads, and plays uint8 observations as their
+    values, with or without the environment's spaces."""
+    pixels = {"Box": {"low": [0.0, 0.0], "high": [255.0, 255.0], "shape": [2], "dtype": "uint8"}}
+    path = write_checkpoint(
+        tmp_path / "c.safetensors", "Pix-v0", {"observation": pixels, "action": {"Discrete": {"n": 2}}}, tiny(2, False)
+    )
+    p = flotilla.load_policy(path)
+    assert p.observation_space.dtype == "uint8" and repr(p.observation_space) == "Box(shape=[2], uint8)"
+    assert "Box(shape=[2], uint8)" in repr(p)
+    frames = np.array([[200, 90], [100, 60], [3, 2]], np.uint8)
+    # logits [200, 180], [100, 120], [3, 4]: the values, not wrapped bytes
+    assert p(frames).tolist() == [0, 1, 1] and p(frames[0]) == 0
+    np.testing.assert_allclose(p.value(frames[:1]), [290.5])
+    gym = flotilla.load_policy(path, observation_space=gs.Box(0, 255, (2,), np.uint8))
+    assert gym(frames).tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="not the run's"):
+        flotilla.load_policy(path, observation_space=gs.Box(0, 15, (2,), np.uint8))
+    # A pixel environment also plays a run from before uint8 observations
+    # (declared float32, same shape and bounds): the dtype is how they
+    # travelled, not what the policy computes.
+    old = {"Box": {k: v for k, v in pixels["Box"].items() if k != "dtype"}}
+    path = write_checkpoint(
+        tmp_path / "old.safetensors", "Pix-v0", {"observation": old, "action": {"Discrete": {"n": 2}}}, tiny(2, False)
+    )
+    p = flotilla.load_policy(path, observation_space=gs.Box(0, 255, (2,), np.uint8))
+    assert p.observation_space.dtype == "float32" and p(frames).tolist() == [0, 1, 1]
+
+
 def test_checkpoints_without_spaces_fall_back_to_the_tensors(tmp_path):
     path = write_checkpoint(tmp_path / "c.safetensors", "Old-v0", None, tiny(2, True))
     p = flotilla.load_policy(path)
@@ -217,6 +247,8 @@ def test_malformed_spaces_are_checkpoint_errors_naming_the_problem(tmp_path):
         ({"observation": OBS, "action": {"Discrete": {"n": 0}}}, "action: Discrete n must be an integer of at least 1"),
         ({"observation": {"Box": {"low": [None, 0], "high": [1, 1], "shape": [2]}}, "action": {"Discrete": {"n": 2}}},
          r"observation: Box low\[0\]: null"),
+        ({"observation": {"Box": {**OBS["Box"], "dtype": "uint16"}}, "action": {"Discrete": {"n": 2}}},
+         r"observation: Box dtype must be \"float32\" or \"uint8\", got \"uint16\""),
     ]  # fmt: skip
     for i, (spaces, needle) in enumerate(cases):
         path = write_checkpoint(tmp_path / f"c{i}", "X", spaces, tiny(2, False))

@@ -91,12 +91,14 @@ def test_builder_misuse_is_refused():
         ChunkBuilder(0, 1, 1, Discrete(2))
 
 
+@pytest.mark.parametrize("obs_dtype", ["float32", "uint8"])
 @pytest.mark.parametrize("space", [Discrete(3), Box(-np.ones(2), np.ones(2), (2,))])
 @pytest.mark.parametrize(
     "t,n,d,k,values", [(1, 1, 1, 0, False), (64, 8, 4, 8, True), (128, 16, 17, 300, False), (5, 3, 2000, 2, True)]
 )
-def test_max_encoded_len_is_the_widest_encoding(space, t, n, d, k, values):
+def test_max_encoded_len_is_the_widest_encoding(space, t, n, d, k, values, obs_dtype):
     zeros = lambda size: bytes(size)  # noqa: E731
+    size = 1 if obs_dtype == "uint8" else 4
     widest = pb.Chunk(
         run_id="r" * 36,
         actor_id=2**32 - 1,
@@ -104,7 +106,7 @@ def test_max_encoded_len_is_the_widest_encoding(space, t, n, d, k, values):
         policy_version=2**64 - 1,
         t=2**32 - 1,
         n=2**32 - 1,
-        obs=zeros((t + 1) * n * d * 4),
+        obs=zeros((t + 1) * n * d * size),
         actions=zeros(t * n * 8),  # one i64, or two f32
         rewards=zeros(t * n * 4),
         terminated=zeros(t * n),
@@ -112,12 +114,113 @@ def test_max_encoded_len_is_the_widest_encoding(space, t, n, d, k, values):
         behavior_logp=zeros(t * n * 4),
         behavior_value=zeros(t * n * 4 if values else 0),
         final_obs_index=[2**32 - 1] * k,
-        final_obs=zeros(k * d * 4),
+        final_obs=zeros(k * d * size),
         episode_returns=[1.0] * k,
         episode_lengths=[2**32 - 1] * k,
         env_id="e" * 11,
+        obs_dtype=pb.DTYPE_UINT8 if obs_dtype == "uint8" else pb.DTYPE_FLOAT32,
     )
-    assert widest.ByteSize() == max_encoded_len(t, n, d, space, values, k, 36, 11)
+    assert widest.ByteSize() == max_encoded_len(t, n, d, space, values, k, 36, 11, obs_dtype)
+    if obs_dtype == "float32":  # the default
+        assert widest.ByteSize() == max_encoded_len(t, n, d, space, values, k, 36, 11)
+
+
+def test_uint8_chunks_carry_the_observation_bytes():
+    """A pixel run's chunk: `obs` and `final_obs` are the observations'
+    bytes, one per value, in the layout of f32 chunks, and `obs_dtype` says
+    so."""
+    rng = np.random.default_rng(3)
+    t, n, dim = 3, 2, 5
+    b = ChunkBuilder(t, n, dim, Discrete(2), obs_dtype="uint8")
+    rows = rng.integers(0, 256, (t + 1, n, dim), dtype=np.uint8)
+    rows[0, 0, :2] = [0, 255]  # the ends of the range
+    finals = rng.integers(0, 256, (2, dim), dtype=np.uint8)
+    b.begin(rows[0])
+    for s in range(t):
+        ended = [1] if s == 1 else []
+        nxt = rows[s + 1].copy()
+        b.push(np.zeros(n, np.int64), np.full(n, -0.7, np.float32), None, np.ones(n, np.float32),
+               np.array([False, s == 1]), np.zeros(n, bool), nxt,
+               ended, finals[:1] if ended else None, [(2.0, 2)] if ended else [])  # fmt: skip
+        nxt[:] = 7  # the builder copied the step's observations
+    c = b.finish("Pixels-v0", 1)
+    assert c.obs_dtype == pb.DTYPE_UINT8
+    assert c.obs == rows.tobytes() and len(c.obs) == (t + 1) * n * dim
+    assert c.final_obs == finals[:1].tobytes() and list(c.final_obs_index) == [1 * n + 1]
+    got = decode(c, dim, Discrete(2), behavior_values=False, obs_dtype="uint8")
+    assert got.obs.dtype == np.uint8
+    np.testing.assert_array_equal(got.obs, rows)
+    # The next chunk starts from the last row; integral values of other
+    # dtypes are taken as the bytes they are.
+    b.push(np.zeros(n, np.int64), np.zeros(n, np.float32), None, np.zeros(n, np.float32),
+           np.zeros(n, bool), np.zeros(n, bool), np.array([[0.0, 1, 2, 254, 255]] * n))  # fmt: skip
+    c2 = b.finish("Pixels-v0", 2)
+    assert c2.obs == rows[t].tobytes() + bytes([0, 1, 2, 254, 255] * n)
+    assert c2.final_obs == b"" and c2.obs_dtype == pb.DTYPE_UINT8
+    # A float32 builder of the same values: four times the bytes, and
+    # obs_dtype left at its default (not even encoded).
+    f = ChunkBuilder(1, n, dim, Discrete(2))
+    f.begin(rows[0])
+    f.push(np.zeros(n, np.int64), np.zeros(n, np.float32), None, np.zeros(n, np.float32),
+           np.zeros(n, bool), np.zeros(n, bool), rows[1])  # fmt: skip
+    cf = f.finish("Pixels-v0", 1)
+    assert cf.obs_dtype == pb.DTYPE_FLOAT32 and len(cf.obs) == 4 * 2 * n * dim
+    np.testing.assert_array_equal(decode(cf, dim, Discrete(2), False).obs, rows[:2].astype(np.float32))
+    # The same step: 3 bytes a value more, less the 3 bytes of obs_dtype.
+    assert cf.ByteSize() == c2.ByteSize() + 3 * len(c2.obs) - 3
+
+
+@pytest.mark.parametrize("bad", [2.5, -1.0, 256.0, np.nan, np.inf, -1, 300])
+def test_a_uint8_builder_refuses_values_that_are_not_bytes(bad):
+    b = ChunkBuilder(2, 1, 3, Discrete(2), obs_dtype="uint8")
+    obs = np.array([[0, bad, 255]], np.float64 if isinstance(bad, float) else np.int64)
+    with pytest.raises(ValueError, match=r"\(at flat index 1\) is not a uint8 value, an integer in 0..=255"):
+        b.begin(obs)
+    b.begin(np.zeros((1, 3), np.uint8))
+    args = (np.zeros(1, np.int64), np.zeros(1), None, np.zeros(1), np.ones(1, bool), np.zeros(1, bool))
+    with pytest.raises(ValueError, match="is not a uint8 value"):
+        b.push(*args, obs)
+    with pytest.raises(ValueError, match="is not a uint8 value"):
+        b.push(*args, np.zeros((1, 3)), [0], obs, [(0.0, 1)])
+    with pytest.raises(ValueError, match='obs_dtype must be "float32" or "uint8"'):
+        ChunkBuilder(1, 1, 1, Discrete(2), obs_dtype="float64")
+
+
+def test_pixel_chunks_from_a_vector_environment_tile_and_hold_its_bytes():
+    """PixelEnv's uint8 images through `VectorRunner` and a uint8 builder:
+    every chunk decodes, its rows are the environments' observations byte
+    for byte, final observations where episodes ended, and chunks tile."""
+    factory = EnvFactory("Pixels-v0", "flotilla_test_envs:make_pixels", {"horizon": 5})
+    info = probe(factory)
+    assert info.observation.space.dtype == "uint8" and info.observation.dim == 32
+    r = VectorRunner(factory, info, 3, seed=9)
+    assert r.obs.dtype == np.uint8 and r.obs.shape == (3, 32)
+    b = ChunkBuilder(8, 3, 32, info.action.space, obs_dtype="uint8")
+    b.begin(r.obs)
+    rng = np.random.default_rng(1)
+    prev_last, episodes = None, 0
+    for _ in range(6):
+        seen = [r.obs.copy()]
+        for _ in range(8):
+            a = rng.integers(0, 3, 3)
+            s = r.step(info.action.to_env_batch(a))
+            assert s.obs.dtype == s.final_obs.dtype == np.uint8
+            seen.append(s.obs.copy())
+            b.push(a, np.full(3, -1.1, np.float32), None, s.rewards, s.terminated, s.truncated,
+                   s.obs, s.final_envs, s.final_obs, s.episodes)  # fmt: skip
+        c = b.finish("Pixels-v0", 1)
+        assert len(c.obs) == 9 * 3 * 32 and len(c.final_obs) == 32 * len(c.final_obs_index)
+        d = decode(c, 32, info.action.space, False, obs_dtype="uint8")
+        np.testing.assert_array_equal(d.obs, np.stack(seen))
+        if prev_last is not None:
+            np.testing.assert_array_equal(d.obs[0], prev_last)
+        prev_last = d.obs[-1]
+        episodes += len(d.returns)
+        for k, i in enumerate(d.final_index):
+            t, n = divmod(i, 3)
+            assert not np.array_equal(d.final_obs[k], d.obs[t + 1, n])
+    assert episodes >= 6
+    r.close()
 
 
 def counter_runner(num_envs: int, seed: int) -> VectorRunner:

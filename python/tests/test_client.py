@@ -106,7 +106,7 @@ def test_tokens_are_checked_like_the_learner_does():
 
 def test_hello_declares_the_environment():
     req = hello_request(opts(num_envs=3), INFO)
-    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 5, "CartPole-v1")
+    assert (req.actor_name, req.num_envs, req.protocol_version, req.env_id) == ("py-0", 3, 6, "CartPole-v1")
     assert list(req.observation_space.box.shape) == [4]
     assert req.observation_space.box.low[1] == -np.inf
     assert req.action_space.discrete.n == 2
@@ -341,3 +341,54 @@ def test_closing_a_stream_the_learner_ended_does_not_wait():
     t0 = time.monotonic()
     upload.close(5.0)
     assert time.monotonic() - t0 < 1.0
+
+
+PIXELS = probe(EnvFactory("Pixels-v0", "flotilla_test_envs:make_pixels"))
+
+
+def pixel_run_spec(**kw) -> pb.RunSpec:
+    """A run of PixelEnv: uint8 observations of shape (2, 4, 4)."""
+    spaces = {"observation_space": to_proto(PIXELS.observation.space), "action_space": to_proto(PIXELS.action.space)}
+    return run_spec(**{"env_id": "Pixels-v0", **spaces, **kw})
+
+
+def test_a_pixel_environment_declares_uint8_observations_and_packs_bytes():
+    px_opts = ActorOptions(
+        learner="http://127.0.0.1:50051", env=EnvFactory("Pixels-v0", "flotilla_test_envs:make_pixels"), name="px"
+    )
+    req = hello_request(px_opts, PIXELS)
+    assert req.observation_space.box.dtype == pb.DTYPE_UINT8 and list(req.observation_space.box.shape) == [2, 4, 4]
+    assert req.action_space.discrete.n == 3
+    s = session_from_run_spec(pixel_run_spec(), px_opts, PIXELS)
+    assert s.spec.observation_space.dtype == "uint8" and s.spec.observation_space == PIXELS.observation.space
+    # The size check counts a byte per value: 64 steps x 8 envs fit in a
+    # limit that the same chunks in f32 would not.
+    from flotilla.chunk import max_encoded_len
+
+    sizes = {
+        dtype: max_encoded_len(64, 8, 32, PIXELS.action.space, True, 8, 2, len("Pixels-v0"), dtype)
+        for dtype in ("float32", "uint8")
+    }
+    assert sizes["uint8"] < 40_000 < sizes["float32"], sizes
+    session_from_run_spec(pixel_run_spec(max_chunk_bytes=40_000), px_opts, PIXELS)
+    with pytest.raises(Status, match=r"encode to up to \d+ bytes"):
+        session_from_run_spec(pixel_run_spec(max_chunk_bytes=sizes["uint8"] - 1), px_opts, PIXELS)
+    session_from_run_spec(pixel_run_spec(max_chunk_bytes=sizes["uint8"]), px_opts, PIXELS)
+
+    # A run of the same Box in f32 (a learner of protocol 5's spaces) is not
+    # this actor's.
+    f32 = to_proto(PIXELS.observation.space)
+    f32.box.dtype = pb.DTYPE_FLOAT32
+    with pytest.raises(Status) as e:
+        session_from_run_spec(pixel_run_spec(observation_space=f32), px_opts, PIXELS)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.message == (
+        "observation_space: the learner's run has a Box of float32, the actor declared uint8 (environment Pixels-v0)"
+    )
+    # A dtype this actor does not know.
+    f32.box.dtype = 5
+    with pytest.raises(Status) as e:
+        session_from_run_spec(pixel_run_spec(observation_space=f32), px_opts, PIXELS)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.fatal
+    assert e.value.message.startswith("run spec field `observation_space`: "), e.value.message
+    assert "field `box.dtype`: unknown value 5" in e.value.message, e.value.message

@@ -1,10 +1,11 @@
 """The Python actor against the real `learner` binary (separate processes,
-real gRPC): its chunks pass the learner's validation for every kind of space,
-a declaration that differs from the run's is refused with exit code 64 (and
-so is a chunk the learner refuses), a token and TLS are spoken, connections
-lost are found again, and the numpy network computes the learner's
-log-probabilities, also over observations normalized with the statistics
-the snapshots carry.
+real gRPC): its chunks pass the learner's validation for every kind of space
+(uint8 images as bytes included), a declaration that differs from the run's
+is refused with exit code 64 (and so is a chunk the learner refuses), a token
+and TLS are spoken, connections lost are found again, and the numpy network
+computes the learner's log-probabilities, also over observations normalized
+with the statistics the snapshots carry, and over uint8 observations, which
+both read as their values 0..=255.
 
 Each test reads the learner's own account, its Prometheus metrics
 (`flotilla_chunks_received_total`, `flotilla_chunks_dropped_total{reason}`)
@@ -79,6 +80,13 @@ CASES = {
         "Square-v0",
         ["--make", "flotilla_test_envs:make_square", "--vector", "async", "--num-envs", "3"],
     ),
+    # uint8 images, sent as bytes (obs_dtype uint8): the full 0..=255, and
+    # a space of 0..=15 whose bounds the learner checks byte by byte.
+    "pixels-uint8": ("Pixels-v0", ["--make", "flotilla_test_envs:make_pixels"]),
+    "pixels-uint8-0-15-async": (
+        "Pixels-v0",
+        ["--make", "flotilla_test_envs:make_pixels", "--env-kwargs", '{"high": 15}', "--vector", "async"],
+    ),
 }
 
 
@@ -134,6 +142,24 @@ def test_a_declaration_that_differs_from_the_run_is_refused(start_learner, actor
     assert "error: " in err and "Acrobot-v1" in err and "CartPole-v1" in err, err
 
     # The first actor is unaffected.
+    time.sleep(0.5)
+    assert actors[0].poll() is None
+    assert_nothing_refused(learner.metrics(), learner.log())
+
+
+def test_a_pixel_run_refuses_the_same_images_declared_as_floats(start_learner, actors, tmp_path):
+    """The run's observations are what its first actor declared, dtype
+    included: uint8 images, sent as bytes. The same Box of float32 is
+    another declaration, refused naming the dtypes."""
+    pixels = ["--env", "Pixels-v0", "--make", "flotilla_test_envs:make_pixels"]
+    learner = start_learner(external_config("Pixels-v0"))
+    actors.append(start_actor(learner.port, *pixels, name="bytes", log=tmp_path / "bytes.log"))
+    learner.wait_for(lambda m: accepted(m) >= 1, what="the first actor's chunks")
+    assert "Box(shape [2, 4, 4], uint8)" in learner.log()
+    code, err = run_actor(learner.port, *pixels, "--env-kwargs", '{"dtype": "float32"}', name="floats")
+    assert code == 64, err
+    assert "error: the learner refused this actor (FAILED_PRECONDITION)" in err, err
+    assert "observation_space: the run has a Box of uint8, the actor declared float32" in err, err
     time.sleep(0.5)
     assert actors[0].poll() is None
     assert_nothing_refused(learner.metrics(), learner.log())
@@ -394,6 +420,20 @@ CROSS_CHECKS = {
         ["--make", "flotilla_test_envs:make_square"],
         "hidden_sizes = [8, 8]",
         (*NORMALIZE, "--set", "model.observation_clip=1.5"),
+    ),
+    # Bytes on the wire, read as their values 0..=255 by both networks:
+    # scaled by 1/255, or normalized with the statistics of those values.
+    "uint8-pixels-scaled": (
+        "Pixels-v0",
+        ["--make", "flotilla_test_envs:make_pixels"],
+        "hidden_sizes = [16]\nobservation_scale = 0.00392156862745098",
+        (),
+    ),
+    "uint8-pixels-normalized": (
+        "Pixels-v0",
+        ["--make", "flotilla_test_envs:make_pixels"],
+        "hidden_sizes = [16]",
+        NORMALIZE,
     ),
 }
 

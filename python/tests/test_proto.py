@@ -47,7 +47,7 @@ def test_stubs_import_from_the_package():
     from flotilla.v1 import flotilla_pb2 as pb
     from flotilla.v1 import flotilla_pb2_grpc as pb_grpc
 
-    assert PROTOCOL_VERSION == 5 and SESSION_METADATA == "x-flotilla-session"
+    assert PROTOCOL_VERSION == 6 and SESSION_METADATA == "x-flotilla-session"
     assert pb.DESCRIPTOR.name == "flotilla/v1/flotilla.proto"
     assert pb.DESCRIPTOR.package == "flotilla.v1"
     service = pb.DESCRIPTOR.services_by_name["Learner"]

@@ -18,6 +18,7 @@ from flotilla.spaces import (
     space_difference,
     to_proto,
 )
+from flotilla.v1 import flotilla_pb2 as pb
 
 
 def test_box_observations_are_declared_with_their_shape_and_sent_flat():
@@ -212,3 +213,130 @@ def test_integer_box_actions_are_rounded_and_clipped(dtype):
     wide = gs.Box(np.iinfo(np.int64).min, np.iinfo(np.int64).max, (1,), np.int64)
     out = ActionAdapter(wide).to_env_batch(np.array([[3e38], [-3e38], [-2.4]], np.float32))
     assert out.dtype == np.int64 and out[0, 0] > 0 and out[1, 0] == np.iinfo(np.int64).min and out[2, 0] == -2
+
+
+# --- uint8 (pixel) observations ---------------------------------------------
+
+
+def pixels(shape=(2, 3), high=255.0) -> Box:
+    size = int(np.prod(shape))
+    return Box(np.zeros(size, np.float32), np.full(size, high, np.float32), shape, "uint8")
+
+
+def test_box_dtypes_are_float32_by_default_and_uint8_for_pixels():
+    f = Box(np.zeros(6), np.full(6, 255.0), (2, 3))
+    px = pixels()
+    assert f.dtype == "float32" and px.dtype == "uint8"
+    assert f.numpy_dtype == np.dtype("<f4") and px.numpy_dtype == np.uint8
+    # numpy dtypes name the same two
+    assert Box(np.zeros(6), np.full(6, 255.0), (2, 3), np.uint8) == px
+    assert Box(np.zeros(6), np.full(6, 255.0), (2, 3), np.dtype("float32")) == f
+    assert f != px and hash(f) != hash(px)
+    assert px == pixels() and hash(px) == hash(pixels())
+    assert repr(f) == "Box(shape=[2, 3])" and repr(px) == "Box(shape=[2, 3], uint8)"
+    for bad in ("float64", "int8", np.float16, "u8", None):
+        with pytest.raises(SpaceError, match='"float32" or "uint8"'):
+            Box(np.zeros(1), np.ones(1), (1,), bad)
+
+
+def test_dtypes_cross_the_wire():
+    px = pixels((4, 84, 84))
+    p = to_proto(px)
+    assert p.box.dtype == pb.DTYPE_UINT8 and list(p.box.shape) == [4, 84, 84]
+    assert from_proto(p) == px and from_proto(p).dtype == "uint8"
+    f = Box(np.zeros(2), np.ones(2), (2,))
+    assert to_proto(f).box.dtype == pb.DTYPE_FLOAT32
+    # float32 is proto3's default: the field is not even written, so an
+    # older learner reads the same bytes
+    old = pb.Space(box=pb.BoxSpace(low=[0.0, 0.0], high=[1.0, 1.0], shape=[2]))
+    assert to_proto(f).SerializeToString() == old.SerializeToString()
+    assert from_proto(to_proto(f)).dtype == "float32"
+    # A dtype of a newer contract is refused, naming the field.
+    p.box.dtype = 7
+    with pytest.raises(SpaceError, match=r"^observation_space: field `box.dtype`: unknown value 7"):
+        from_proto(p, "observation_space")
+
+
+def test_checkpoint_json_reads_the_dtype_as_the_learner_writes_it():
+    # `common/src/space.rs`: "dtype" after "shape", only for uint8.
+    text = '{"Box":{"low":[0.0],"high":[255.0],"shape":[1],"dtype":"uint8"}}'
+    assert from_json(json.loads(text)) == pixels((1,))
+    # Without the key (every checkpoint before dtypes existed): float32.
+    old = from_json(json.loads('{"Box":{"low":[0.0],"high":[255.0],"shape":[1]}}'))
+    assert old.dtype == "float32" and old != pixels((1,))
+    f32 = from_json({"Box": {"low": [0.0], "high": [255.0], "shape": [1], "dtype": "float32"}})
+    assert f32 == old
+    for bad in ("UINT8", "float64", "", None, 1, ["uint8"]):
+        with pytest.raises(SpaceError, match=r'^observation: Box dtype must be "float32" or "uint8", got '):
+            from_json({"Box": {"low": [0.0], "high": [255.0], "shape": [1], "dtype": bad}}, "observation")
+
+
+def test_a_dtype_difference_is_named_after_the_shape_and_before_the_bounds():
+    f = Box(np.zeros(6), np.full(6, 255.0), (2, 3))
+    assert space_difference(pixels(), f) == "a Box of uint8, the actor declared float32"
+    assert space_difference(f, pixels()) == "a Box of float32, the actor declared uint8"
+    # shape first ...
+    assert space_difference(pixels((6,)), f) == "a Box of shape [6], the actor declared shape [2, 3]"
+    # ... the bounds last
+    assert space_difference(pixels(high=15.0), f) == "a Box of uint8, the actor declared float32"
+    assert space_difference(pixels(high=15.0), pixels()) == "high[0] = 15, the actor declared 255"
+    assert space_difference(pixels(), pixels()) is None
+
+
+def test_uint8_gymnasium_boxes_are_declared_uint8_and_kept_as_bytes():
+    a = ObservationAdapter(gs.Box(0, 255, (4, 6, 6), np.uint8))
+    assert a.space == pixels((4, 6, 6)) and a.space.dtype == "uint8" and a.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 4, 6, 6), dtype=np.uint8)
+    out = a.encode_batch(batch)
+    assert out.dtype == np.uint8 and out.shape == (3, 144)
+    np.testing.assert_array_equal(out, batch.reshape(3, -1))  # the bytes, row-major
+    one = a.encode_one(batch[1])
+    assert one.dtype == np.uint8 and one.tobytes() == batch[1].tobytes()
+    # Tighter integral bounds stay uint8.
+    assert ObservationAdapter(gs.Box(0, 15, (2,), np.uint8)).space == pixels((2,), 15.0)
+    # An environment that declares uint8 but hands out other values.
+    assert a.encode_batch(batch.astype(np.float64)).dtype == np.uint8
+    with pytest.raises(ValueError, match=r"observation value 2.5 \(at flat index 0\) is not a uint8 value"):
+        a.encode_one(np.full((4, 6, 6), 2.5))
+    with pytest.raises(ValueError, match="is not a uint8 value"):
+        a.encode_one(np.full((4, 6, 6), 256, np.int64))
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        gs.Box(0, 255, (2,), np.int64),
+        gs.Box(0.0, 255.0, (2,), np.float32),
+        gs.Box(0, 255, (2,), np.uint16),
+        gs.Box(0, 1, (2,), bool),
+    ],
+)
+def test_other_boxes_stay_float32(space):
+    a = ObservationAdapter(space)
+    assert a.space.dtype == "float32" and a.dtype == np.float32
+    assert a.encode_batch(np.ones((1, 2), space.dtype)).dtype == np.float32
+
+
+def test_discrete_observations_stay_float32_one_hot():
+    a = ObservationAdapter(gs.Discrete(3))
+    assert a.space.dtype == "float32" and a.encode_batch(np.array([1])).dtype == np.float32
+
+
+def test_a_uint8_space_with_bounds_beyond_a_byte_is_refused():
+    space = gs.Box(0, 255, (3,), np.uint8)
+    # Gymnasium keeps a uint8 Box's bounds in 0..=255; a space changed by
+    # hand need not.
+    space.high = np.array([255, 300.0, 255])
+    with pytest.raises(SpaceError, match=r"is uint8, sent as bytes, but its bound 1 has low 0 and high 300; "):
+        ObservationAdapter(space)
+    space.high = np.array([255, 255, 127.5])
+    with pytest.raises(SpaceError, match="bound 2 has low 0 and high 127.5; a uint8 Box has integer bounds"):
+        ObservationAdapter(space)
+
+
+def test_a_uint8_box_is_no_action_space():
+    # Actions are float32 samples whatever the environment's dtype: a uint8
+    # action Box is declared float32 (rounded and clipped for the env).
+    a = ActionAdapter(gs.Box(0, 255, (2,), np.uint8))
+    assert a.space.dtype == "float32"

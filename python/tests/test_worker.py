@@ -245,6 +245,38 @@ def test_a_convolutional_run_acts_on_its_image_observations():
     np.testing.assert_allclose(d.value, np.tanh(left - 2 * right), rtol=1e-5, atol=1e-6)
 
 
+def test_a_pixel_run_sends_bytes_and_acts_on_their_values():
+    """PixelEnv's uint8 images: the chunks carry them as bytes (obs_dtype
+    uint8), while the network reads their values 0..=255 as f32, scaled by
+    `observation_scale`: the critic's value, computed by hand from the bytes
+    the chunk sends, is the one it carries."""
+    factory = EnvFactory("Pixels-v0", "flotilla_test_envs:make_pixels")
+    info = probe(factory)
+    assert info.observation.space.dtype == "uint8"
+    model = ModelSpec(hidden_sizes=(1,), observation_scale=1.0 / 255.0)
+    params = zero_parameters(model, (2, 4, 4), Discrete(3))
+    w = np.linspace(-0.1, 0.1, 32, dtype=np.float32)
+    params["critic.0.weight"][:] = w
+    params["critic.head.weight"][:] = 1.0
+    s = WorkerSpec("Pixels-v0", model, 8, 2, info.observation.space, Discrete(3), True, False, 0, 1)
+    box = SnapshotBox()
+    box.publish(Snapshot(1, save(params)))
+    worker = EnvWorker(s, "run", factory, info, "sync", box, ActorMetrics())
+    worker.start()
+    try:
+        chunks = [worker.chunks.get(timeout=20) for _ in range(2)]
+    finally:
+        worker.shut_down()
+    assert worker.error is None, worker.error
+    for c in chunks:
+        assert len(c.obs) == 9 * 2 * 32, "one byte per value"
+        d = decode(c, 32, Discrete(3), behavior_values=True, obs_dtype="uint8")
+        assert d.obs.dtype == np.uint8 and d.obs.max() > 200, "pixels, not [0, 1] values"
+        x = d.obs[:-1].astype(np.float64) * float(np.float32(1.0 / 255.0))
+        np.testing.assert_allclose(d.value, np.tanh(x @ w.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    assert chunks[1].obs[: 2 * 32] == chunks[0].obs[-2 * 32 :], "chunks tile"
+
+
 def test_an_environment_that_raises_ends_the_thread_with_its_error():
     factory = EnvFactory("Exploding-v0", "flotilla_test_envs:make_exploding")
     info = probe(factory)

@@ -779,7 +779,8 @@ mod tests {
             &Space::Box {
                 low,
                 high,
-                shape: vec![6]
+                shape: vec![6],
+                dtype: crate::space::Dtype::Float32,
             }
         );
         assert_eq!(env.action_space(), &Space::Discrete { n: 3 });

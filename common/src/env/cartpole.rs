@@ -831,7 +831,8 @@ mod tests {
             &Space::Box {
                 low,
                 high,
-                shape: vec![4]
+                shape: vec![4],
+                dtype: crate::space::Dtype::Float32,
             }
         );
         assert_eq!(env.action_space(), &Space::Discrete { n: 2 });

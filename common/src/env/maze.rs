@@ -264,13 +264,7 @@ impl Maze {
             action_space: Space::Discrete { n: 4 },
         };
         if cfg.observation == MazeObservation::Image {
-            let shape = vec![3, 2 * height + 1, 2 * width + 1];
-            let n: usize = shape.iter().product();
-            maze.observation_space = Space::Box {
-                low: vec![0.0; n],
-                high: vec![PIXEL_ON; n],
-                shape,
-            };
+            maze.observation_space = Space::pixels(vec![3, 2 * height + 1, 2 * width + 1]);
             maze.image = Some(maze.draw_static());
         }
         Ok(maze)

@@ -49,6 +49,10 @@ impl Step {
 /// - the observation space is a `Box` (a discrete observation is written
 ///   one-hot); the action space is `Discrete` or `Box`; both stay the same
 ///   for the environment's life;
+/// - an image observation may be declared as bytes, [`Space::pixels`] (a
+///   `Box` of dtype `uint8`): the environment still writes f32s, each an
+///   integer in `0..=255`, and chunks carry them as one byte each, a quarter
+///   of the f32 size (anything else panics the actor's packing);
 /// - [`Env::reset`] writes the first observation of an episode;
 ///   [`Env::step`] writes the next one and says whether the episode ended,
 ///   `terminated` for a terminal state of the task (no bootstrap) and

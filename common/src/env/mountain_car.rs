@@ -586,7 +586,8 @@ mod tests {
             &Space::Box {
                 low: vec![-1.2, -0.07],
                 high: vec![0.6, 0.07],
-                shape: vec![2]
+                shape: vec![2],
+                dtype: crate::space::Dtype::Float32,
             }
         );
         assert_eq!(env.action_space(), &Space::Discrete { n: 3 });

@@ -536,7 +536,8 @@ mod tests {
             &Space::Box {
                 low: vec![-1.0, -1.0, -8.0],
                 high: vec![1.0, 1.0, 8.0],
-                shape: vec![3]
+                shape: vec![3],
+                dtype: crate::space::Dtype::Float32,
             }
         );
         assert_eq!(
@@ -544,7 +545,8 @@ mod tests {
             &Space::Box {
                 low: vec![-2.0],
                 high: vec![2.0],
-                shape: vec![1]
+                shape: vec![1],
+                dtype: crate::space::Dtype::Float32,
             }
         );
         assert_eq!(env.max_episode_steps(), 200);

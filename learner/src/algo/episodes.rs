@@ -229,7 +229,7 @@ mod tests {
             policy_version: 0,
             t,
             n,
-            obs: vec![0.0; (t + 1) * n],
+            obs: vec![0.0f32; (t + 1) * n].into(),
             actions: Actions::Discrete(vec![0; t * n]),
             rewards: rewards.to_vec(),
             terminated: ends.to_vec(),
@@ -237,7 +237,7 @@ mod tests {
             behavior_logp: vec![0.0; t * n],
             behavior_value: None,
             final_obs_index: Vec::new(),
-            final_obs: Vec::new(),
+            final_obs: Vec::<f32>::new().into(),
             episode_returns: Vec::new(),
             episode_lengths: Vec::new(),
         }

@@ -365,6 +365,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use flotilla_common::chunk::{ChunkBuilder, ValueBounds};
+    use flotilla_common::space::Dtype;
     use flotilla_common::{EnvSpec, Space, VecEnv};
 
     use super::*;
@@ -383,6 +384,7 @@ mod tests {
             run_id: "run".into(),
             env_id: "CartPole-v1".into(),
             obs_dim: 4,
+            obs_dtype: Dtype::Float32,
             action_space: Space::Discrete { n: 2 },
             chunk_len: T,
             max_envs: 8,

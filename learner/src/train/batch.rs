@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use flotilla_common::chunk::{Actions, Chunk};
-use tch::{Device, Tensor};
+use flotilla_common::chunk::{Actions, Chunk, Observations};
+use tch::{Device, Kind, Tensor};
 
 /// A chunk on its way into a batch.
 #[derive(Debug, Clone)]
@@ -41,8 +41,8 @@ impl Item {
 pub struct Group {
     pub t: usize,
     pub n: usize,
-    /// `[t+1, n, obs_dim]`.
-    pub obs: Vec<f32>,
+    /// `[t+1, n, obs_dim]`, in the chunks' wire type.
+    pub obs: Observations,
     /// `[t, n]` indices or `[t, n, act_dim]` values.
     pub actions: Actions,
     /// `[t, n]`.
@@ -56,7 +56,7 @@ pub struct Group {
     /// Flat `[t, n]` positions of the ended episodes, chunk by chunk.
     pub final_index: Vec<i64>,
     /// `[K, obs_dim]`, row k belonging to `final_index[k]`.
-    pub final_obs: Vec<f32>,
+    pub final_obs: Observations,
     /// `[n]` returns from after the chunks' end (0 where an item has none).
     pub tail_returns: Vec<f32>,
 }
@@ -85,10 +85,14 @@ fn assemble_group(items: &[&Item], t: usize, d: usize) -> Group {
         items.first().map(|i| &i.chunk.actions),
         Some(Actions::Continuous(_))
     );
+    // Validation gives every chunk of a run the run's observation dtype.
+    let dtype = items
+        .first()
+        .map_or(Default::default(), |i| i.chunk.obs.dtype());
     let mut g = Group {
         t,
         n,
-        obs: Vec::with_capacity((t + 1) * n * d),
+        obs: Observations::with_capacity(dtype, (t + 1) * n * d),
         actions: if continuous {
             Actions::Continuous(Vec::new())
         } else {
@@ -99,15 +103,14 @@ fn assemble_group(items: &[&Item], t: usize, d: usize) -> Group {
         truncated: Vec::with_capacity(t * n),
         behavior_logp: Vec::with_capacity(t * n),
         final_index: Vec::new(),
-        final_obs: Vec::new(),
+        final_obs: Observations::with_capacity(dtype, 0),
         tail_returns: Vec::with_capacity(n),
     };
     // Row by row: row s of the group is row s of every chunk, in order.
     for s in 0..=t {
         for i in items {
             let c = &i.chunk;
-            g.obs
-                .extend_from_slice(&c.obs[s * c.n * d..(s + 1) * c.n * d]);
+            g.obs.extend_from(&c.obs, s * c.n * d..(s + 1) * c.n * d);
             if s == t {
                 continue;
             }
@@ -134,8 +137,7 @@ fn assemble_group(items: &[&Item], t: usize, d: usize) -> Group {
         for (k, &flat) in c.final_obs_index.iter().enumerate() {
             let (step, env) = (flat / c.n, flat % c.n);
             g.final_index.push((step * n + offset + env) as i64);
-            g.final_obs
-                .extend_from_slice(&c.final_obs[k * d..(k + 1) * d]);
+            g.final_obs.extend_from(&c.final_obs, k * d..(k + 1) * d);
         }
         match &i.tail_returns {
             Some(tail) => g.tail_returns.extend_from_slice(tail),
@@ -150,7 +152,7 @@ fn assemble_group(items: &[&Item], t: usize, d: usize) -> Group {
 pub struct GroupTensors {
     pub t: i64,
     pub n: i64,
-    /// `[t+1, n, obs_dim]`.
+    /// `[t+1, n, obs_dim]` f32 (u8 observations are widened on the device).
     pub obs: Tensor,
     /// `[t, n]` i64 or `[t, n, act_dim]` f32.
     pub actions: Tensor,
@@ -173,7 +175,7 @@ impl Group {
         GroupTensors {
             t,
             n,
-            obs: up(Tensor::from_slice(&self.obs).view([t + 1, n, d])),
+            obs: observations(&self.obs, device).view([t + 1, n, d]),
             actions: up(match &self.actions {
                 Actions::Discrete(a) => Tensor::from_slice(a).view([t, n]),
                 Actions::Continuous(a) => Tensor::from_slice(a).view([t, n, -1]),
@@ -183,9 +185,18 @@ impl Group {
             truncated: up(Tensor::from_slice(&self.truncated).view([t, n])),
             behavior_logp: up(Tensor::from_slice(&self.behavior_logp).view([t, n])),
             final_index: up(Tensor::from_slice(&self.final_index)),
-            final_obs: up(Tensor::from_slice(&self.final_obs).view([-1, d])),
+            final_obs: observations(&self.final_obs, device).view([-1, d]),
             tail_returns: up(Tensor::from_slice(&self.tail_returns).view([1, n])),
         }
+    }
+}
+
+/// Observations as an f32 tensor on `device`. Bytes travel to the device
+/// as bytes (a quarter of the copy) and are widened there.
+fn observations(obs: &Observations, device: Device) -> Tensor {
+    match obs {
+        Observations::F32(v) => Tensor::from_slice(v).to_device(device),
+        Observations::U8(v) => Tensor::from_slice(v).to_device(device).to_kind(Kind::Float),
     }
 }
 
@@ -224,7 +235,8 @@ mod tests {
             n,
             obs: (0..=t)
                 .flat_map(|s| (0..n).flat_map(move |e| (0..D).map(move |k| tag(s, e) + k as f32)))
-                .collect(),
+                .collect::<Vec<f32>>()
+                .into(),
             actions: Actions::Discrete((0..t * n).map(|i| (a as usize * 100 + i) as i64).collect()),
             rewards: (0..t)
                 .flat_map(|s| (0..n).map(move |e| tag(s, e)))
@@ -236,10 +248,55 @@ mod tests {
                 .collect(),
             behavior_value: None,
             final_obs_index,
-            final_obs,
+            final_obs: final_obs.into(),
             episode_returns: vec![],
             episode_lengths: vec![],
         }
+    }
+
+    /// The chunk with every observation as a byte: its value mod 251.
+    fn as_bytes(mut c: Chunk) -> Chunk {
+        let bytes = |o: &Observations| -> Observations {
+            let v = o.as_f32().unwrap();
+            v.iter()
+                .map(|&x| x.abs().rem_euclid(251.0) as u8)
+                .collect::<Vec<u8>>()
+                .into()
+        };
+        c.obs = bytes(&c.obs);
+        c.final_obs = bytes(&c.final_obs);
+        c
+    }
+
+    #[test]
+    fn byte_observations_are_laid_out_alike_and_widened_on_the_device() {
+        let ends = [(1, 0, true), (1, 2, false)];
+        let f = [
+            Item::new(chunk(1, 2, 2, &[(0, 1, false)])),
+            Item::new(chunk(2, 2, 3, &ends)),
+        ];
+        let u = f.clone().map(|i| Item::new(as_bytes(i.chunk)));
+        let (gf, gu) = (&assemble(&f, D)[0], &assemble(&u, D)[0]);
+        assert_eq!(gu.obs.dtype(), flotilla_common::space::Dtype::Uint8);
+        let widened = |o: &Observations| o.f32s(0..o.len()).into_owned();
+        let bytes_of = |o: &Observations| -> Vec<f32> {
+            o.as_f32()
+                .unwrap()
+                .iter()
+                .map(|&x| f32::from(x.abs().rem_euclid(251.0) as u8))
+                .collect()
+        };
+        assert_eq!(widened(&gu.obs), bytes_of(&gf.obs));
+        assert_eq!(widened(&gu.final_obs), bytes_of(&gf.final_obs));
+        assert_eq!(gu.final_index, gf.final_index);
+        let tu = gu.to_device(Device::Cpu, D);
+        assert_eq!(tu.obs.kind(), Kind::Float);
+        assert_eq!(tu.obs.size(), [3, 5, D as i64]);
+        assert_eq!(tu.final_obs.size(), [3, D as i64]);
+        let back: Vec<f32> = Vec::try_from(tu.obs.flatten(0, -1)).unwrap();
+        assert_eq!(back, bytes_of(&gf.obs));
+        let back: Vec<f32> = Vec::try_from(tu.final_obs.flatten(0, -1)).unwrap();
+        assert_eq!(back, bytes_of(&gf.final_obs));
     }
 
     #[test]
@@ -257,7 +314,7 @@ mod tests {
         let row1: Vec<f32> = (0..5).map(|col| g.rewards[5 + col]).collect();
         assert_eq!(row1, [1100.0, 1110.0, 2100.0, 2110.0, 2120.0]);
         // The bootstrap row (s = T) of the observations is kept, per column.
-        let obs = |s: usize, col: usize, k: usize| g.obs[(s * 5 + col) * D + k];
+        let obs = |s: usize, col: usize, k: usize| g.obs.as_f32().unwrap()[(s * 5 + col) * D + k];
         assert_eq!(obs(2, 0, 1), 1201.0);
         assert_eq!(obs(2, 4, 0), 2220.0);
         assert_eq!(obs(0, 3, 1), 2011.0);
@@ -282,7 +339,7 @@ mod tests {
         // Flat [T, ΣN = 5] positions: 0·5 + 0 + 1, 1·5 + 2 + 0, 1·5 + 2 + 2.
         assert_eq!(g.final_index, [1, 7, 9]);
         assert_eq!(
-            g.final_obs,
+            g.final_obs.as_f32().unwrap(),
             [-1010.0, -1011.0, -2100.0, -2101.0, -2120.0, -2121.0]
         );
         // Flags follow the same layout: terminated only where it terminated.
@@ -309,7 +366,10 @@ mod tests {
         assert_eq!(long.rewards[..3], [3000.0, 2000.0, 2010.0]);
         // Item order: actor 3's end at 3·3 + 0, then actor 2's at 0·3 + 1 + 1.
         assert_eq!(long.final_index, [9, 2]);
-        assert_eq!(long.final_obs, [-3300.0, -3301.0, -2010.0, -2011.0]);
+        assert_eq!(
+            long.final_obs.as_f32().unwrap(),
+            [-3300.0, -3301.0, -2010.0, -2011.0]
+        );
         let samples: usize = groups.iter().map(|g| g.t * g.n).sum();
         assert_eq!(samples, 4 + 4 + 8);
     }

@@ -158,7 +158,7 @@ mod tests {
             policy_version,
             t,
             n,
-            obs: vec![0.0; (t + 1) * n],
+            obs: vec![0.0f32; (t + 1) * n].into(),
             actions: Actions::Discrete(vec![0; t * n]),
             rewards: vec![1.0; t * n],
             terminated: vec![false; t * n],
@@ -166,7 +166,7 @@ mod tests {
             behavior_logp: vec![0.0; t * n],
             behavior_value: None,
             final_obs_index: vec![],
-            final_obs: vec![],
+            final_obs: Vec::<f32>::new().into(),
             episode_returns: vec![actor_id as f32; episodes],
             episode_lengths: vec![1; episodes],
         }

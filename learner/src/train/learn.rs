@@ -329,7 +329,7 @@ mod tests {
             policy_version: 0,
             t,
             n,
-            obs: (0..(t + 1) * n * D).map(val).collect(),
+            obs: (0..(t + 1) * n * D).map(val).collect::<Vec<f32>>().into(),
             actions: Actions::Discrete(vec![1; t * n]),
             rewards: (0..t * n).map(|i| 1.0 + i as f32 / 10.0).collect(),
             terminated,
@@ -337,7 +337,7 @@ mod tests {
             behavior_logp: vec![0.5f32.ln(); t * n],
             behavior_value: None,
             final_obs_index,
-            final_obs,
+            final_obs: final_obs.into(),
             episode_returns: vec![],
             episode_lengths: vec![],
         }
@@ -435,8 +435,10 @@ mod tests {
                     let r = f64::from(c.rewards[flat]);
                     let next_row = (s + 1) * c.n + e;
                     let next = match c.final_obs_index.iter().position(|&i| i == flat) {
-                        Some(k) if c.truncated[flat] => &c.final_obs[k * D..(k + 1) * D],
-                        _ => &c.obs[next_row * D..(next_row + 1) * D],
+                        Some(k) if c.truncated[flat] => {
+                            &c.final_obs.as_f32().unwrap()[k * D..(k + 1) * D]
+                        }
+                        _ => &c.obs.as_f32().unwrap()[next_row * D..(next_row + 1) * D],
                     };
                     let expected = if c.terminated[flat] {
                         r
@@ -483,16 +485,23 @@ mod tests {
         // Raw observations far from the unit scale, so statistics matter.
         let raw = |a: u32| {
             let mut c = chunk(a, 8, 2, &[]);
-            for (k, x) in c.obs.iter_mut().enumerate() {
-                *x = *x * 40.0 + [100.0, -3.0, 7.0, 0.5][k % D];
-            }
+            let obs: Vec<f32> = c.obs.as_f32().unwrap().to_vec();
+            c.obs = obs
+                .iter()
+                .enumerate()
+                .map(|(k, x)| x * 40.0 + [100.0, -3.0, 7.0, 0.5][k % D])
+                .collect::<Vec<f32>>()
+                .into();
             c.actions = Actions::Discrete((0..16).map(|i| i % 2).collect());
             c
         };
         // Behavior log-probabilities as an actor computes them.
         let acted = |mut c: Chunk, p: &CpuPolicy| {
-            let rows =
-                ndarray::ArrayView2::from_shape((c.t * c.n, D), &c.obs[..c.t * c.n * D]).unwrap();
+            let rows = ndarray::ArrayView2::from_shape(
+                (c.t * c.n, D),
+                &c.obs.as_f32().unwrap()[..c.t * c.n * D],
+            )
+            .unwrap();
             let Actions::Discrete(a) = &c.actions else {
                 unreachable!()
             };

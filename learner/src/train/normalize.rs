@@ -86,9 +86,12 @@ impl Normalization {
     pub fn observation_moments(&self, items: &[Item]) -> Option<Moments> {
         let obs = self.observations.as_ref()?;
         let d = obs.dim();
-        let rows = items
+        // Borrowed for f32 observations, widened for u8 ones.
+        let acted: Vec<_> = items
             .iter()
-            .flat_map(move |i| i.chunk.obs[..i.chunk.t * i.chunk.n * d].chunks_exact(d));
+            .map(|i| i.chunk.obs.f32s(0..i.chunk.t * i.chunk.n * d))
+            .collect();
+        let rows = acted.iter().flat_map(|o| o.chunks_exact(d));
         Some(Moments::of_rows(d, rows))
     }
 
@@ -241,7 +244,10 @@ mod tests {
             policy_version: 0,
             t,
             n,
-            obs: (0..(t + 1) * n * 2).map(|k| k as f32).collect(),
+            obs: (0..(t + 1) * n * 2)
+                .map(|k| k as f32)
+                .collect::<Vec<f32>>()
+                .into(),
             actions: Actions::Discrete(vec![0; t * n]),
             rewards: (0..t * n).map(|i| reward(i / n, i % n)).collect(),
             terminated: done.clone(),
@@ -249,7 +255,7 @@ mod tests {
             behavior_logp: vec![0.0; t * n],
             behavior_value: None,
             final_obs_index: vec![],
-            final_obs: vec![],
+            final_obs: Vec::<f32>::new().into(),
             episode_returns: vec![],
             episode_lengths: vec![],
         }

@@ -1,4 +1,4 @@
-"""Generated gRPC stubs of the Flotilla wire contract, protocol version 5.
+"""Generated gRPC stubs of the Flotilla wire contract, protocol version 6.
 
 ``flotilla_pb2`` (messages), ``flotilla_pb2_grpc`` (the ``Learner`` service)
 and ``flotilla_pb2.pyi`` (type stubs) are generated from
@@ -8,7 +8,7 @@ do not edit them by hand. This module path mirrors the proto package
 """
 
 #: The protocol version this package speaks (`HelloRequest.protocol_version`).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: Metadata key of the session credential on `StreamTrajectories`.
 SESSION_METADATA = "x-flotilla-session"

@@ -24,39 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lotilla/v1/flotilla.proto\x12\x0b\x66lotilla.v1\"\xb7\x01\n\x0cHelloRequest\x12\x12\n\nactor_name\x18\x01 \x01(\t\x12\x10\n\x08num_envs\x18\x02 \x01(\r\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12-\n\x11observation_space\x18\x05 \x01(\x0b\x32\x12.flotilla.v1.Space\x12(\n\x0c\x61\x63tion_space\x18\x06 \x01(\x0b\x32\x12.flotilla.v1.Space\"\x1a\n\rDiscreteSpace\x12\t\n\x01n\x18\x01 \x01(\r\"4\n\x08\x42oxSpace\x12\x0b\n\x03low\x18\x01 \x03(\x02\x12\x0c\n\x04high\x18\x02 \x03(\x02\x12\r\n\x05shape\x18\x03 \x03(\r\"e\n\x05Space\x12.\n\x08\x64iscrete\x18\x01 \x01(\x0b\x32\x1a.flotilla.v1.DiscreteSpaceH\x00\x12$\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x15.flotilla.v1.BoxSpaceH\x00\x42\x06\n\x04kind\"\xb1\x02\n\tModelSpec\x12\x14\n\x0chidden_sizes\x18\x01 \x03(\r\x12+\n\nactivation\x18\x02 \x01(\x0e\x32\x17.flotilla.v1.Activation\x12\x14\n\x0cshared_torso\x18\x03 \x01(\x08\x12\x14\n\x0cinit_log_std\x18\x04 \x01(\x02\x12\x1e\n\x16normalize_observations\x18\x05 \x01(\x08\x12\x18\n\x10observation_clip\x18\x06 \x01(\x02\x12$\n\x04\x63onv\x18\x07 \x03(\x0b\x32\x16.flotilla.v1.ConvLayer\x12:\n\x12observation_layout\x18\x08 \x01(\x0e\x32\x1e.flotilla.v1.ObservationLayout\x12\x19\n\x11observation_scale\x18\t \x01(\x02\"=\n\tConvLayer\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x0e\n\x06kernel\x18\x02 \x01(\r\x12\x0e\n\x06stride\x18\x03 \x01(\r\"\xae\x03\n\x07RunSpec\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x02 \x01(\t\x12\x17\n\x0f\x65nv_config_toml\x18\x03 \x01(\t\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.flotilla.v1.ModelSpec\x12\x11\n\tchunk_len\x18\x05 \x01(\r\x12-\n\x11observation_space\x18\x06 \x01(\x0b\x32\x12.flotilla.v1.Space\x12(\n\x0c\x61\x63tion_space\x18\x07 \x01(\x0b\x32\x12.flotilla.v1.Space\x12\x16\n\x0epolicy_version\x18\x08 \x01(\x04\x12\x18\n\x10protocol_version\x18\t \x01(\r\x12\x10\n\x08\x61\x63tor_id\x18\n \x01(\r\x12\x1c\n\x14send_behavior_values\x18\x0b \x01(\x08\x12\x0c\n\x04seed\x18\x0c \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\r \x01(\x04\x12\x18\n\x10\x64\x65\x66\x61ult_num_envs\x18\x0e \x01(\r\x12\x0c\n\x04sync\x18\x0f \x01(\x08\x12\x15\n\rbatch_samples\x18\x10 \x01(\x04\x12\x0f\n\x07session\x18\x11 \x01(\t\"\xdc\x02\n\x05\x43hunk\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\r\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x04\x12\t\n\x01t\x18\x05 \x01(\r\x12\t\n\x01n\x18\x06 \x01(\r\x12\x0b\n\x03obs\x18\x07 \x01(\x0c\x12\x0f\n\x07\x61\x63tions\x18\x08 \x01(\x0c\x12\x0f\n\x07rewards\x18\t \x01(\x0c\x12\x12\n\nterminated\x18\n \x01(\x0c\x12\x11\n\ttruncated\x18\x0b \x01(\x0c\x12\x15\n\rbehavior_logp\x18\x0c \x01(\x0c\x12\x16\n\x0e\x62\x65havior_value\x18\r \x01(\x0c\x12\x17\n\x0f\x66inal_obs_index\x18\x0e \x03(\r\x12\x11\n\tfinal_obs\x18\x0f \x01(\x0c\x12\x17\n\x0f\x65pisode_returns\x18\x10 \x03(\x02\x12\x17\n\x0f\x65pisode_lengths\x18\x11 \x03(\r\x12\x0e\n\x06\x65nv_id\x18\x12 \x01(\t\"B\n\rIngestSummary\x12\x17\n\x0f\x63hunks_accepted\x18\x01 \x01(\x04\x12\x18\n\x10samples_accepted\x18\x02 \x01(\x04\"<\n\x10SubscribeRequest\x12\x12\n\nactor_name\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"S\n\x0ePolicySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bsafetensors\x18\x02 \x01(\x0c\x12\x1b\n\x13samples_per_version\x18\x03 \x01(\x04*R\n\nActivation\x12\x1a\n\x16\x41\x43TIVATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TIVATION_TANH\x10\x01\x12\x13\n\x0f\x41\x43TIVATION_RELU\x10\x02*K\n\x11ObservationLayout\x12\x1a\n\x16OBSERVATION_LAYOUT_CHW\x10\x00\x12\x1a\n\x16OBSERVATION_LAYOUT_HWC\x10\x01\x32\xdc\x01\n\x07Learner\x12\x38\n\x05Hello\x12\x19.flotilla.v1.HelloRequest\x1a\x14.flotilla.v1.RunSpec\x12\x46\n\x12StreamTrajectories\x12\x12.flotilla.v1.Chunk\x1a\x1a.flotilla.v1.IngestSummary(\x01\x12O\n\x0fSubscribePolicy\x12\x1d.flotilla.v1.SubscribeRequest\x1a\x1b.flotilla.v1.PolicySnapshot0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lotilla/v1/flotilla.proto\x12\x0b\x66lotilla.v1\"\xb7\x01\n\x0cHelloRequest\x12\x12\n\nactor_name\x18\x01 \x01(\t\x12\x10\n\x08num_envs\x18\x02 \x01(\r\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12-\n\x11observation_space\x18\x05 \x01(\x0b\x32\x12.flotilla.v1.Space\x12(\n\x0c\x61\x63tion_space\x18\x06 \x01(\x0b\x32\x12.flotilla.v1.Space\"\x1a\n\rDiscreteSpace\x12\t\n\x01n\x18\x01 \x01(\r\"W\n\x08\x42oxSpace\x12\x0b\n\x03low\x18\x01 \x03(\x02\x12\x0c\n\x04high\x18\x02 \x03(\x02\x12\r\n\x05shape\x18\x03 \x03(\r\x12!\n\x05\x64type\x18\x04 \x01(\x0e\x32\x12.flotilla.v1.Dtype\"e\n\x05Space\x12.\n\x08\x64iscrete\x18\x01 \x01(\x0b\x32\x1a.flotilla.v1.DiscreteSpaceH\x00\x12$\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x15.flotilla.v1.BoxSpaceH\x00\x42\x06\n\x04kind\"\xb1\x02\n\tModelSpec\x12\x14\n\x0chidden_sizes\x18\x01 \x03(\r\x12+\n\nactivation\x18\x02 \x01(\x0e\x32\x17.flotilla.v1.Activation\x12\x14\n\x0cshared_torso\x18\x03 \x01(\x08\x12\x14\n\x0cinit_log_std\x18\x04 \x01(\x02\x12\x1e\n\x16normalize_observations\x18\x05 \x01(\x08\x12\x18\n\x10observation_clip\x18\x06 \x01(\x02\x12$\n\x04\x63onv\x18\x07 \x03(\x0b\x32\x16.flotilla.v1.ConvLayer\x12:\n\x12observation_layout\x18\x08 \x01(\x0e\x32\x1e.flotilla.v1.ObservationLayout\x12\x19\n\x11observation_scale\x18\t \x01(\x02\"=\n\tConvLayer\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x0e\n\x06kernel\x18\x02 \x01(\r\x12\x0e\n\x06stride\x18\x03 \x01(\r\"\xae\x03\n\x07RunSpec\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x02 \x01(\t\x12\x17\n\x0f\x65nv_config_toml\x18\x03 \x01(\t\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.flotilla.v1.ModelSpec\x12\x11\n\tchunk_len\x18\x05 \x01(\r\x12-\n\x11observation_space\x18\x06 \x01(\x0b\x32\x12.flotilla.v1.Space\x12(\n\x0c\x61\x63tion_space\x18\x07 \x01(\x0b\x32\x12.flotilla.v1.Space\x12\x16\n\x0epolicy_version\x18\x08 \x01(\x04\x12\x18\n\x10protocol_version\x18\t \x01(\r\x12\x10\n\x08\x61\x63tor_id\x18\n \x01(\r\x12\x1c\n\x14send_behavior_values\x18\x0b \x01(\x08\x12\x0c\n\x04seed\x18\x0c \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\r \x01(\x04\x12\x18\n\x10\x64\x65\x66\x61ult_num_envs\x18\x0e \x01(\r\x12\x0c\n\x04sync\x18\x0f \x01(\x08\x12\x15\n\rbatch_samples\x18\x10 \x01(\x04\x12\x0f\n\x07session\x18\x11 \x01(\t\"\x83\x03\n\x05\x43hunk\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\r\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x04\x12\t\n\x01t\x18\x05 \x01(\r\x12\t\n\x01n\x18\x06 \x01(\r\x12\x0b\n\x03obs\x18\x07 \x01(\x0c\x12\x0f\n\x07\x61\x63tions\x18\x08 \x01(\x0c\x12\x0f\n\x07rewards\x18\t \x01(\x0c\x12\x12\n\nterminated\x18\n \x01(\x0c\x12\x11\n\ttruncated\x18\x0b \x01(\x0c\x12\x15\n\rbehavior_logp\x18\x0c \x01(\x0c\x12\x16\n\x0e\x62\x65havior_value\x18\r \x01(\x0c\x12\x17\n\x0f\x66inal_obs_index\x18\x0e \x03(\r\x12\x11\n\tfinal_obs\x18\x0f \x01(\x0c\x12\x17\n\x0f\x65pisode_returns\x18\x10 \x03(\x02\x12\x17\n\x0f\x65pisode_lengths\x18\x11 \x03(\r\x12\x0e\n\x06\x65nv_id\x18\x12 \x01(\t\x12%\n\tobs_dtype\x18\x13 \x01(\x0e\x32\x12.flotilla.v1.Dtype\"B\n\rIngestSummary\x12\x17\n\x0f\x63hunks_accepted\x18\x01 \x01(\x04\x12\x18\n\x10samples_accepted\x18\x02 \x01(\x04\"<\n\x10SubscribeRequest\x12\x12\n\nactor_name\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"S\n\x0ePolicySnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bsafetensors\x18\x02 \x01(\x0c\x12\x1b\n\x13samples_per_version\x18\x03 \x01(\x04*+\n\x05\x44type\x12\x11\n\rDTYPE_FLOAT32\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01*R\n\nActivation\x12\x1a\n\x16\x41\x43TIVATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TIVATION_TANH\x10\x01\x12\x13\n\x0f\x41\x43TIVATION_RELU\x10\x02*K\n\x11ObservationLayout\x12\x1a\n\x16OBSERVATION_LAYOUT_CHW\x10\x00\x12\x1a\n\x16OBSERVATION_LAYOUT_HWC\x10\x01\x32\xdc\x01\n\x07Learner\x12\x38\n\x05Hello\x12\x19.flotilla.v1.HelloRequest\x1a\x14.flotilla.v1.RunSpec\x12\x46\n\x12StreamTrajectories\x12\x12.flotilla.v1.Chunk\x1a\x1a.flotilla.v1.IngestSummary(\x01\x12O\n\x0fSubscribePolicy\x12\x1d.flotilla.v1.SubscribeRequest\x1a\x1b.flotilla.v1.PolicySnapshot0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flotilla.v1.flotilla_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTIVATION']._serialized_start=1784
-  _globals['_ACTIVATION']._serialized_end=1866
-  _globals['_OBSERVATIONLAYOUT']._serialized_start=1868
-  _globals['_OBSERVATIONLAYOUT']._serialized_end=1943
+  _globals['_DTYPE']._serialized_start=1858
+  _globals['_DTYPE']._serialized_end=1901
+  _globals['_ACTIVATION']._serialized_start=1903
+  _globals['_ACTIVATION']._serialized_end=1985
+  _globals['_OBSERVATIONLAYOUT']._serialized_start=1987
+  _globals['_OBSERVATIONLAYOUT']._serialized_end=2062
   _globals['_HELLOREQUEST']._serialized_start=44
   _globals['_HELLOREQUEST']._serialized_end=227
   _globals['_DISCRETESPACE']._serialized_start=229
   _globals['_DISCRETESPACE']._serialized_end=255
   _globals['_BOXSPACE']._serialized_start=257
-  _globals['_BOXSPACE']._serialized_end=309
-  _globals['_SPACE']._serialized_start=311
-  _globals['_SPACE']._serialized_end=412
-  _globals['_MODELSPEC']._serialized_start=415
-  _globals['_MODELSPEC']._serialized_end=720
-  _globals['_CONVLAYER']._serialized_start=722
-  _globals['_CONVLAYER']._serialized_end=783
-  _globals['_RUNSPEC']._serialized_start=786
-  _globals['_RUNSPEC']._serialized_end=1216
-  _globals['_CHUNK']._serialized_start=1219
-  _globals['_CHUNK']._serialized_end=1567
-  _globals['_INGESTSUMMARY']._serialized_start=1569
-  _globals['_INGESTSUMMARY']._serialized_end=1635
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1637
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1697
-  _globals['_POLICYSNAPSHOT']._serialized_start=1699
-  _globals['_POLICYSNAPSHOT']._serialized_end=1782
-  _globals['_LEARNER']._serialized_start=1946
-  _globals['_LEARNER']._serialized_end=2166
+  _globals['_BOXSPACE']._serialized_end=344
+  _globals['_SPACE']._serialized_start=346
+  _globals['_SPACE']._serialized_end=447
+  _globals['_MODELSPEC']._serialized_start=450
+  _globals['_MODELSPEC']._serialized_end=755
+  _globals['_CONVLAYER']._serialized_start=757
+  _globals['_CONVLAYER']._serialized_end=818
+  _globals['_RUNSPEC']._serialized_start=821
+  _globals['_RUNSPEC']._serialized_end=1251
+  _globals['_CHUNK']._serialized_start=1254
+  _globals['_CHUNK']._serialized_end=1641
+  _globals['_INGESTSUMMARY']._serialized_start=1643
+  _globals['_INGESTSUMMARY']._serialized_end=1709
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1711
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1771
+  _globals['_POLICYSNAPSHOT']._serialized_start=1773
+  _globals['_POLICYSNAPSHOT']._serialized_end=1856
+  _globals['_LEARNER']._serialized_start=2065
+  _globals['_LEARNER']._serialized_end=2285
 # @@protoc_insertion_point(module_scope)

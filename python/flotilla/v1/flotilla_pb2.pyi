@@ -7,6 +7,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_FLOAT32: _ClassVar[Dtype]
+    DTYPE_UINT8: _ClassVar[Dtype]
+
 class Activation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ACTIVATION_UNSPECIFIED: _ClassVar[Activation]
@@ -17,6 +22,8 @@ class ObservationLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OBSERVATION_LAYOUT_CHW: _ClassVar[ObservationLayout]
     OBSERVATION_LAYOUT_HWC: _ClassVar[ObservationLayout]
+DTYPE_FLOAT32: Dtype
+DTYPE_UINT8: Dtype
 ACTIVATION_UNSPECIFIED: Activation
 ACTIVATION_TANH: Activation
 ACTIVATION_RELU: Activation
@@ -46,14 +53,16 @@ class DiscreteSpace(_message.Message):
     def __init__(self, n: _Optional[int] = ...) -> None: ...
 
 class BoxSpace(_message.Message):
-    __slots__ = ("low", "high", "shape")
+    __slots__ = ("low", "high", "shape", "dtype")
     LOW_FIELD_NUMBER: _ClassVar[int]
     HIGH_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     low: _containers.RepeatedScalarFieldContainer[float]
     high: _containers.RepeatedScalarFieldContainer[float]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    dtype: Dtype
+    def __init__(self, low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
 
 class Space(_message.Message):
     __slots__ = ("discrete", "box")
@@ -134,7 +143,7 @@ class RunSpec(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., env_id: _Optional[str] = ..., env_config_toml: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., chunk_len: _Optional[int] = ..., observation_space: _Optional[_Union[Space, _Mapping]] = ..., action_space: _Optional[_Union[Space, _Mapping]] = ..., policy_version: _Optional[int] = ..., protocol_version: _Optional[int] = ..., actor_id: _Optional[int] = ..., send_behavior_values: _Optional[bool] = ..., seed: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., default_num_envs: _Optional[int] = ..., sync: _Optional[bool] = ..., batch_samples: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("run_id", "actor_id", "sequence", "policy_version", "t", "n", "obs", "actions", "rewards", "terminated", "truncated", "behavior_logp", "behavior_value", "final_obs_index", "final_obs", "episode_returns", "episode_lengths", "env_id")
+    __slots__ = ("run_id", "actor_id", "sequence", "policy_version", "t", "n", "obs", "actions", "rewards", "terminated", "truncated", "behavior_logp", "behavior_value", "final_obs_index", "final_obs", "episode_returns", "episode_lengths", "env_id", "obs_dtype")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +162,7 @@ class Chunk(_message.Message):
     EPISODE_RETURNS_FIELD_NUMBER: _ClassVar[int]
     EPISODE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     ENV_ID_FIELD_NUMBER: _ClassVar[int]
+    OBS_DTYPE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     actor_id: int
     sequence: int
@@ -171,7 +181,8 @@ class Chunk(_message.Message):
     episode_returns: _containers.RepeatedScalarFieldContainer[float]
     episode_lengths: _containers.RepeatedScalarFieldContainer[int]
     env_id: str
-    def __init__(self, run_id: _Optional[str] = ..., actor_id: _Optional[int] = ..., sequence: _Optional[int] = ..., policy_version: _Optional[int] = ..., t: _Optional[int] = ..., n: _Optional[int] = ..., obs: _Optional[bytes] = ..., actions: _Optional[bytes] = ..., rewards: _Optional[bytes] = ..., terminated: _Optional[bytes] = ..., truncated: _Optional[bytes] = ..., behavior_logp: _Optional[bytes] = ..., behavior_value: _Optional[bytes] = ..., final_obs_index: _Optional[_Iterable[int]] = ..., final_obs: _Optional[bytes] = ..., episode_returns: _Optional[_Iterable[float]] = ..., episode_lengths: _Optional[_Iterable[int]] = ..., env_id: _Optional[str] = ...) -> None: ...
+    obs_dtype: Dtype
+    def __init__(self, run_id: _Optional[str] = ..., actor_id: _Optional[int] = ..., sequence: _Optional[int] = ..., policy_version: _Optional[int] = ..., t: _Optional[int] = ..., n: _Optional[int] = ..., obs: _Optional[bytes] = ..., actions: _Optional[bytes] = ..., rewards: _Optional[bytes] = ..., terminated: _Optional[bytes] = ..., truncated: _Optional[bytes] = ..., behavior_logp: _Optional[bytes] = ..., behavior_value: _Optional[bytes] = ..., final_obs_index: _Optional[_Iterable[int]] = ..., final_obs: _Optional[bytes] = ..., episode_returns: _Optional[_Iterable[float]] = ..., episode_lengths: _Optional[_Iterable[int]] = ..., env_id: _Optional[str] = ..., obs_dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
 
 class IngestSummary(_message.Message):
     __slots__ = ("chunks_accepted", "samples_accepted")

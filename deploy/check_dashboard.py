@@ -22,7 +22,7 @@ DASHBOARD = os.path.join(GRAFANA, "dashboards", "flotilla.json")
 DATASOURCES = os.path.join(GRAFANA, "provisioning", "datasources", "prometheus.yml")
 METRICS_RS = os.path.join(ROOT, "common", "src", "metrics.rs")
 
-PROMQL_KEYWORDS = {"sum", "rate", "histogram_quantile", "max", "min", "avg", "count",
+PROMQL_KEYWORDS = {"sum", "rate", "histogram_quantile", "max", "min", "avg", "count", "scalar",
                    "irate", "increase"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

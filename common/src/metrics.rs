@@ -34,6 +34,7 @@ pub const RETURN_STD: &str = "flotilla_return_std";
 pub const UPDATES_SKIPPED: &str = "flotilla_updates_skipped_total";
 pub const LAST_UPDATE_TIME: &str = "flotilla_last_update_timestamp_seconds";
 pub const TORCH_THREADS: &str = "flotilla_learner_torch_threads";
+pub const FRAMES_PER_STEP: &str = "flotilla_learner_frames_per_step";
 pub const EVAL_RETURN: &str = "flotilla_eval_return";
 
 pub const ACTOR_ENV_STEPS: &str = "flotilla_actor_env_steps_total";
@@ -138,6 +139,10 @@ pub fn describe_learner() {
         "optimizer updates (policy versions produced)"
     );
     describe_gauge!(POLICY_VERSION, "newest policy version");
+    describe_gauge!(
+        FRAMES_PER_STEP,
+        "frames the environment renders per env step (run.frames_per_step; 4 for Atari): frames/s = env steps/s x this"
+    );
     describe_gauge!(
         LAST_UPDATE_TIME,
         Unit::Seconds,

@@ -210,6 +210,9 @@ pub struct RunSection {
     pub progress_every_seconds: f64,
     /// Write TensorBoard event files under `<run dir>/tensorboard/`.
     pub tensorboard: bool,
+    /// Frames the environment renders per env step (Atari's frame skip: 4),
+    /// for the frames/s of pixel runs.
+    pub frames_per_step: u32,
 }
 
 impl Default for RunSection {
@@ -221,6 +224,7 @@ impl Default for RunSection {
             keep_checkpoints: 3,
             progress_every_seconds: 5.0,
             tensorboard: true,
+            frames_per_step: 1,
         }
     }
 }
@@ -530,6 +534,9 @@ impl RunConfig {
         }
         if r.keep_checkpoints == 0 {
             bad("run.keep_checkpoints", "must be at least 1".into());
+        }
+        if r.frames_per_step == 0 {
+            bad("run.frames_per_step", "must be at least 1".into());
         }
         if !(r.progress_every_seconds > 0.0 && r.progress_every_seconds.is_finite()) {
             bad(
@@ -1089,6 +1096,7 @@ mod tests {
         bad(&["kl.target=0.1"], "kl.coef");
         bad(&["kl.horizon=0"], "kl.horizon");
         bad(&["sync=true", "algo=reinforce"], "sync");
+        bad(&["run.frames_per_step=0"], "run.frames_per_step");
         bad(
             &["reinforce.max_held_chunks=0"],
             "reinforce.max_held_chunks",

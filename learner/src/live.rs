@@ -200,6 +200,9 @@ pub struct LiveRun {
     pub env_id: String,
     pub algo: String,
     pub total_env_steps: u64,
+    /// `run.frames_per_step` for a run on images (the page shows frames/s),
+    /// `None` otherwise.
+    pub frames_per_step: Option<u32>,
     pub run_dir: PathBuf,
     pub started: Instant,
     pub counters: Arc<Counters>,
@@ -295,6 +298,9 @@ impl Live {
             "samples_received": received,
             "env_steps_per_second": received_rate,
             "samples_trained_per_second": trained_rate,
+            "frames_per_second": r
+                .frames_per_step
+                .and_then(|f| received_rate.map(|x| x * f64::from(f))),
             "stale_samples": c.stale_samples.load(Ordering::Relaxed),
             "episodes": c.episodes.load(Ordering::Relaxed),
             "policy_version": r.snapshots.borrow().version,

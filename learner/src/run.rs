@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use flotilla_common::auth::AuthToken;
 use flotilla_common::chunk::{ChunkExpectations, ValueBounds};
 use flotilla_common::metrics as m;
+use flotilla_common::space::Dtype;
 use flotilla_common::{EnvError, RunSpec, Snapshot, Space, Spaces};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -925,6 +926,11 @@ impl Starting {
             (None, None) => unreachable!("a run without known spaces discovers them"),
         };
         let started = Instant::now();
+        // A run on images reports frames/s (the live page, the dashboard).
+        let pixels = spaces
+            .as_ref()
+            .is_ok_and(|s| cfg.model.is_convolutional() || s.observation.dtype() == Dtype::Uint8);
+        metrics::gauge!(m::FRAMES_PER_STEP).set(f64::from(cfg.run.frames_per_step));
         let begun = spaces.and_then(|spaces| {
             let prepared = prepare(&opts, device, spaces)?;
             let spec = run_spec(cfg, &prepared);
@@ -983,6 +989,7 @@ impl Starting {
                 env_id: cfg.env.id.clone(),
                 algo: cfg.algo_name().to_owned(),
                 total_env_steps: cfg.run.total_env_steps,
+                frames_per_step: pixels.then_some(cfg.run.frames_per_step),
                 run_dir: opts.run_dir.clone(),
                 started,
                 counters: counters.clone(),

@@ -133,10 +133,62 @@ fn the_live_page_shows_a_training_run() {
         "{later}"
     );
 
+    assert!(later["frames_per_second"].is_null(), "no images: {later}");
+
     let (code, metrics) = http(port, "GET", "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(metrics.contains("flotilla_learner_updates_total"));
+    assert!(metrics.contains("flotilla_learner_frames_per_step 1\n"));
     assert_eq!(http(port, "GET", "/nowhere").unwrap().0, 404);
     assert_eq!(http(port, "POST", "/").unwrap().0, 405);
     assert_eq!(http(port, "HEAD", "/").unwrap(), (200, String::new()));
+}
+
+/// A run on images reports frames/s: env steps/s times `run.frames_per_step`.
+#[test]
+fn a_run_on_images_shows_frames_per_second() {
+    let dir = TempDir::new("live-pixels");
+    let mut child = Command::new(bin("learner"))
+        .arg("--config")
+        .arg(configs().join("maze_pixels.toml"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--device", "cpu", "--local-actors", "1"])
+        .args([
+            "--total-env-steps",
+            "100000000",
+            "--set",
+            "sync=false,eval.every_updates=0,run.frames_per_step=3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("learner starts");
+    let stdout = child.stdout.take().unwrap();
+    let _learner = Killed(child);
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let port: u16 = first
+        .trim()
+        .trim_start_matches("live page: http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("no URL first: {first:?}"));
+    let s = wait_until("frames/s of a run on images", 120, || {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        status(port).filter(|s| s["env_steps_per_second"].as_f64().is_some_and(|r| r > 0.0))
+    });
+    let (steps, frames) = (
+        s["env_steps_per_second"].as_f64().unwrap(),
+        s["frames_per_second"]
+            .as_f64()
+            .expect("frames/s of a run on images"),
+    );
+    assert!((frames - 3.0 * steps).abs() <= 1e-9 * frames, "{s}");
+    let (_, metrics) = http(port, "GET", "/metrics").unwrap();
+    assert!(
+        metrics.contains("flotilla_learner_frames_per_step 3\n"),
+        "{metrics}"
+    );
 }

@@ -61,6 +61,12 @@ impl TestLearner {
         self.learner.stop();
     }
 
+    /// Waits for the end of the run and keeps its folder (the run
+    /// directory is `run` in it) for the caller to read.
+    pub async fn wait_keeping_dir(self) -> (Result<RunSummary, RunError>, TempDir) {
+        (self.learner.wait().await, self.dir)
+    }
+
     /// Waits for the end of the run; the run directory goes afterwards.
     pub async fn wait(self) -> Result<RunSummary, RunError> {
         let summary = self.learner.wait().await;

@@ -1257,18 +1257,57 @@ fn flood(
     })
 }
 
-/// While the learner is the bottleneck it advises each actor to act
-/// ceil(batch / (A − 1)) samples per version, A being the actors streaming,
-/// and gives no advice with two actors (each must be able to fill a batch
-/// alone).
+/// Acts like a real actor on the learner's advice: with each new version
+/// (`version` carries it and its `samples_per_version`), sends that many
+/// samples in whole chunks (a batch's worth without advice), then waits for
+/// the next version.
+fn obey(
+    mut c: LearnerClient<Channel>,
+    spec: proto::RunSpec,
+    mut version: tokio::sync::watch::Receiver<(u64, u64)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::Chunk>(2);
+        let s = spec.clone();
+        let per_chunk = (N * T) as u64;
+        let producer = tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                let (v, advice) = *version.borrow_and_update();
+                let share = if advice > 0 { advice } else { s.batch_samples };
+                for _ in 0..share.div_ceil(per_chunk) {
+                    seq += 1;
+                    if *stop.borrow() || tx.send(good_chunk(&s, seq, v)).await.is_err() {
+                        return;
+                    }
+                }
+                if version.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let _ = c.stream_trajectories(with_session(&spec, stream)).await;
+        producer.abort();
+    })
+}
+
+/// While the learner is the bottleneck it advises each of A actors to act
+/// (3B − q) / (2(A − 1)) samples per version, q being what is queued when
+/// an update ends, so that it keeps about a batch ahead
+/// (`learner::train::publisher::Pacing`). Two actors that follow the advice
+/// act one batch per version between them, and nothing they act goes stale
+/// (with a share of a batch each, half of it did); actors that ignore it
+/// and fill the queue are advised the least.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_learner_behind_its_actors_advises_a_share_of_the_batch() {
+async fn a_learner_behind_its_actors_advises_shares_that_keep_its_queue_short() {
     const BATCH: u64 = 256;
     let l = learner(
         "advice",
         &[
             &format!("ppo.batch_size={BATCH}"),
-            "ppo.update_epochs=4",
+            "ppo.update_epochs=16",
             "run.total_env_steps=100000000",
         ],
     )
@@ -1279,19 +1318,23 @@ async fn a_learner_behind_its_actors_advises_a_share_of_the_batch() {
         .await
         .unwrap()
         .into_inner();
-    let (version_tx, version_rx) = tokio::sync::watch::channel(0u64);
+    let (version_tx, version_rx) = tokio::sync::watch::channel((0u64, 0u64));
+    let (flood_tx, flood_rx) = tokio::sync::watch::channel(0u64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut actors = Vec::new();
     for _ in 0..2 {
         let spec = hello(&mut c).await;
-        actors.push(flood(c.clone(), spec, version_rx.clone(), stop_rx.clone()));
+        assert_eq!(spec.batch_samples, BATCH);
+        actors.push(obey(c.clone(), spec, version_rx.clone(), stop_rx.clone()));
     }
-    // Reads snapshots until `n` more versions arrived; returns their advice.
+    // Reads snapshots until `n` more versions arrived; returns (version,
+    // advice) of each.
     async fn advice(
         sub: &mut tonic::Streaming<proto::PolicySnapshot>,
-        version: &tokio::sync::watch::Sender<u64>,
+        version: &tokio::sync::watch::Sender<(u64, u64)>,
+        flood: &tokio::sync::watch::Sender<u64>,
         n: usize,
-    ) -> Vec<u64> {
+    ) -> Vec<(u64, u64)> {
         let mut seen = Vec::new();
         while seen.len() < n {
             let s = tokio::time::timeout(Duration::from_secs(60), sub.next())
@@ -1299,26 +1342,50 @@ async fn a_learner_behind_its_actors_advises_a_share_of_the_batch() {
                 .expect("a new version within 60 s")
                 .unwrap()
                 .unwrap();
-            version.send_replace(s.version);
-            seen.push(s.samples_per_version);
+            version.send_replace((s.version, s.samples_per_version));
+            flood.send_replace(s.version);
+            seen.push((s.version, s.samples_per_version));
         }
         seen
     }
-    let two = advice(&mut sub, &version_tx, 40).await;
-    assert!(two.iter().all(|&a| a == 0), "advice to two actors: {two:?}");
+    let obeyed = advice(&mut sub, &version_tx, &flood_tx, 60).await;
+    let settled: Vec<u64> = obeyed.iter().rev().take(20).map(|&(_, a)| a).collect();
+    // The fixed point with 2 actors: 2B queued when an update ends, B/2 each.
+    assert!(
+        settled.iter().all(|&a| a == BATCH / 2),
+        "advice to two actors that follow it: {obeyed:?}"
+    );
+    let (last_obeyed, _) = *obeyed.last().unwrap();
+    // Two more actors send as fast as the learner takes chunks.
     for _ in 0..2 {
         let spec = hello(&mut c).await;
-        actors.push(flood(c.clone(), spec, version_rx.clone(), stop_rx.clone()));
+        actors.push(flood(c.clone(), spec, flood_rx.clone(), stop_rx.clone()));
     }
-    let four = advice(&mut sub, &version_tx, 40).await;
+    let flooded = advice(&mut sub, &version_tx, &flood_tx, 40).await;
     assert!(
-        four.iter().rev().take(10).all(|&a| a == BATCH.div_ceil(3)),
-        "advice to four actors, the learner behind: {four:?}"
+        flooded.iter().rev().take(10).all(|&(_, a)| a == 1),
+        "advice with a queue far more than a batch deep: {flooded:?}"
     );
     stop_tx.send_replace(true);
     l.stop();
-    l.wait().await.unwrap();
+    let (summary, dir) = l.wait_keeping_dir().await;
+    summary.unwrap();
     for a in actors {
         let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
     }
+    // Up to the last version the two actors alone acted with: every
+    // chunk trained, at a lag of at most 3.
+    let log = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let mut checked = 0;
+    for line in log.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if r["version"].as_u64().unwrap() > last_obeyed {
+            break;
+        }
+        assert_eq!(r["stale_samples"], 0, "{r}");
+        let lags = r["policy_lags"].as_array().unwrap();
+        assert!(lags.iter().all(|l| l.as_u64().unwrap() <= 3), "{r}");
+        checked += 1;
+    }
+    assert!(checked >= 59, "{checked} updates in metrics.jsonl");
 }

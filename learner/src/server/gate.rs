@@ -351,6 +351,7 @@ impl IngestGate {
             self.counters.dropped(DropReason::Stale, samples);
             return Ok(None);
         }
+        self.counters.queued(samples);
         Ok(Some(Admitted {
             chunk,
             actor_name: stream.actor_name.clone(),

@@ -63,6 +63,11 @@ impl Batcher {
         }
     }
 
+    /// Samples admitted into the pending batch so far.
+    pub fn pending_samples(&self) -> usize {
+        self.pending_samples
+    }
+
     /// Admits a chunk when the newest policy version is `newest`; returns a
     /// batch when one is full.
     pub fn push(&mut self, admitted: Admitted, newest: u64) -> Option<Vec<Item>> {
@@ -70,6 +75,7 @@ impl Batcher {
         let Admitted {
             chunk, actor_name, ..
         } = admitted;
+        self.counters.dequeued(chunk.num_samples() as u64);
         let lag = newest.saturating_sub(chunk.policy_version);
         if self.rule.is_stale(lag) {
             self.counters

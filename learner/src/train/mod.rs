@@ -164,9 +164,12 @@ impl Trainer {
         let t0 = std::time::Instant::now();
         let stale = self.stale_grew();
         self.pacing.update_done(t0, stats.seconds, stale);
-        let advice = self
-            .pacing
-            .samples_per_version(self.counters.streaming_actors.load(Ordering::Relaxed));
+        let queued = self.counters.queued_samples.load(Ordering::Relaxed)
+            + self.batcher.pending_samples() as u64;
+        let advice = self.pacing.samples_per_version(
+            self.counters.streaming_actors.load(Ordering::Relaxed),
+            queued,
+        );
         let snapshot = self.publisher.next(self.learning.snapshot(), advice);
         stats.seconds += t0.elapsed().as_secs_f64();
         let version = snapshot.version;

@@ -37,6 +37,11 @@ pub struct Counters {
     /// received = trained + pending + stale (+ REINFORCE's discarded
     /// incomplete episodes, and what is still queued when a run ends).
     pub stale_samples: AtomicU64,
+    /// Transitions admitted at ingest that the batcher has not taken yet
+    /// (queued, or waiting for the queue's byte budget): what the learner
+    /// has to train on before it needs the actors (see
+    /// [`super::publisher::Pacing`]).
+    pub queued_samples: AtomicU64,
     /// Actors with an open trajectory stream.
     pub streaming_actors: AtomicU64,
     /// Seconds spent training (f64 bits), for the learner-idle fraction.
@@ -85,6 +90,21 @@ impl Counters {
         metrics::counter!(m::CHUNKS_RECEIVED).increment(1);
         metrics::counter!(m::LEARNER_SAMPLES_RECEIVED).increment(samples);
         metrics::counter!(m::BYTES_RECEIVED).increment(bytes);
+    }
+
+    /// A chunk of `samples` transitions admitted for the trainer's queue.
+    pub fn queued(&self, samples: u64) {
+        self.queued_samples.fetch_add(samples, Ordering::Relaxed);
+    }
+
+    /// A queued chunk of `samples` transitions reached the batcher.
+    pub fn dequeued(&self, samples: u64) {
+        // Saturating: tests hand the batcher chunks that were never queued.
+        let _ = self
+            .queued_samples
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(samples))
+            });
     }
 
     /// A chunk of `samples` transitions dropped for `reason`.

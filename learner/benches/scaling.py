@@ -20,6 +20,9 @@ Markdown table:
     python3 learner/benches/scaling.py --compose 2 4 8          # also compose (builds images first)
     python3 learner/benches/scaling.py --python 2               # also Python actors (needs `pip install ./python`)
     python3 learner/benches/scaling.py --repeat 3               # each layout 3 times, interleaved; medians
+    python3 learner/benches/scaling.py --split 4 --no-build     # which side of compose costs: a learner
+                                                                # container with actor processes, and
+                                                                # the reverse (host network, images of --tag)
 
 Layouts run interleaved when repeated (all layouts once, then again), so a
 slow patch of a shared machine does not land on one layout only. The ratio
@@ -177,6 +180,71 @@ def run_procs(args, n, kind="rust"):
     return finish(learner, run_dir, wall, sum(cpu.values()))
 
 
+def docker_run(args, image, name, argv, run_dir=None):
+    """`docker run` of one of our images on the host's network, as this user
+    (so the run folder, mounted when given, stays ours)."""
+    cmd = ["docker", "run", "--rm", "--name", name, "--network", "host",
+           "--user", f"{os.getuid()}:{os.getgid()}"]
+    if run_dir:
+        cmd += ["-v", f"{run_dir}:/run-dir"]
+    return cmd + [f"flotilla/{image}:{args.tag}", *argv]
+
+
+def run_split(args, n, learner_in_container):
+    """A learner container with n actor processes, or a learner process with
+    n actor containers; both on the host's network, as processes are."""
+    run_dir = tempfile.mkdtemp(prefix="flotilla-scaling-")
+    os.chmod(run_dir, 0o777)
+    port = free_port()
+    tag = f"flotilla-scaling-{os.getpid()}"
+    if learner_in_container:
+        config = "/etc/flotilla/configs/" + os.path.basename(args.config)
+        cmd = learner_cmd(args, "/run-dir", ["--listen", f"127.0.0.1:{port}"])
+        cmd[cmd.index("--config") + 1] = config
+        cmd = docker_run(args, "learner", f"{tag}-learner", cmd[1:], run_dir)
+    else:
+        cmd = learner_cmd(args, run_dir, ["--listen", f"127.0.0.1:{port}"])
+    t0 = time.monotonic()
+    learner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                               stderr=open(os.path.join(run_dir, "learner.log"), "w"))
+    url = f"http://127.0.0.1:{port}"
+    if learner_in_container:
+        actors = [subprocess.Popen(actor_command(args, "rust", url), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd=run_dir) for _ in range(n)]
+    else:
+        # Their metrics on ports of their own, as in compose (the image's
+        # 9100 would collide on the host's network).
+        actors = [subprocess.Popen(docker_run(args, "actor", f"{tag}-actor-{i}",
+                                              ["--learner", url, "--metrics-listen", "127.0.0.1:0"]),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for i in range(n)]
+    cpu, ids = {}, {}
+    while learner.poll() is None:
+        for i, a in enumerate(actors):
+            if learner_in_container:
+                c = proc_cpu(a.pid)
+            else:
+                # Read while they run: actors exit when the run ends.
+                ids[i] = ids.get(i) or container_id(f"{tag}-actor-{i}")
+                c = container_cpu_s(None, ids[i]) if ids[i] else None
+            if c is not None and c == c:
+                cpu[i] = c
+        time.sleep(0.2)
+    wall = time.monotonic() - t0
+    if learner_in_container:
+        for a in actors:
+            a.send_signal(signal.SIGTERM)
+    else:
+        subprocess.run(["docker", "stop", "-t", "15"] + [f"{tag}-actor-{i}" for i in range(n)],
+                       capture_output=True)
+    for a in actors:
+        try:
+            a.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            a.kill()
+    return finish(learner, run_dir, wall, sum(cpu.values()))
+
+
 def compose_command():
     """`docker compose` when the plugin is there, else `docker-compose`."""
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
@@ -184,10 +252,17 @@ def compose_command():
     return ["docker-compose"]
 
 
-def container_cpu_s(cid):
-    """CPU seconds a container used, from its cgroup (v2 or v1)."""
-    full = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", cid], capture_output=True,
+def container_id(name):
+    """A running container's full id ("" when there is none)."""
+    return subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True,
                           text=True).stdout.strip()
+
+
+def container_cpu_s(cid, full=None):
+    """CPU seconds a container used, from its cgroup (v2 or v1); NaN once it is gone."""
+    full = full or container_id(cid)
+    if not full:
+        return float("nan")
     for path in (f"/sys/fs/cgroup/system.slice/docker-{full}.scope/cpu.stat",
                  f"/sys/fs/cgroup/docker/{full}/cpu.stat"):
         try:
@@ -262,6 +337,8 @@ def main():
     ap.add_argument("--procs", type=int, nargs="*", default=[1, 2, 4, 8])
     ap.add_argument("--compose", type=int, nargs="*", default=[])
     ap.add_argument("--python", type=int, nargs="*", default=[])
+    ap.add_argument("--split", type=int, nargs="*", default=[],
+                    help="learner container + actor processes, and learner process + actor containers")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--tag", default="scaling", help="image tag for --compose (built here)")
     ap.add_argument("--no-build", action="store_true", help="use existing flotilla/*:TAG images")
@@ -273,7 +350,9 @@ def main():
     layouts = [("in-process", n) for n in args.inproc] + [("processes", n) for n in args.procs]
     layouts += [("python processes", n) for n in args.python]
     layouts += [("compose", n) for n in args.compose]
-    if args.compose and not args.no_build:
+    layouts += [("learner container, actor processes", n) for n in args.split]
+    layouts += [("learner process, actor containers", n) for n in args.split]
+    if (args.compose or args.split) and not args.no_build:
         subprocess.run([os.path.join(ROOT, "deploy", "build-images.sh"), args.tag, "actor", "learner"],
                        check=True)
     runners = {
@@ -281,6 +360,8 @@ def main():
         "processes": lambda n: run_procs(args, n),
         "python processes": lambda n: run_procs(args, n, kind="python"),
         "compose": lambda n: run_compose(args, n),
+        "learner container, actor processes": lambda n: run_split(args, n, True),
+        "learner process, actor containers": lambda n: run_split(args, n, False),
     }
     results = {l: [] for l in layouts}
     for r in range(args.repeat):

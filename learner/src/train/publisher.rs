@@ -81,14 +81,15 @@ fn snapshot(safetensors: Vec<u8>, version: u64) -> Snapshot {
 /// on, the advice keeps the queue at the depth that keeps the learner busy
 /// and no deeper. When an update ends with `q` samples queued (admitted, not
 /// yet trained), the trainer takes a batch `B` from them, and the next batch
-/// must be acted meanwhile: `2B − q` samples, shared among `N − 1` of the N
+/// must be acted meanwhile: `B` to replace it plus half of what the queue
+/// lacks of one batch, `(3B − q)/2` samples, shared among `N − 1` of the N
 /// actors, so that the others still fill a batch without any one of them (a
 /// crashed or slow actor costs no stall). At the fixed point the N actors act
-/// one batch per version, with `q = B·(1 + 1/N)` queued: trained at a lag of
-/// about two versions, and nothing dropped (a batch of few chunks rounds up
-/// to at least one chunk per actor, and then some is). With one actor, or
-/// while the learner waits for fresh data, there is no advice and actors act
-/// up to a batch per version.
+/// one batch per version, with `q = B·(1 + 2/N)` queued: trained at a lag of
+/// about two versions, and nothing dropped (a batch of fewer chunks than
+/// there are actors still gets one chunk from each, and then some is). With
+/// one actor, or while the learner waits for fresh data, there is no advice
+/// and actors act up to a batch per version.
 #[derive(Debug)]
 pub struct Pacing {
     batch: u64,

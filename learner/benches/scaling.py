@@ -172,12 +172,17 @@ def run_procs(args, n, kind="rust"):
         if c is not None:
             cpu[a.pid] = c
         a.send_signal(signal.SIGTERM)
-    for a in actors:
-        try:
-            a.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            a.kill()
+    reap(actors)
     return finish(learner, run_dir, wall, sum(cpu.values()))
+
+
+def reap(procs):
+    """Waits for processes told to stop; kills those still there after 30 s."""
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def docker_run(args, image, name, argv, run_dir=None):
@@ -237,11 +242,7 @@ def run_split(args, n, learner_in_container):
     else:
         subprocess.run(["docker", "stop", "-t", "15"] + [f"{tag}-actor-{i}" for i in range(n)],
                        capture_output=True)
-    for a in actors:
-        try:
-            a.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            a.kill()
+    reap(actors)
     return finish(learner, run_dir, wall, sum(cpu.values()))
 
 

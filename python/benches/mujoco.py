@@ -7,13 +7,18 @@ Three modes, each printing a Markdown table (and appending JSON lines to
               CleanRL's hyperparameters, both normalizations on, one libtorch
               thread) with N `flotilla-actor` processes (default 1, with the
               config's 2 envs) stepping Gymnasium's MuJoCo env; 1M env steps
-              per seed.
+              per seed. The learner advises one actor to act the next batch
+              while it trains, so the two overlap, each on its core.
   cleanrl     CleanRL 1.2.0's `ppo_continuous_action.py` (its defaults: 1M
               steps, one env, CPU) on the same machine. CleanRL 1.2.0 predates
               Gymnasium 1.0, so it runs in its own venv with
               gymnasium[mujoco]==0.29.1 and numpy<2, on the v4 environments.
   throughput  env steps/s trained with 1, 2, 4 ... actor processes on a short
               run, and where the time goes (learner busy fraction).
+  actor       one actor's environment loop alone, no learner: steps/s with
+              --envs 1 2 4 ... environments, and the time per vector step
+              spent in inference, in the environments and in packing chunks
+              (what one actor process could feed a learner at most).
 
 Both systems are timed from process launch to exit; the return is the mean of
 the last 100 training episodes (raw, unnormalized returns in both).
@@ -22,6 +27,7 @@ the last 100 training episodes (raw, unnormalized returns in both).
     python3 python/benches/mujoco.py flotilla --env HalfCheetah-v5 --seeds 1 2 3
     python3 python/benches/mujoco.py cleanrl --env HalfCheetah-v4 --seeds 1 2 3
     python3 python/benches/mujoco.py throughput --env HalfCheetah-v5 --actors 1 2 4
+    python3 python/benches/mujoco.py actor --env HalfCheetah-v5 --envs 1 2 4 8
 
 Venvs (made on first use, in Flotilla's cache folder): `mujoco-bench`
 (gymnasium[mujoco] and ./python) and `cleanrl-mujoco` (CleanRL 1.2.0 with
@@ -77,7 +83,9 @@ def make_venv(path, install):
 def bench_python():
     def install(python):
         pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run(pip + ["gymnasium[mujoco]>=1.1"], check=True)
+        # The package's own dependencies (grpcio, protobuf, safetensors ...)
+        # come with it here; later runs refresh only the package itself.
+        subprocess.run(pip + ["gymnasium[mujoco]>=1.1", os.path.join(ROOT, "python")], check=True)
     python = make_venv(BENCH_VENV, install)
     # The package from this tree, every time (it may have changed).
     subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
@@ -185,6 +193,58 @@ def run_cleanrl(python, env_id, seed):
             "learner_busy": None}
 
 
+# The actor's loop (flotilla.worker.EnvWorker._act_chunk) without a learner:
+# a policy of small random weights with observation normalization, as the
+# MuJoCo configs have; run in the bench venv, timed per part.
+ACTOR_LOOP = r"""
+import json, sys, time
+import numpy as np
+from flotilla.chunk import ChunkBuilder
+from flotilla.envs import EnvFactory, VectorRunner, probe
+from flotilla.policy import ModelSpec, Policy
+from flotilla.spaces import dtype_of
+
+env_id, num_envs, steps, chunk_len = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+factory = EnvFactory(env_id)
+info = probe(factory)
+model = ModelSpec(hidden_sizes=(64, 64), normalize_observations=True)
+shape, space = info.observation.space.shape, info.action.space
+rng = np.random.Generator(np.random.PCG64(0))
+params = {k: (0.1 * rng.standard_normal(v)).astype(np.float32) for k, v in model.parameter_shapes(shape, space)}
+params.update({k: np.ones(v, np.float32) for k, v in model.statistics_shapes(info.observation.dim)})
+policy = Policy(model, shape, space, params)
+runner = VectorRunner(factory, info, num_envs, 1, "sync")
+builder = ChunkBuilder(chunk_len, num_envs, info.observation.dim, space, obs_dtype=dtype_of(info.observation.space))
+builder.begin(runner.obs)
+infer = env = pack = 0.0
+vector_steps = steps // num_envs
+start = time.perf_counter()
+for t in range(1, vector_steps + 1):
+    t0 = time.perf_counter()
+    s = policy.act(np.asarray(runner.obs, dtype=np.float32), rng, with_value=True)
+    t1 = time.perf_counter()
+    r = runner.step(info.action.to_env_batch(s.actions))
+    t2 = time.perf_counter()
+    builder.push(s.actions, s.logp, s.value, r.rewards, r.terminated, r.truncated, r.obs,
+                 r.final_envs, r.final_obs, r.episodes)
+    if t % chunk_len == 0:
+        builder.finish(env_id, 0)
+    infer, env, pack = infer + t1 - t0, env + t2 - t1, pack + time.perf_counter() - t2
+wall = time.perf_counter() - start
+runner.close()
+print(json.dumps({"envs": num_envs, "steps_per_s": vector_steps * num_envs / wall,
+                  "infer_us": 1e6 * infer / vector_steps, "env_us": 1e6 * env / vector_steps,
+                  "pack_us": 1e6 * pack / vector_steps}))
+"""
+
+
+def run_actor_alone(python, env_id, num_envs, steps):
+    with tempfile.TemporaryDirectory(prefix="flotilla-actor-alone-") as cwd:
+        out = subprocess.run([python, "-c", ACTOR_LOOP, env_id, str(num_envs), str(steps), "256"],
+                             cwd=cwd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def table(results):
     print("| system | env | seed | actors | env steps trained | stepped (stale) | wall s | trained/s "
           "| mean return (last 100) | learner busy |")
@@ -203,13 +263,15 @@ def table(results):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["flotilla", "cleanrl", "throughput"])
+    ap.add_argument("mode", choices=["flotilla", "cleanrl", "throughput", "actor"])
     ap.add_argument("--env", default="HalfCheetah-v5")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--actors", type=int, nargs="+", default=None,
                     help="actor processes (flotilla: one count, default 1; throughput: counts, default 1 2 4)")
+    ap.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4, 8],
+                    help="actor: environments in the one process, one row each")
     ap.add_argument("--steps", type=int, default=None,
-                    help="env steps per run (throughput default 200000; flotilla: the config's)")
+                    help="env steps per run (throughput default 200000, actor 50000; flotilla: the config's)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="learner config override (repeatable)")
     ap.add_argument("--torch-threads", type=int, default=1,
@@ -218,6 +280,16 @@ def main():
     args = ap.parse_args()
 
     results = []
+    if args.mode == "actor":
+        python = bench_python()
+        print(f"one actor's loop alone on {args.env} (no learner)\n")
+        print("| envs | env steps/s | per vector step: inference µs | environments µs | packing µs |")
+        print("| --- | --- | --- | --- | --- |")
+        for n in args.envs:
+            r = run_actor_alone(python, args.env, n, args.steps or 50_000)
+            print(f"| {n} | {r['steps_per_s']:,.0f} | {r['infer_us']:.0f} | {r['env_us']:.0f} | {r['pack_us']:.0f} |",
+                  flush=True)
+        return
     if args.mode == "cleanrl":
         python = cleanrl_python()
         for seed in args.seeds:

@@ -1293,6 +1293,59 @@ fn obey(
     })
 }
 
+/// The batch of `slow_learner`.
+const BATCH: u64 = 256;
+
+/// A learner slower than the test's actors (16 epochs of a batch of
+/// `BATCH`), a client and its policy subscription.
+async fn slow_learner(
+    name: &str,
+) -> (
+    TestLearner,
+    LearnerClient<Channel>,
+    tonic::Streaming<proto::PolicySnapshot>,
+) {
+    let l = learner(
+        name,
+        &[
+            &format!("ppo.batch_size={BATCH}"),
+            "ppo.update_epochs=16",
+            "run.total_env_steps=100000000",
+        ],
+    )
+    .await;
+    let mut c = client(l.local_addr()).await;
+    let sub = c
+        .subscribe_policy(proto::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    (l, c, sub)
+}
+
+/// Reads snapshots until `n` more versions arrived, passing each on to the
+/// actors that follow `version` (version, advice) and `flood` (version);
+/// returns (version, advice) of each.
+async fn advice(
+    sub: &mut tonic::Streaming<proto::PolicySnapshot>,
+    version: &tokio::sync::watch::Sender<(u64, u64)>,
+    flood: &tokio::sync::watch::Sender<u64>,
+    n: usize,
+) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let s = tokio::time::timeout(Duration::from_secs(60), sub.next())
+            .await
+            .expect("a new version within 60 s")
+            .unwrap()
+            .unwrap();
+        version.send_replace((s.version, s.samples_per_version));
+        flood.send_replace(s.version);
+        seen.push((s.version, s.samples_per_version));
+    }
+    seen
+}
+
 /// While the learner is the bottleneck it advises each of A actors to act
 /// (3B − q) / (2(A − 1)) samples per version, q being what is queued when
 /// an update ends, so that it keeps about a batch ahead
@@ -1302,22 +1355,7 @@ fn obey(
 /// and fill the queue are advised the least.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_behind_its_actors_advises_shares_that_keep_its_queue_short() {
-    const BATCH: u64 = 256;
-    let l = learner(
-        "advice",
-        &[
-            &format!("ppo.batch_size={BATCH}"),
-            "ppo.update_epochs=16",
-            "run.total_env_steps=100000000",
-        ],
-    )
-    .await;
-    let mut c = client(l.local_addr()).await;
-    let mut sub = c
-        .subscribe_policy(proto::SubscribeRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let (l, mut c, mut sub) = slow_learner("advice").await;
     let (version_tx, version_rx) = tokio::sync::watch::channel((0u64, 0u64));
     let (flood_tx, flood_rx) = tokio::sync::watch::channel(0u64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1326,27 +1364,6 @@ async fn a_learner_behind_its_actors_advises_shares_that_keep_its_queue_short() 
         let spec = hello(&mut c).await;
         assert_eq!(spec.batch_samples, BATCH);
         actors.push(obey(c.clone(), spec, version_rx.clone(), stop_rx.clone()));
-    }
-    // Reads snapshots until `n` more versions arrived; returns (version,
-    // advice) of each.
-    async fn advice(
-        sub: &mut tonic::Streaming<proto::PolicySnapshot>,
-        version: &tokio::sync::watch::Sender<(u64, u64)>,
-        flood: &tokio::sync::watch::Sender<u64>,
-        n: usize,
-    ) -> Vec<(u64, u64)> {
-        let mut seen = Vec::new();
-        while seen.len() < n {
-            let s = tokio::time::timeout(Duration::from_secs(60), sub.next())
-                .await
-                .expect("a new version within 60 s")
-                .unwrap()
-                .unwrap();
-            version.send_replace((s.version, s.samples_per_version));
-            flood.send_replace(s.version);
-            seen.push((s.version, s.samples_per_version));
-        }
-        seen
     }
     let obeyed = advice(&mut sub, &version_tx, &flood_tx, 60).await;
     let settled: Vec<u64> = obeyed.iter().rev().take(20).map(|&(_, a)| a).collect();
@@ -1388,4 +1405,50 @@ async fn a_learner_behind_its_actors_advises_shares_that_keep_its_queue_short() 
         checked += 1;
     }
     assert!(checked >= 59, "{checked} updates in metrics.jsonl");
+}
+
+/// One actor is advised (3B − q)/2 whether or not the learner waits for it:
+/// more than a batch while the queue is short, so that it acts the next batch
+/// during the update and its chunks are trained one version after they were
+/// acted. With a batch per version (no advice) the actor and the learner took
+/// turns: every chunk trained at lag 0, each side idle while the other worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_actor_is_advised_to_act_the_next_batch_during_the_update() {
+    let (l, mut c, mut sub) = slow_learner("advice-one").await;
+    let (version_tx, version_rx) = tokio::sync::watch::channel((0u64, 0u64));
+    let (flood_tx, _) = tokio::sync::watch::channel(0u64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let spec = hello(&mut c).await;
+    let actor = obey(c.clone(), spec, version_rx, stop_rx);
+    let seen = advice(&mut sub, &version_tx, &flood_tx, 30).await;
+    // An empty queue when the first update ends: a batch and a half.
+    let first = seen.iter().find(|&&(v, _)| v == 1);
+    assert_eq!(first, Some(&(1, 3 * BATCH / 2)), "{seen:?}");
+    // Then a batch each version, with one batch queued when an update ends.
+    assert!(
+        seen.iter().rev().take(10).all(|&(_, a)| a == BATCH),
+        "{seen:?}"
+    );
+    let (last, _) = *seen.last().unwrap();
+    stop_tx.send_replace(true);
+    l.stop();
+    let (summary, dir) = l.wait_keeping_dir().await;
+    summary.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), actor).await;
+    let log = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let mut settled = 0;
+    for line in log.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let version = r["version"].as_u64().unwrap();
+        if version > last {
+            break;
+        }
+        assert_eq!(r["stale_samples"], 0, "{r}");
+        if version > 10 {
+            let lags = r["policy_lags"].as_array().unwrap();
+            assert!(lags.iter().all(|l| l.as_u64() == Some(1)), "{r}");
+            settled += 1;
+        }
+    }
+    assert!(settled >= 15, "{settled} settled updates in metrics.jsonl");
 }

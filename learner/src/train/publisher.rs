@@ -87,9 +87,16 @@ fn snapshot(safetensors: Vec<u8>, version: u64) -> Snapshot {
 /// crashed or slow actor costs no stall). At the fixed point the N actors act
 /// one batch per version, with `q = B·(1 + 2/N)` queued: trained at a lag of
 /// about two versions, and nothing dropped (a batch of fewer chunks than
-/// there are actors still gets one chunk from each, and then some is). With
-/// one actor, or while the learner waits for fresh data, there is no advice
-/// and actors act up to a batch per version.
+/// there are actors still gets one chunk from each, and then some is). While
+/// the learner waits for fresh data there is no advice for several actors,
+/// and each acts up to a batch per version.
+///
+/// One actor is always advised `(3B − q)/2`, more than a batch while the
+/// queue is short: with a batch per version it and the learner would take
+/// turns, each idle while the other works (the actor waiting for the version
+/// its batch trains into). With the advice it acts the next batch during the
+/// update, and the queue settles at one batch when an update ends: a lag of
+/// one version, nothing stale.
 #[derive(Debug)]
 pub struct Pacing {
     batch: u64,
@@ -145,7 +152,7 @@ impl Pacing {
     /// The advice for the next version with `actors` streaming actors and
     /// `queued` samples admitted but not yet trained on (0: none).
     pub fn samples_per_version(&self, actors: u64, queued: u64) -> u64 {
-        if self.batch == 0 || actors < 2 || self.idle >= BOTTLENECK_IDLE {
+        if self.batch == 0 || actors == 0 {
             return 0;
         }
         // B to replace the batch the learner takes next, plus half of what
@@ -156,6 +163,18 @@ impl Pacing {
         // of shrinking. With half, it is gone after one version with 2
         // actors and at least halves each version with more.
         let needed = (3 * self.batch).saturating_sub(queued) / 2;
+        if actors == 1 {
+            // One actor acts it all, whether or not the learner waits: a
+            // batch per version would make the two take turns (the actor
+            // waits for the version its batch is trained into, the learner
+            // for the batch), while up to 1.5 batches let the actor act the
+            // next batch during the update. The queue settles at one batch
+            // when an update ends: a lag of one version and nothing stale.
+            return needed.max(1);
+        }
+        if self.idle >= BOTTLENECK_IDLE {
+            return 0;
+        }
         // At least one sample: 0 would mean no advice, and an actor acts at
         // least one chunk per version anyway.
         needed.div_ceil(actors - 1).clamp(1, self.batch)
@@ -194,11 +213,12 @@ mod tests {
         cycles(&mut p, &mut t, 30, 0.0005, 0.02);
         assert!(p.samples_per_version(8, 0) > 0);
         assert!(p.samples_per_version(2, 0) > 0);
-        // One actor must be able to fill a batch alone.
-        assert_eq!(p.samples_per_version(1, 0), 0);
         // The learner starts waiting for data half of each cycle: no advice.
         cycles(&mut p, &mut t, 30, 0.02, 0.02);
         assert_eq!(p.samples_per_version(8, 0), 0);
+        assert_eq!(p.samples_per_version(2, 0), 0);
+        // No actor streaming: nobody to advise.
+        assert_eq!(p.samples_per_version(0, 0), 0);
         // No advice in sync mode or for REINFORCE.
         let mut off = Pacing::new(None);
         cycles(&mut off, &mut t, 30, 0.0, 0.02);
@@ -217,6 +237,19 @@ mod tests {
         assert_eq!(p.samples_per_version(2, 100_000), 1);
         assert_eq!(p.samples_per_version(3, 4096), 512);
         assert_eq!(p.samples_per_version(8, 2048), 293);
+    }
+
+    #[test]
+    fn one_actor_acts_the_next_batch_during_the_update() {
+        // A learner that waits (for the actor, with a batch per version)
+        // still advises one actor more than a batch: up to (3B − q)/2.
+        let mut p = Pacing::new(Some(2048));
+        let mut t = Instant::now();
+        cycles(&mut p, &mut t, 30, 0.02, 0.02);
+        assert_eq!(p.samples_per_version(1, 0), 3072);
+        assert_eq!(p.samples_per_version(1, 2048), 2048);
+        assert_eq!(p.samples_per_version(1, 6144), 1, "at least one sample");
+        assert_eq!(busy(2048).samples_per_version(1, 1024), 2560);
     }
 
     #[test]
@@ -294,7 +327,7 @@ mod tests {
     fn actors_act_about_one_batch_per_version_and_nothing_goes_stale() {
         // Without the queue in the advice (a batch, or batch / (N − 1) each),
         // 2, 3 and 4 actors left 49%, 32% and 49% stale at the largest lag.
-        for actors in [2, 3, 4] {
+        for actors in [1, 2, 3, 4] {
             let (stale, lag, starved) = simulate(actors, actors, 4, 400);
             assert_eq!(stale, 0.0, "{actors} actors");
             assert!(lag <= 3, "{actors} actors: median lag {lag}");

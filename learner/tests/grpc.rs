@@ -1339,7 +1339,13 @@ async fn advice(
             .expect("a new version within 60 s")
             .unwrap()
             .unwrap();
-        version.send_replace((s.version, s.samples_per_version));
+        // A repeat of the version the actors act with (the subscription's
+        // first message) is no news to them: it must not start another share.
+        version.send_if_modified(|v| {
+            let news = v.0 != s.version;
+            *v = (s.version, s.samples_per_version);
+            news
+        });
         flood.send_replace(s.version);
         seen.push((s.version, s.samples_per_version));
     }
@@ -1445,8 +1451,13 @@ async fn a_single_actor_is_advised_to_act_the_next_batch_during_the_update() {
         }
         assert_eq!(r["stale_samples"], 0, "{r}");
         if version > 10 {
+            // Acted during the previous update (with a batch per version:
+            // after it, at lag 0).
             let lags = r["policy_lags"].as_array().unwrap();
-            assert!(lags.iter().all(|l| l.as_u64() == Some(1)), "{r}");
+            assert!(
+                lags.iter().all(|l| matches!(l.as_u64(), Some(1..=2))),
+                "{r}"
+            );
             settled += 1;
         }
     }
